@@ -1,0 +1,86 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_model
+from unet.checkpoint import load_checkpoint, save_checkpoint
+from unet.errors import CheckpointError
+
+
+def test_round_trip_is_bit_identical(tmp_path):
+    model = make_model(in_channels=3, num_classes=3, depth=3)
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        model,
+        mean=[1.0, 2.0, 3.0],
+        std=[4.0, 5.0, 6.0],
+        class_names=["background", "nucleus", "stroma"],
+        steps=12,
+    )
+    loaded = load_checkpoint(path)
+    assert loaded.model.config == model.config
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded.mean.tolist() == [1.0, 2.0, 3.0] and loaded.mean.dtype == np.float32
+    assert loaded.std.tolist() == [4.0, 5.0, 6.0]
+    assert loaded.class_names == ["background", "nucleus", "stroma"]
+    assert loaded.metadata == {"steps": 12}
+    assert len(loaded.digest) == 64
+    x = torch.randn(1, 3, 108, 108)
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded.model(x))
+
+
+def test_normalize_uses_stored_mean_and_std(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", make_model(in_channels=2), mean=[10, 20], std=[2, 4])
+    raw = np.array([[[12, 14]], [[28, 20]]], dtype=np.uint16)
+    assert load_checkpoint(path).normalize(raw).tolist() == [[[1.0, 2.0]], [[2.0, 0.0]]]
+
+
+def test_pickle_is_refused(tmp_path):
+    model = make_model()
+    path = tmp_path / "m.pt"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(path)
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(raw)
+
+
+def test_corrupt_file_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", make_model(), mean=0, std=1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(path)
+    path.write_bytes(b"garbage that is not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_other_architecture_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = save_checkpoint(tmp_path / "m.safetensors", make_model(), mean=0, std=1)
+    other = make_model(base_channels=8).state_dict()
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file({k: v.contiguous() for k, v in other.items()}, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_names_the_fix(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_bad_std_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="std"):
+        save_checkpoint(tmp_path / "m.safetensors", make_model(), mean=0, std=0)

@@ -1,0 +1,222 @@
+"""Checkpoints: one safetensors file with the weights, the architecture and the normalization.
+
+Never pickle: ``torch.load`` on a file from elsewhere can run arbitrary code. A checkpoint holds
+the state dict as tensors and, in the safetensors metadata under the key ``"unet"``, a JSON
+document with the architecture config, per-channel ``mean``/``std``, class names and colours and
+free-form metadata. Normalization is ``(raw - mean[c]) / std[c]`` in float32, fixed at training
+time and never guessed from the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from unet.model import UNet
+
+FORMAT = "unet-tiles/1"
+METADATA_KEY = "unet"
+#: Checkpoints shipped inside the package, addressable by name (``--model nuclei``).
+BUNDLED_DIR = Path(__file__).parent / "models"
+
+_DEFAULT_COLOURS = [
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+]
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """``background``/``foreground`` for 1 or 2 classes, ``class_<i>`` otherwise."""
+    if num_classes <= 2:
+        return ["background", "foreground"]
+    return ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+
+
+def default_colours(count: int) -> list[tuple[int, int, int]]:
+    """Distinct RGB colours, background black."""
+    return [_DEFAULT_COLOURS[i % len(_DEFAULT_COLOURS)] for i in range(count)]
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes
+    ----------
+    model: the U-Net in eval mode on the requested device
+    mean, std: float32 (in_channels,) normalization of the raw image
+    class_names: one name per label value (label 0 is background)
+    colours: one RGB triple per label value
+    metadata: free-form training metadata
+    digest: sha256 of the file, identifies the checkpoint in run fingerprints
+    """
+
+    model: UNet
+    mean: np.ndarray
+    std: np.ndarray
+    class_names: list[str]
+    colours: list[tuple[int, int, int]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+    path: str = ""
+
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        """``(raw - mean[c]) / std[c]`` for a ``(C, H, W)`` array of any real dtype, as float32."""
+        image = raw.astype(np.float32, copy=True)
+        image -= self.mean[:, None, None]
+        image /= self.std[:, None, None]
+        return image
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: UNet,
+    *,
+    mean: float | list[float] | np.ndarray,
+    std: float | list[float] | np.ndarray,
+    class_names: list[str] | None = None,
+    colours: list[tuple[int, int, int]] | None = None,
+    **metadata: Any,
+) -> Path:
+    """Write ``model`` with its normalization to one safetensors file.
+
+    Parameters
+    ----------
+    mean, std: per-channel normalization (a scalar is used for every channel); std must be > 0
+    class_names: one name per label value; defaults to background/foreground
+    metadata: JSON-serialisable extras (training settings, scores)
+    """
+    from safetensors.torch import save_file
+
+    channels = model.in_channels
+    mean_arr = _per_channel(mean, channels, "mean")
+    std_arr = _per_channel(std, channels, "std")
+    if np.any(std_arr <= 0) or not np.all(np.isfinite(std_arr)):
+        raise CheckpointError(f"std must be finite and > 0 for every channel, got {std_arr}")
+    labels = max(model.num_classes, 2)
+    names = list(class_names) if class_names else default_class_names(model.num_classes)
+    if len(names) != labels:
+        raise CheckpointError(f"{len(names)} class names given for {labels} labels: give {labels}")
+    header = {
+        "format": FORMAT,
+        "architecture": model.config,
+        "mean": mean_arr.tolist(),
+        "std": std_arr.tolist(),
+        "class_names": names,
+        "colours": [list(c) for c in (colours or default_colours(labels))],
+        "metadata": metadata,
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
+    """A path to an existing file, or the name of a bundled model (``nuclei``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = BUNDLED_DIR / f"{name_or_path}.safetensors"
+    if bundled.is_file():
+        return bundled
+    names = sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+    hint = f" or a bundled model name ({', '.join(names)})" if names else ""
+    raise CheckpointError(f"checkpoint {str(name_or_path)!r} not found: give a .safetensors file{hint}")
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`save_checkpoint` (or a bundled model name).
+
+    Raises
+    ------
+    CheckpointError
+        For a pickle or zip (``torch.save``) file, a corrupt file, a safetensors file without this
+        project's metadata, or weights that do not fit the stored architecture.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from unet.model import UNet
+
+    file = resolve_checkpoint(path)
+    data = file.read_bytes()
+    _refuse_pickle(file, data[:4])
+    try:
+        from safetensors.torch import load
+
+        state = load(data)
+        with safe_open(str(file), framework="pt") as handle:
+            header_text = (handle.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, ValueError, OSError) as error:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({error}): re-save it with unet train "
+            "or save_checkpoint"
+        ) from None
+    if header_text is None:
+        raise CheckpointError(
+            f"{file} is a safetensors file without unet metadata: save it with save_checkpoint"
+        )
+    try:
+        header = json.loads(header_text)
+        config = header["architecture"]
+        model = UNet(**config)
+        mean = np.asarray(header["mean"], dtype=np.float32)
+        std = np.asarray(header["std"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{file} has corrupt unet metadata ({error})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0:2]
+        raise CheckpointError(
+            f"{file}: weights do not fit the stored architecture {config} ({' '.join(first)})"
+        ) from None
+    if mean.shape != (model.in_channels,) or std.shape != (model.in_channels,):
+        raise CheckpointError(f"{file}: mean/std must have {model.in_channels} values")
+    model.eval().to(device)
+    colours = [tuple(int(v) for v in c) for c in header.get("colours", [])]
+    return Checkpoint(
+        model=model,
+        mean=mean,
+        std=std,
+        class_names=list(header.get("class_names") or default_class_names(model.num_classes)),
+        colours=colours or default_colours(max(model.num_classes, 2)),
+        metadata=dict(header.get("metadata", {})),
+        digest=hashlib.sha256(data).hexdigest(),
+        path=str(file),
+    )
+
+
+def _per_channel(value: float | list[float] | np.ndarray, channels: int, name: str) -> np.ndarray:
+    array = np.atleast_1d(np.asarray(value, dtype=np.float32))
+    if array.size == 1:
+        array = np.repeat(array, channels)
+    if array.shape != (channels,):
+        raise CheckpointError(f"{name} needs 1 or {channels} values, got {array.size}")
+    return array
+
+
+def _refuse_pickle(file: Path, magic: bytes) -> None:
+    if magic[:2] == b"PK" or magic[:1] == b"\x80":
+        raise CheckpointError(
+            f"{file} is a pickle (torch.save) file, which can run code when loaded: "
+            "convert it once, in a trusted environment, with save_checkpoint to .safetensors"
+        )

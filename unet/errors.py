@@ -1,0 +1,60 @@
+"""One exception hierarchy for the whole project.
+
+Every error a user can cause derives from :class:`UNetError` and from the built-in it specialises,
+so callers may catch either. Messages say what is wrong and how to fix it, in one line: the CLI
+prints ``str(error)`` and exits non-zero (tracebacks only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+
+class UNetError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class InvalidTileSize(UNetError, ValueError):
+    """A tile or input side that the network cannot take exactly."""
+
+
+class InvalidInputSize(UNetError, ValueError):
+    """An input side for which the valid-padding U-Net has no exact output."""
+
+
+class InvalidImage(UNetError, ValueError):
+    """An image array of the wrong shape, dtype or content."""
+
+
+class ChannelMismatch(UNetError, ValueError):
+    """The image has a different number of channels than the model expects."""
+
+
+class InvalidParameter(UNetError, ValueError):
+    """A parameter outside its allowed set (device, precision, batch size, ...)."""
+
+
+class CheckpointError(UNetError, ValueError):
+    """A checkpoint that is not a safetensors file of this project, or does not fit the model."""
+
+
+class InputNotFound(UNetError, FileNotFoundError):
+    """An input path or URL that does not exist."""
+
+
+class UnsupportedInput(UNetError, ValueError):
+    """An input that exists but is not an image this project reads."""
+
+
+class OutputExists(UNetError, FileExistsError):
+    """An output that exists and may not be replaced without ``--overwrite``."""
+
+
+class FingerprintMismatch(UNetError, ValueError):
+    """An output written by a run with other inputs, checkpoint or parameters."""
+
+
+class OutputLocked(UNetError, RuntimeError):
+    """Another run holds the lock on this output."""
+
+
+class ConfigError(UNetError, ValueError):
+    """A configuration file (e.g. pipelines.yaml) with unknown keys or bad values."""

@@ -1,0 +1,209 @@
+"""Batched overlap-tile inference on an in-memory array.
+
+For a valid-padding model the tiled result is exactly one forward pass over the whole image
+mirror-padded by ``halo`` (see :mod:`unet.tiling`): tiles are cropped, never blended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from unet.errors import ChannelMismatch, InvalidImage, InvalidParameter
+from unet.tiling import AxisTiles, Geometry, axis_tiles, mirror_pad
+
+if TYPE_CHECKING:
+    import torch
+
+    from unet.model import UNet
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: Output pixels per tile side aimed at by the default tile size (before adding the halo).
+DEFAULT_TILE_OUTPUT = 512
+
+
+def default_tile_size(geometry: Geometry) -> int:
+    """The smallest valid tile keeping at least ``DEFAULT_TILE_OUTPUT`` output pixels a side."""
+    return geometry.valid_at_least(DEFAULT_TILE_OUTPUT + 2 * geometry.context)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InvalidParameter(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameter(f"device {device!r} asked for but no CUDA GPU is visible: use cpu")
+    return resolved
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise InvalidParameter(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def window_shape(
+    out_shape: tuple[int, int], tile_size: int, geometry: Geometry
+) -> tuple[int, int]:
+    """Input window ``(h, w)``, in padded coordinates, that :func:`predict_window` needs to
+    produce ``out_shape`` output pixels with tiles of ``tile_size``."""
+    return (
+        axis_tiles(out_shape[0], tile_size, geometry).window,
+        axis_tiles(out_shape[1], tile_size, geometry).window,
+    )
+
+
+def predict_window(
+    model: UNet,
+    window: np.ndarray,
+    out_shape: tuple[int, int],
+    *,
+    tile_size: int,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    precision: Precision = "fp32",
+) -> np.ndarray:
+    """Logits of the output pixels ``(0 .. out_h-1, 0 .. out_w-1)`` of a padded input window.
+
+    Parameters
+    ----------
+    window: float32 (C, h, w), normalized input in padded coordinates: ``window[:, 0, 0]`` is the
+        input pixel ``halo`` (or the same-mode margin) above and left of output pixel (0, 0), and
+        that position lies on the whole image's pooling grid (a multiple of ``2**depth``).
+        At least :func:`window_shape` large.
+    out_shape: (out_h, out_w)
+
+    Returns
+    -------
+    float32 (num_classes, out_h, out_w)
+    """
+    import torch
+
+    geometry = model.geometry
+    rows = axis_tiles(out_shape[0], tile_size, geometry)
+    cols = axis_tiles(out_shape[1], tile_size, geometry)
+    if window.shape[-2] < rows.window or window.shape[-1] < cols.window:
+        raise InvalidImage(
+            f"window {window.shape[-2:]} is smaller than the {rows.window}x{cols.window} "
+            "the tiles need"
+        )
+    if batch_size < 1:
+        raise InvalidParameter(f"batch size must be >= 1, got {batch_size}")
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    if next(model.parameters()).device != torch_device:
+        model.to(torch_device)
+    model.eval()
+    margin = geometry.context - geometry.halo  # non-zero only for same-padding models
+    logits = np.empty((model.num_classes, *out_shape), dtype=np.float32)
+    origins = [(y, x) for y in rows.origins for x in cols.origins]
+    with torch.inference_mode(), autocast(torch_device, precision):
+        for batch in _batches(origins, batch_size):
+            tiles = np.stack(
+                [window[:, y : y + rows.tile, x : x + cols.tile] for y, x in batch]
+            )
+            inputs = torch.from_numpy(tiles).to(torch_device, non_blocking=True)
+            outputs = model(inputs)
+            outputs = outputs[..., margin : margin + rows.keep, margin : margin + cols.keep]
+            outputs = outputs.float().cpu().numpy()
+            for (y, x), tile_logits in zip(batch, outputs, strict=True):
+                _paste(logits, tile_logits, y, x, rows, cols)
+    return logits
+
+
+def predict_array(
+    model: UNet,
+    image: np.ndarray,
+    *,
+    tile_size: int | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+    precision: Precision = "fp32",
+) -> np.ndarray:
+    """Segment an in-memory, normalized image tile by tile.
+
+    Parameters
+    ----------
+    model: a :class:`~unet.model.UNet`; moved to ``device``
+    image: float32 (C, H, W), already normalized, any H, W >= 1
+    tile_size: input side of the tiles (a valid size); default :func:`default_tile_size`.
+        Axes shorter than one tile use the smallest valid tile that covers them.
+    batch_size: tiles per forward pass
+    device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
+    precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast
+
+    Returns
+    -------
+    float32 (num_classes, H, W) logits. For a valid-padding model this equals one forward pass
+    over the whole image mirror-padded (numpy ``"reflect"``) by ``halo`` above and left and by
+    ``halo`` plus the least extra that makes the size valid below and right, cropped to (H, W).
+    """
+    image = check_image(image, model.in_channels)
+    geometry = model.geometry
+    tile_size = default_tile_size(geometry) if tile_size is None else tile_size
+    out_shape = image.shape[-2:]
+    needed = window_shape(out_shape, tile_size, geometry)
+    context = geometry.context
+    window = mirror_pad(
+        image,
+        before=(context, context),
+        after=(needed[0] - context - out_shape[0], needed[1] - context - out_shape[1]),
+    )
+    return predict_window(
+        model,
+        window,
+        out_shape,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+    )
+
+
+def check_image(image: np.ndarray, channels: int) -> np.ndarray:
+    """Validate a normalized ``(C, H, W)`` image and return it as float32."""
+    if not isinstance(image, np.ndarray):
+        raise InvalidImage(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3:
+        raise InvalidImage(f"image must be (C, H, W), got shape {image.shape}: add a channel axis")
+    if image.shape[0] != channels:
+        raise ChannelMismatch(
+            f"image has {image.shape[0]} channels but the model takes {channels}: "
+            "convert the image or use a model trained on it"
+        )
+    if 0 in image.shape:
+        raise InvalidImage(f"image of shape {image.shape} is empty")
+    if image.dtype.kind not in "fiu":
+        raise InvalidImage(f"image dtype {image.dtype} is not a real number type")
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise InvalidImage("image holds NaN or Inf: replace them (e.g. numpy.nan_to_num) first")
+    return image
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _paste(
+    logits: np.ndarray, tile: np.ndarray, y: int, x: int, rows: AxisTiles, cols: AxisTiles
+) -> None:
+    height = min(rows.keep, logits.shape[1] - y)
+    width = min(cols.keep, logits.shape[2] - x)
+    logits[:, y : y + height, x : x + width] = tile[:, :height, :width]
