@@ -3,8 +3,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_model
+
 from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.errors import CheckpointError
 
@@ -21,7 +21,9 @@ def test_round_trip_is_bit_identical(tmp_path):
     )
     loaded = load_checkpoint(path)
     assert loaded.model.config == model.config
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
     assert loaded.mean.tolist() == [1.0, 2.0, 3.0] and loaded.mean.dtype == np.float32
     assert loaded.std.tolist() == [4.0, 5.0, 6.0]
@@ -34,7 +36,9 @@ def test_round_trip_is_bit_identical(tmp_path):
 
 
 def test_normalize_uses_stored_mean_and_std(tmp_path):
-    path = save_checkpoint(tmp_path / "m.safetensors", make_model(in_channels=2), mean=[10, 20], std=[2, 4])
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", make_model(in_channels=2), mean=[10, 20], std=[2, 4]
+    )
     raw = np.array([[[12, 14]], [[28, 20]]], dtype=np.uint16)
     assert load_checkpoint(path).normalize(raw).tolist() == [[[1.0, 2.0]], [[2.0, 0.0]]]
 

@@ -29,7 +29,9 @@ def test_output_size_invalid_names_nearest(n, near):
     assert isinstance(info.value, ValueError) and isinstance(info.value, UNetError)
 
 
-@pytest.mark.parametrize("depth, smallest, halo", [(1, 18, 8), (2, 44, 20), (3, 92, 44), (5, 380, 188)])
+@pytest.mark.parametrize(
+    "depth, smallest, halo", [(1, 18, 8), (2, 44, 20), (3, 92, 44), (5, 380, 188)]
+)
 def test_output_size_matches_forward_at_other_depths(depth, smallest, halo):
     model = UNet(base_channels=2, depth=depth)
     assert model.halo == halo

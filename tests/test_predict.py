@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_model
+
 from unet.errors import ChannelMismatch, InvalidImage, InvalidParameter, InvalidTileSize
 from unet.predict import predict_array
 
@@ -15,7 +15,11 @@ def whole_image_reference(model, image):
     padded_w = geometry.valid_at_least(width + 2 * model.halo)
     padded = np.pad(
         image,
-        ((0, 0), (model.halo, padded_h - height - model.halo), (model.halo, padded_w - width - model.halo)),
+        (
+            (0, 0),
+            (model.halo, padded_h - height - model.halo),
+            (model.halo, padded_w - width - model.halo),
+        ),
         mode="reflect",
     )
     with torch.inference_mode():

@@ -140,7 +140,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
         return bundled
     names = sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
     hint = f" or a bundled model name ({', '.join(names)})" if names else ""
-    raise CheckpointError(f"checkpoint {str(name_or_path)!r} not found: give a .safetensors file{hint}")
+    raise CheckpointError(
+        f"checkpoint {str(name_or_path)!r} not found: give a .safetensors file{hint}"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Checkpoint:

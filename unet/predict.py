@@ -40,7 +40,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise InvalidParameter(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+        raise InvalidParameter(
+            f"unknown device {device!r}: use auto, cpu, cuda or cuda:N"
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InvalidParameter(f"device {device!r} asked for but no CUDA GPU is visible: use cpu")
     return resolved
@@ -51,16 +53,16 @@ def autocast(device: torch.device, precision: str):
     import torch
 
     if precision not in PRECISIONS:
-        raise InvalidParameter(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        raise InvalidParameter(
+            f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}"
+        )
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def window_shape(
-    out_shape: tuple[int, int], tile_size: int, geometry: Geometry
-) -> tuple[int, int]:
+def window_shape(out_shape: tuple[int, int], tile_size: int, geometry: Geometry) -> tuple[int, int]:
     """Input window ``(h, w)``, in padded coordinates, that :func:`predict_window` needs to
     produce ``out_shape`` output pixels with tiles of ``tile_size``."""
     return (
@@ -114,9 +116,7 @@ def predict_window(
     origins = [(y, x) for y in rows.origins for x in cols.origins]
     with torch.inference_mode(), autocast(torch_device, precision):
         for batch in _batches(origins, batch_size):
-            tiles = np.stack(
-                [window[:, y : y + rows.tile, x : x + cols.tile] for y, x in batch]
-            )
+            tiles = np.stack([window[:, y : y + rows.tile, x : x + cols.tile] for y, x in batch])
             inputs = torch.from_numpy(tiles).to(torch_device, non_blocking=True)
             outputs = model(inputs)
             outputs = outputs[..., margin : margin + rows.keep, margin : margin + cols.keep]

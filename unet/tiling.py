@@ -107,8 +107,10 @@ class Geometry:
         """
         if not self.is_valid(n):
             near = " or ".join(str(v) for v in self.nearest_valid(n))
-            kind = f"multiple of {self.align}" if self.padding == "same" else (
-                f"{self.smallest_input} + {self.align}k"
+            kind = (
+                f"multiple of {self.align}"
+                if self.padding == "same"
+                else (f"{self.smallest_input} + {self.align}k")
             )
             raise InvalidInputSize(
                 f"input side {n} is not valid for a depth-{self.depth} {self.padding} U-Net "
