@@ -1,0 +1,47 @@
+"""Which chunks hold tissue: Otsu on a low-resolution view of the image (pure numpy/skimage).
+
+Brightfield slides have bright background and dark tissue, fluorescence the reverse: the side of
+the Otsu threshold that holds most of the image border is taken as background. Chunks with no
+tissue pixel get label 0 without running the model, so the mask of a skipped run can differ from
+a full run only where the model would have found foreground in pure background.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tissue_mask(low_resolution: np.ndarray, dilation: int = 1) -> np.ndarray:
+    """bool (h, w) tissue mask of a (C, h, w) low-resolution image."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    gray = low_resolution.astype(np.float32).mean(axis=0)
+    if gray.size == 0 or gray.max() == gray.min():
+        return np.zeros(gray.shape, bool)
+    threshold = threshold_otsu(gray)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    bright_background = np.mean(border > threshold) >= 0.5
+    tissue = gray <= threshold if bright_background else gray > threshold
+    if dilation > 0:
+        tissue = ndimage.binary_dilation(tissue, iterations=dilation)
+    return tissue
+
+
+def chunks_with_tissue(
+    tissue: np.ndarray, factor: int, shape: tuple[int, int], chunks: tuple[int, int]
+) -> np.ndarray:
+    """bool (chunks_y, chunks_x): whether each output chunk overlaps the tissue mask.
+
+    ``tissue`` pixel (i, j) covers level-0 rows ``i*factor .. (i+1)*factor - 1`` (same for columns).
+    """
+    (height, width), (ch, cw) = shape, chunks
+    counts = (-(-height // ch), -(-width // cw))
+    result = np.zeros(counts, bool)
+    for i in range(counts[0]):
+        for j in range(counts[1]):
+            top, left = i * ch // factor, j * cw // factor
+            bottom = -(-min((i + 1) * ch, height) // factor)
+            right = -(-min((j + 1) * cw, width) // factor)
+            result[i, j] = bool(tissue[top:bottom, left:right].any())
+    return result

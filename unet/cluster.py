@@ -1,0 +1,85 @@
+"""Where chunks run: a Dask LocalCluster sized to the machine, or an existing scheduler.
+
+On a GPU machine the LocalCluster has one worker process per GPU, each started with
+``CUDA_VISIBLE_DEVICES`` set to its own GPU, so ``cuda`` in a worker means that worker's GPU.
+On a CPU machine one worker process runs one chunk at a time and torch uses all the cores
+(``torch_threads``), unless ``--workers N`` splits the cores between N processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """How many worker processes, and how many torch threads each (None: leave torch's default)."""
+
+    workers: int
+    torch_threads: int | None
+    gpus: int
+
+
+def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> ClusterPlan:
+    """Size the LocalCluster for ``device`` (ignored when ``scheduler`` is given)."""
+    cores = os.cpu_count() or 1
+    gpus = 0
+    if device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if scheduler is not None:
+        return ClusterPlan(workers=0, torch_threads=None, gpus=gpus)
+    if gpus and device != "cpu":
+        count = workers or gpus
+        return ClusterPlan(workers=count, torch_threads=max(1, cores // count), gpus=gpus)
+    count = workers or 1
+    return ClusterPlan(workers=count, torch_threads=max(1, cores // count), gpus=0)
+
+
+@contextlib.contextmanager
+def dask_client(plan: ClusterPlan, scheduler: str | None = None) -> Iterator[object]:
+    """A ``distributed.Client`` on ``scheduler``, or on a LocalCluster built from ``plan``.
+
+    The LocalCluster binds to 127.0.0.1 and has no dashboard, so nothing is exposed on the network.
+    """
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+
+    for name in ("distributed", "distributed.core", "distributed.worker", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if scheduler is not None:
+        with Client(scheduler, timeout="30s") as client:
+            yield client
+        return
+    if plan.gpus:
+        workers = {
+            str(i): {
+                "cls": Nanny,
+                "options": {
+                    "nthreads": 1,
+                    "env": {"CUDA_VISIBLE_DEVICES": str(i % plan.gpus)},
+                    "host": "127.0.0.1",
+                },
+            }
+            for i in range(plan.workers)
+        }
+        scheduler_spec = {
+            "cls": Scheduler,
+            "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+        }
+        cluster = SpecCluster(workers=workers, scheduler=scheduler_spec, silence_logs=logging.ERROR)
+    else:
+        cluster = LocalCluster(
+            n_workers=plan.workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
+        )
+    with cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,69 @@
+"""The parameters of a segmentation run, typed once.
+
+The CLI options, the Prefect flow parameters and ``pipelines.yaml`` all validate against
+:class:`SegmentParameters`; the run fingerprint is computed from the fields that change the mask.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class SegmentParameters(BaseModel):
+    """How to segment an image; every field has the CLI option of the same name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("nuclei", description="checkpoint path (.safetensors) or bundled model name")
+    tile_size: int | None = Field(
+        None, gt=0, description="input side of the model tiles (a valid size); default per model"
+    )
+    batch_size: int = Field(4, ge=1, le=1024, description="tiles per forward pass")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: Precision = Field("fp32", description="fp32, or bf16/fp16 autocast")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="LocalCluster worker processes (default: one per GPU, or one on CPU)",
+    )
+    scheduler: str | None = Field(
+        None, description="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786"
+    )
+    skip_background: bool = Field(False, description="give label 0 to chunks without tissue")
+    nodata: float | None = Field(
+        None,
+        description="pixel value meaning 'no data': such pixels get label 0, such chunks are skipped",
+    )
+    probabilities: bool = Field(False, description="also write a float16 softmax array")
+    channels_last: bool = Field(False, description="the input array is (Y, X, C)")
+    overwrite: bool = Field(False, description="replace an output written with other settings")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"scheduler {value!r} needs a protocol: e.g. tcp://127.0.0.1:8786")
+        return value
+
+    def result_fields(self, tile_size: int) -> dict[str, object]:
+        """The fields that change the mask, with the tile size resolved (for the fingerprint)."""
+        return {
+            "tile_size": tile_size,
+            "precision": self.precision,
+            "skip_background": self.skip_background,
+            "nodata": self.nodata,
+            "probabilities": self.probabilities,
+            "channels_last": self.channels_last,
+        }

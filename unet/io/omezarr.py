@@ -1,0 +1,289 @@
+"""Write OME-Zarr 0.5 (NGFF on Zarr v3) image and label-image groups.
+
+Layout written here::
+
+    <url>/zarr.json        group; attributes {"ome": {"version": "0.5", "multiscales": [...]}}
+    <url>/0/               level 0, blosc-zstd, chunks (1, cy, cx) for (c, y, x) or (cy, cx)
+    <url>/1/, <url>/2/ ... pyramid levels added by :func:`unet.io.pyramid.build_pyramid`
+
+Scales are in micrometres when a pixel size is given, in pixels otherwise; the channel axis has
+scale 1 and each pyramid level multiplies the image axes' scale by its downsampling factor.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.errors import InvalidImage, InvalidParameter, OutputExists
+from unet.io.source import location_exists, remove_location, resolve_location
+
+if TYPE_CHECKING:
+    import zarr
+
+NGFF_VERSION = "0.5"
+LEVEL0 = "0"
+_AXIS_LAYOUTS = (("c", "y", "x"), ("y", "x"))
+_UNIT = "micrometer"
+_CHANNEL_COLOURS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF"}
+
+
+def create_image(
+    url: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, int] = (1024, 1024),
+    *,
+    axes: tuple[str, ...] = ("c", "y", "x"),
+    channel_names: list[str] | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> zarr.Array:
+    """Create an OME-Zarr 0.5 image group with an empty level ``"0"`` to be filled.
+
+    Parameters
+    ----------
+    url: local path or fsspec URL of the new group
+    shape: ``(C, Y, X)`` for axes ``("c", "y", "x")``, ``(Y, X)`` for ``("y", "x")``
+    dtype: any integer or float numpy dtype
+    chunks: spatial ``(cy, cx)``; clipped to the image, one channel per chunk
+    channel_names: one label per channel, stored as ``omero`` channel metadata
+    pixel_size: ``(y, x)`` in micrometres, the level-0 scale
+    name: the multiscale's name (defaults to the store's base name)
+    overwrite: replace whatever exists at ``url``
+
+    Returns
+    -------
+    The level-0 ``zarr.Array``, filled with 0.
+
+    Raises
+    ------
+    OutputExists
+        ``url`` exists and ``overwrite`` is false.
+    InvalidParameter
+        Bad axes, shape, chunks, channel names or pixel size.
+    """
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    axes = tuple(axes)
+    if axes not in _AXIS_LAYOUTS:
+        raise InvalidParameter(f"axes {axes} are not supported: use ('c', 'y', 'x') or ('y', 'x')")
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != len(axes) or min(shape) < 1:
+        raise InvalidParameter(
+            f"shape {shape} does not fit axes {axes}: give {len(axes)} lengths, each at least 1"
+        )
+    numpy_dtype = _check_dtype(dtype)
+    chunk_shape = _chunk_shape(shape, chunks)
+    channels = shape[0] if axes[0] == "c" else 1
+    if channel_names is not None and (axes[0] != "c" or len(channel_names) != channels):
+        raise InvalidParameter(
+            f"{len(channel_names)} channel names given for {channels} channels: give one per channel"
+        )
+    location = resolve_location(url)
+    multiscale: dict[str, Any] = {
+        "name": name if name is not None else _base_name(location),
+        "axes": [_axis(axis, pixel_size is not None) for axis in axes],
+        "datasets": [_dataset(LEVEL0, _level_scale(axes, pixel_size, 1))],
+    }
+    ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [multiscale]}
+    if channel_names is not None:
+        ome["omero"] = {"channels": [_omero_channel(n, numpy_dtype) for n in channel_names]}
+    _make_room(location, overwrite)
+    group = zarr.create_group(store=location, zarr_format=3, attributes={"ome": ome})
+    shuffle = "bitshuffle" if numpy_dtype.itemsize == 1 else "shuffle"
+    return group.create_array(
+        LEVEL0,
+        shape=shape,
+        dtype=numpy_dtype,
+        chunks=chunk_shape,
+        compressors=[BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)],
+        fill_value=0,
+        dimension_names=axes,
+    )
+
+
+def create_label_image(
+    url: str | os.PathLike[str],
+    shape: tuple[int, int],
+    chunks: tuple[int, int],
+    *,
+    class_names: list[str],
+    colours: list[tuple[int, int, int]],
+    pixel_size: tuple[float, float] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> zarr.Array:
+    """Create an OME-Zarr 0.5 label image: a uint8 ``(Y, X)`` mask with ``image-label`` metadata.
+
+    Label value ``i`` is class ``class_names[i]`` shown in ``colours[i]``; label 0 (background)
+    is transparent. Returns the level-0 array, filled with 0.
+    """
+    if not 1 <= len(class_names) <= 256 or len(colours) != len(class_names):
+        raise InvalidParameter(
+            f"{len(class_names)} class names and {len(colours)} colours given: give one colour "
+            "per class, at most 256 classes for a uint8 mask"
+        )
+    for colour in colours:
+        if len(colour) != 3 or not all(
+            isinstance(v, int | np.integer) and 0 <= v <= 255 for v in colour
+        ):
+            raise InvalidParameter(f"colour {colour} is not an RGB triple of 0..255 integers")
+    level0 = create_image(
+        url,
+        tuple(shape),
+        np.uint8,
+        chunks,
+        axes=("y", "x"),
+        pixel_size=pixel_size,
+        name=name,
+        overwrite=overwrite,
+    )
+    import zarr
+
+    group = zarr.open_group(store=resolve_location(url), mode="r+")
+    ome = copy.deepcopy(group.attrs["ome"])
+    ome["image-label"] = {
+        "version": NGFF_VERSION,
+        "colors": [
+            {"label-value": value, "rgba": [*map(int, colour), 0 if value == 0 else 255]}
+            for value, colour in enumerate(colours)
+        ],
+        "properties": [
+            {"label-value": value, "class": class_name}
+            for value, class_name in enumerate(class_names)
+        ],
+    }
+    group.update_attributes({"ome": ome})
+    return level0
+
+
+def set_multiscales(
+    group: zarr.Group | str | os.PathLike[str],
+    paths: list[str],
+    factors: list[int],
+    *,
+    method: str | None = None,
+) -> None:
+    """Rewrite the multiscales datasets of an OME-Zarr 0.5 group after its pyramid is built.
+
+    Parameters
+    ----------
+    group: the image group, open for writing, or its path / URL
+    paths: level array paths, level 0 first
+    factors: each level's downsampling factor of the image axes, 1 first, increasing
+    method: the reduction used (``"mean"``, ``"nearest"``), recorded as the multiscale ``type``
+
+    The level-0 scale is kept; level ``k`` gets it times ``factors[k]`` on the image axes.
+    """
+    import zarr
+
+    if not isinstance(group, zarr.Group):
+        group = zarr.open_group(store=resolve_location(group), mode="r+")
+    if len(paths) != len(factors) or not paths or factors[0] != 1:
+        raise InvalidParameter(
+            f"levels {paths} with factors {factors}: give one factor per level, the first 1"
+        )
+    if any(b <= a for a, b in zip(factors, factors[1:], strict=False)):
+        raise InvalidParameter(f"pyramid factors {factors} must increase level by level")
+    ome = copy.deepcopy(group.attrs.asdict().get("ome"))
+    if not ome or not ome.get("multiscales"):
+        raise InvalidImage(
+            f"{group.store_path} has no OME-Zarr 0.5 multiscales metadata: create it with "
+            "unet.io.omezarr.create_image"
+        )
+    multiscale = ome["multiscales"][0]
+    space = [axis.get("type") == "space" for axis in multiscale["axes"]]
+    base = _first_scale(multiscale["datasets"][0], len(space))
+    multiscale["datasets"] = [
+        _dataset(
+            path, [s * factor if is_space else s for s, is_space in zip(base, space, strict=True)]
+        )
+        for path, factor in zip(paths, factors, strict=True)
+    ]
+    if method is not None:
+        multiscale["type"] = method
+    group.update_attributes({"ome": ome})
+
+
+def _make_room(location: str, overwrite: bool) -> None:
+    if not location_exists(location):
+        return
+    if not overwrite:
+        raise OutputExists(
+            f"output {location} exists: choose another path or pass overwrite=True (--overwrite)"
+        )
+    remove_location(location)
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    try:
+        numpy_dtype = np.dtype(dtype)
+    except TypeError as error:
+        raise InvalidParameter(f"dtype {dtype!r} is not a numpy dtype") from error
+    if numpy_dtype.kind not in "uif":
+        raise InvalidParameter(
+            f"dtype {numpy_dtype} cannot hold an image: use an integer or float dtype"
+        )
+    return numpy_dtype
+
+
+def _chunk_shape(shape: tuple[int, ...], chunks: tuple[int, int]) -> tuple[int, ...]:
+    if len(chunks) != 2 or not all(isinstance(c, int | np.integer) and c >= 1 for c in chunks):
+        raise InvalidParameter(f"chunks {chunks} must be two positive integers (cy, cx)")
+    spatial = (min(int(chunks[0]), shape[-2]), min(int(chunks[1]), shape[-1]))
+    return (1, *spatial) if len(shape) == 3 else spatial
+
+
+def _base_name(location: str) -> str:
+    name = Path(location.rstrip("/")).name
+    return name.removesuffix(".zarr") or "image"
+
+
+def _axis(name: str, with_unit: bool) -> dict[str, str]:
+    if name == "c":
+        return {"name": "c", "type": "channel"}
+    axis = {"name": name, "type": "space"}
+    if with_unit:
+        axis["unit"] = _UNIT
+    return axis
+
+
+def _level_scale(
+    axes: tuple[str, ...], pixel_size: tuple[float, float] | None, factor: int
+) -> list[float]:
+    if pixel_size is not None and (len(pixel_size) != 2 or min(pixel_size) <= 0):
+        raise InvalidParameter(f"pixel size {pixel_size} must be two positive numbers (y, x)")
+    size_y, size_x = pixel_size if pixel_size is not None else (1.0, 1.0)
+    spatial = [float(size_y) * factor, float(size_x) * factor]
+    return [1.0, *spatial] if axes[0] == "c" else spatial
+
+
+def _dataset(path: str, scale: list[float]) -> dict[str, Any]:
+    return {"path": path, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+
+
+def _first_scale(dataset: dict[str, Any], ndim: int) -> list[float]:
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform.get("type") == "scale" and len(transform.get("scale", [])) == ndim:
+            return [float(s) for s in transform["scale"]]
+    return [1.0] * ndim
+
+
+def _omero_channel(label: str, dtype: np.dtype) -> dict[str, Any]:
+    if dtype.kind in "ui":
+        low, high = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
+    else:
+        low, high = 0.0, 1.0
+    return {
+        "label": str(label),
+        "active": True,
+        "color": _CHANNEL_COLOURS.get(str(label).lower(), "FFFFFF"),
+        "window": {"min": low, "max": high, "start": low, "end": high},
+    }

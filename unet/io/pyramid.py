@@ -1,0 +1,148 @@
+"""Multiscale pyramids for OME-Zarr 0.5 images and label masks.
+
+Level ``k + 1`` halves level ``k`` along Y and X (``ceil``), so level ``k`` covers level-0 pixels
+in blocks of ``2**k``. Each level is computed from the previous one with Dask: a task reads a
+``(2 cy, 2 cx)`` block of level ``k`` and writes exactly one ``(cy, cx)`` chunk of level ``k + 1``,
+so no two tasks write the same chunk and memory stays at a few chunks per thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from unet.errors import InvalidParameter, UnsupportedInput
+from unet.io.omezarr import LEVEL0, set_multiscales
+from unet.io.source import resolve_location
+
+if TYPE_CHECKING:
+    import zarr
+
+Reduction = Literal["mean", "nearest"]
+
+
+def build_pyramid(
+    url: str | os.PathLike[str], *, reduction: Reduction = "mean", max_side: int = 1024
+) -> list[str]:
+    """Add levels ``"1"``, ``"2"``, ... to an OME-Zarr 0.5 image until the longer side fits.
+
+    Parameters
+    ----------
+    url: path or URL of an OME-Zarr 0.5 image group with level ``"0"``
+    reduction: ``"mean"`` of each 2x2 block for images (same dtype, integers rounded half to
+        even; a missing row or column at an odd border is left out of the mean), or
+        ``"nearest"`` (``[::2, ::2]``), which keeps label values exact for masks
+    max_side: stop once ``max(Y, X) <= max_side``; no level is added if level 0 already fits
+
+    Returns
+    -------
+    The level paths, ``"0"`` first. Existing levels other than ``"0"`` are replaced and the
+    multiscales metadata is rewritten.
+    """
+    import zarr
+
+    if reduction not in ("mean", "nearest"):
+        raise InvalidParameter(f"reduction {reduction!r} is not known: use 'mean' or 'nearest'")
+    if not isinstance(max_side, int) or max_side < 1:
+        raise InvalidParameter(f"max_side must be a positive integer, got {max_side!r}")
+    location = resolve_location(url)
+    group = zarr.open_group(store=location, mode="r+")
+    ome = group.attrs.asdict().get("ome")
+    if group.metadata.zarr_format != 3 or not ome or LEVEL0 not in group.array_keys():
+        raise UnsupportedInput(
+            f"{location} is not an OME-Zarr 0.5 image group with a level '0' array: pyramids "
+            "are built for images written by unet (create_image, ingest, segment)"
+        )
+    _remove_levels(group, ome)
+    paths, factors = [LEVEL0], [1]
+    level = group[LEVEL0]
+    while max(level.shape[-2:]) > max_side:
+        path = str(len(paths))
+        level = _halve(level, group, path, reduction)
+        paths.append(path)
+        factors.append(2 ** (len(paths) - 1))
+    set_multiscales(group, paths, factors, method=reduction)
+    return paths
+
+
+def reduce_block(block: np.ndarray, reduction: Reduction) -> np.ndarray:
+    """Halve the last two axes of one block.
+
+    Parameters
+    ----------
+    block: (..., h, w), any integer or float dtype
+    reduction: ``"nearest"`` takes ``[..., ::2, ::2]``; ``"mean"`` averages each 2x2 block
+        (edge rows/columns repeated where ``h`` or ``w`` is odd, which averages only the
+        pixels present) and rounds integers half to even
+
+    Returns
+    -------
+    (..., ceil(h / 2), ceil(w / 2)), the input dtype
+    """
+    if reduction == "nearest":
+        return block[..., ::2, ::2]
+    height, width = block.shape[-2:]
+    if height % 2 or width % 2:
+        pad = [(0, 0)] * (block.ndim - 2) + [(0, height % 2), (0, width % 2)]
+        block = np.pad(block, pad, mode="edge")
+    # float32 holds every 2x2 sum of 8- and 16-bit values exactly; wider types need float64.
+    exact_in_float32 = block.dtype.itemsize <= 2 or block.dtype == np.float32
+    total = block[..., ::2, ::2].astype(np.float32 if exact_in_float32 else np.float64)
+    # Summing the four strided views keeps the working memory at a quarter of the block.
+    total += block[..., 1::2, ::2]
+    total += block[..., ::2, 1::2]
+    total += block[..., 1::2, 1::2]
+    total *= 0.25
+    if block.dtype.kind in "ui":
+        np.rint(total, out=total)
+    return total.astype(block.dtype, copy=False)
+
+
+def _remove_levels(group: zarr.Group, ome: dict) -> None:
+    """Delete the arrays of existing levels above 0, listed or numbered."""
+    listed = {
+        dataset.get("path")
+        for multiscale in ome.get("multiscales", [])
+        for dataset in multiscale.get("datasets", [])
+    }
+    existing = set(group.array_keys())
+    for path in sorted(existing & (listed | {k for k in existing if k.isdigit()})):
+        if path != LEVEL0:
+            del group[path]
+
+
+def _halve(source: zarr.Array, group: zarr.Group, path: str, reduction: Reduction) -> zarr.Array:
+    """Create level ``path`` as the halved ``source``, one output chunk per Dask task."""
+    import dask.array as da
+
+    height, width = source.shape[-2:]
+    shape = (*source.shape[:-2], math.ceil(height / 2), math.ceil(width / 2))
+    chunks = tuple(min(c, n) for c, n in zip(source.chunks, shape, strict=True))
+    target = group.create_array(
+        path,
+        shape=shape,
+        dtype=source.dtype,
+        chunks=chunks,
+        compressors=source.compressors,
+        fill_value=source.fill_value,
+        dimension_names=source.metadata.dimension_names,
+    )
+    read_chunks = (*chunks[:-2], 2 * chunks[-2], 2 * chunks[-1])
+    blocks = da.from_zarr(source, chunks=read_chunks)
+    out_chunks = (
+        *blocks.chunks[:-2],
+        *(tuple(math.ceil(n / 2) for n in axis) for axis in blocks.chunks[-2:]),
+    )
+    halved = blocks.map_blocks(
+        reduce_block,
+        reduction,
+        chunks=out_chunks,
+        dtype=source.dtype,
+        meta=np.empty((0,) * len(shape), source.dtype),
+    )
+    # Each task writes one whole chunk of the target, so no lock is needed.
+    da.store(halved, target, lock=False)
+    return target

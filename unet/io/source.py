@@ -1,0 +1,523 @@
+"""Open a 2-D image stored in Zarr (plain array or OME-Zarr image group) as a ``(C, Y, X)`` source.
+
+An :class:`ImageSource` is a small, picklable description of where the pixels are and how the
+stored axes map onto ``(C, Y, X)``; it opens the store lazily, so it can travel to Dask workers
+and each process opens the store once. Paths may be local or fsspec URLs (``s3://``,
+``memory://``, ...): zarr opens URLs through its ``FsspecStore``.
+
+Axis handling. A plain array is ``(Y, X)``, ``(C, Y, X)`` or, with ``channels_last``,
+``(Y, X, C)``; a Zarr v3 array whose ``dimension_names`` name ``y`` and ``x`` uses those names.
+An OME-Zarr group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives the axes in its ``multiscales``
+metadata; its first dataset is level 0. Singleton axes other than ``c``, ``y``, ``x`` (``t``,
+``z``) are dropped; a longer one is refused, because the model segments single planes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.errors import InputNotFound, InvalidImage, InvalidParameter, UnsupportedInput
+
+if TYPE_CHECKING:
+    import zarr
+
+#: Names given to the channel and the two image axes in :attr:`ImageSource.axes`.
+CHANNEL, ROWS, COLUMNS = "c", "y", "x"
+_INGEST_HINT = "TIFF, SVS, PNG and JPEG files must be converted first with `unet ingest`"
+#: A third axis at most this long, behind a longer first axis, is taken for colour samples.
+_MAX_TRAILING_CHANNELS = 4
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` is an fsspec URL (``scheme://...``) rather than a local path."""
+    return "://" in location and not location.startswith("file://")
+
+
+def resolve_location(location: str | os.PathLike[str]) -> str:
+    """A local path made absolute (``~`` and ``file://`` handled); a URL unchanged."""
+    text = os.fspath(location)
+    if is_url(text):
+        return text.rstrip("/")
+    text = text.removeprefix("file://")
+    return str(Path(text).expanduser().absolute())
+
+
+def location_exists(location: str) -> bool:
+    """Whether anything (file, folder, Zarr node) exists at a resolved path or URL."""
+    if not is_url(location):
+        return os.path.lexists(location)
+    import fsspec
+
+    filesystem, path = fsspec.core.url_to_fs(location)
+    return bool(filesystem.exists(path))
+
+
+def remove_location(location: str) -> None:
+    """Delete whatever exists at a resolved path or URL (a store, a folder or a file)."""
+    if not is_url(location):
+        import shutil
+
+        if os.path.isdir(location) and not os.path.islink(location):
+            shutil.rmtree(location)
+        elif os.path.lexists(location):
+            os.unlink(location)
+        return
+    import fsspec
+
+    filesystem, path = fsspec.core.url_to_fs(location)
+    if filesystem.exists(path):
+        filesystem.rm(path, recursive=True)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A picklable handle on a ``(C, Y, X)`` image in a Zarr store.
+
+    The store is opened on first use in each process and the open array is cached outside the
+    pickled state, so a source shipped to Dask workers carries only this description.
+
+    Attributes
+    ----------
+    url: absolute local path or fsspec URL of the group or array as given
+    array_path: path of the level-0 array inside the store (``""`` when ``url`` is the array)
+    shape: ``(C, Y, X)`` after axis handling (``C == 1`` for a grayscale image)
+    chunks: spatial ``(cy, cx)`` chunking (shard shape if sharded) of the stored level-0 array
+    dtype: numpy dtype name of the stored data
+    channels_last: whether the stored channel axis comes after the image axes
+    axes: stored axis names, the channel axis as ``"c"`` and the image axes as ``"y"``, ``"x"``
+    pixel_size: ``(y, x)`` scale of level 0 from OME metadata, if any
+    level_paths: paths in the store of the OME pyramid levels, level 0 first (``()`` if none)
+    """
+
+    url: str
+    array_path: str
+    shape: tuple[int, int, int]
+    chunks: tuple[int, int] | None
+    dtype: str
+    channels_last: bool
+    axes: tuple[str, ...]
+    pixel_size: tuple[float, float] | None = None
+    level_paths: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The cached open array stays behind: workers reopen the store themselves.
+        state = dict(self.__dict__)
+        state.pop("_array", None)
+        return state
+
+    @cached_property
+    def _array(self) -> zarr.Array:
+        return _open_array(self.url, self.array_path)
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """Read one region of level 0, touching only the chunks it overlaps.
+
+        Parameters
+        ----------
+        rows, cols: ``slice(start, stop)`` within ``0 .. Y`` and ``0 .. X``, step 1
+            (``None`` bounds mean the image border)
+
+        Returns
+        -------
+        (C, stop_row - start_row, stop_col - start_col), the stored dtype
+        """
+        _, height, width = self.shape
+        rows = _check_slice(rows, height, "rows")
+        cols = _check_slice(cols, width, "cols")
+        return _select(self._array, self.axes, rows, cols)
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies this input in a run fingerprint; JSON-serialisable.
+
+        ``modified`` is a cheap change marker: the modification time of the level-0 array's
+        metadata file for local stores, the ETag or modification time reported by fsspec for
+        URLs (``None`` where the store reports none). Rewriting the array changes it; editing
+        chunks in place does not.
+        """
+        return {
+            "url": self.url,
+            "array_path": self.array_path,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "chunks": list(self.chunks) if self.chunks is not None else None,
+            "axes": list(self.axes),
+            "channels_last": self.channels_last,
+            "modified": _change_marker(self.url, self.array_path),
+        }
+
+    def low_resolution(self, max_side: int = 2048) -> tuple[np.ndarray, int]:
+        """A reduced copy of the whole image whose sides are at most ``max_side``.
+
+        Uses the highest-resolution OME pyramid level that fits in ``max_side``; where none
+        does (or the store has no pyramid), the smallest level is subsampled further by a
+        stride, reading one band of chunk rows at a time so memory stays bounded.
+
+        Returns
+        -------
+        image: float32 (C, h, w); ``h = ceil(Y / factor)`` for plain arrays and ceil-halving
+            pyramids (those :func:`unet.io.pyramid.build_pyramid` writes), one less where a
+            pyramid level floors
+        factor: low-resolution pixel ``(i, j)`` covers level-0 rows ``i*factor .. (i+1)*factor-1``
+            and the same columns
+        """
+        if not isinstance(max_side, int) or max_side < 1:
+            raise InvalidParameter(f"max_side must be a positive integer, got {max_side!r}")
+        level, level_factor = self._fitting_level(max_side)
+        height, width = _spatial_shape(level, self.axes)
+        stride = max(1, math.ceil(max(height, width) / max_side))
+        chunk_rows = _spatial_chunks(level, self.axes)[0]
+        band = stride * max(1, math.ceil(chunk_rows / stride))
+        out = np.empty(
+            (self.shape[0], math.ceil(height / stride), math.ceil(width / stride)), np.float32
+        )
+        for start in range(0, height, band):
+            stop = min(start + band, height)
+            block = _select(level, self.axes, slice(start, stop, stride), slice(0, width, stride))
+            out[:, start // stride : start // stride + block.shape[1]] = block
+        return out, level_factor * stride
+
+    def _fitting_level(self, max_side: int) -> tuple[zarr.Array, int]:
+        """The first pyramid level fitting ``max_side`` (else the smallest) and its factor."""
+        _, height, width = self.shape
+        chosen: tuple[zarr.Array, int] = (self._array, 1)
+        if max(height, width) <= max_side:
+            return chosen
+        for path in self.level_paths[1:]:
+            level = _open_array(self.url, path)
+            if level.ndim != len(self.axes):
+                continue
+            factor = _level_factor((height, width), _spatial_shape(level, self.axes))
+            if factor is None or factor <= chosen[1]:
+                continue
+            chosen = (level, factor)
+            if max(_spatial_shape(level, self.axes)) <= max_side:
+                break
+        return chosen
+
+
+def open_image(url: str | os.PathLike[str], *, channels_last: bool = False) -> ImageSource:
+    """Open a 2-D image in a Zarr array or OME-Zarr image group.
+
+    Parameters
+    ----------
+    url: local path or fsspec URL of a Zarr array (v2 or v3) or of an OME-Zarr image group
+    channels_last: a plain 3-D array is ``(Y, X, C)`` rather than ``(C, Y, X)``
+
+    Raises
+    ------
+    InputNotFound
+        Nothing exists at ``url``.
+    UnsupportedInput
+        ``url`` is not a Zarr store, or a group without OME image metadata.
+    InvalidImage
+        Empty, boolean, complex or non-numeric data, or an extra axis longer than 1.
+    InvalidParameter
+        ``channels_last`` contradicts axis names stored with the array.
+    """
+    location = resolve_location(url)
+    node = _open_node(location)
+    import zarr
+
+    if isinstance(node, zarr.Group):
+        return _open_ome_group(location, node, channels_last)
+    return _source_from_array(
+        location, "", node, _array_axes(location, node, channels_last), channels_last, None, ()
+    )
+
+
+def _open_node(location: str) -> zarr.Array | zarr.Group:
+    import zarr
+
+    if not is_url(location):
+        path = Path(location)
+        if not path.exists():
+            raise InputNotFound(f"input {location} does not exist: check the path")
+        if not path.is_dir():
+            raise UnsupportedInput(f"{location} is a file, not a Zarr store: {_INGEST_HINT}")
+        markers = ("zarr.json", ".zarray", ".zgroup")
+        if not any((path / marker).is_file() for marker in markers):
+            raise UnsupportedInput(
+                f"{location} is a folder without Zarr metadata (zarr.json, .zarray or .zgroup), "
+                f"not a Zarr store: give the store's own path; {_INGEST_HINT}"
+            )
+    try:
+        return zarr.open(store=location, mode="r")
+    except FileNotFoundError as error:
+        raise InputNotFound(
+            f"no Zarr array or group at {location}: check the URL and that the store exists"
+        ) from error
+    except (ValueError, KeyError, OSError) as error:
+        raise UnsupportedInput(
+            f"{location} could not be opened as a Zarr store ({error}): {_INGEST_HINT}"
+        ) from error
+
+
+def _open_array(location: str, array_path: str) -> zarr.Array:
+    import zarr
+
+    return zarr.open_array(store=location, path=array_path, mode="r")
+
+
+def _open_ome_group(location: str, group: zarr.Group, channels_last: bool) -> ImageSource:
+    attributes = group.attrs.asdict()
+    ome = attributes.get("ome", attributes)
+    prefix = ""
+    if "bioformats2raw.layout" in ome and "multiscales" not in ome:
+        # bioformats2raw puts the first image in the sub-group "0".
+        import zarr
+
+        group = zarr.open_group(store=location, path="0", mode="r")
+        attributes = group.attrs.asdict()
+        ome = attributes.get("ome", attributes)
+        prefix = "0/"
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        raise UnsupportedInput(
+            f"{location} is a Zarr group without OME-NGFF multiscales metadata: give the path "
+            "of the image array inside it (e.g. <group>/0) or of an OME-Zarr image group"
+        )
+    multiscale = multiscales[0]
+    datasets = multiscale.get("datasets") or []
+    if not datasets or "path" not in datasets[0]:
+        raise InvalidImage(
+            f"OME-Zarr image {location} lists no datasets in its multiscales metadata: "
+            "rewrite the metadata or open the level-0 array directly"
+        )
+    level_paths = tuple(prefix + dataset["path"] for dataset in datasets if "path" in dataset)
+    try:
+        array = _open_array(location, level_paths[0])
+    except FileNotFoundError as error:
+        raise InvalidImage(
+            f"OME-Zarr image {location} names level 0 '{level_paths[0]}', which does not exist "
+            "in the store: rewrite the metadata or open the level-0 array directly"
+        ) from error
+    names, types = _ome_axes(multiscale, array.ndim)
+    if len(names) != array.ndim:
+        raise InvalidImage(
+            f"OME-Zarr image {location} declares {len(names)} axes {tuple(names)} for a "
+            f"{array.ndim}-D level-0 array: fix its multiscales metadata"
+        )
+    axes = _normalise_axes(location, names, types, array.shape)
+    if channels_last and CHANNEL in axes and axes.index(CHANNEL) < axes.index(ROWS):
+        raise InvalidParameter(
+            f"channels_last was given but {location} declares its axes {axes} in OME metadata: "
+            "drop --channels-last"
+        )
+    scale = _ome_scale(multiscale, datasets[0], len(names))
+    pixel_size = None
+    if scale is not None:
+        pixel_size = (float(scale[axes.index(ROWS)]), float(scale[axes.index(COLUMNS)]))
+        units = [axis.get("unit") for axis in multiscale.get("axes", []) if isinstance(axis, dict)]
+        if pixel_size == (1.0, 1.0) and not any(units):
+            # A unit-less scale of 1 is the writer's placeholder, not a measured pixel size.
+            pixel_size = None
+    return _source_from_array(
+        location, level_paths[0], array, axes, channels_last, pixel_size, level_paths
+    )
+
+
+def _ome_axes(multiscale: dict[str, Any], ndim: int) -> tuple[list[str], list[str | None]]:
+    """Axis names and types from NGFF metadata (0.3 strings, 0.4+ objects, 0.1-0.2 implicit)."""
+    axes = multiscale.get("axes")
+    if axes is None:
+        names = ["t", "c", "z", "y", "x"][-ndim:] if ndim <= 5 else []
+        return names, [None] * len(names)
+    names = [str(axis["name"] if isinstance(axis, dict) else axis) for axis in axes]
+    types = [axis.get("type") if isinstance(axis, dict) else None for axis in axes]
+    return names, types
+
+
+def _ome_scale(
+    multiscale: dict[str, Any], dataset: dict[str, Any], ndim: int
+) -> list[float] | None:
+    """Level-0 scale: the dataset's scale times the multiscale-wide scale, if any is given."""
+    found = False
+    scale = [1.0] * ndim
+    for transforms in (
+        dataset.get("coordinateTransformations"),
+        multiscale.get("coordinateTransformations"),
+    ):
+        for transform in transforms or []:
+            values = transform.get("scale") if transform.get("type") == "scale" else None
+            if isinstance(values, list) and len(values) == ndim:
+                scale = [a * float(b) for a, b in zip(scale, values, strict=True)]
+                found = True
+    return scale if found else None
+
+
+def _normalise_axes(
+    location: str, names: list[str], types: list[str | None], shape: tuple[int, ...]
+) -> tuple[str, ...]:
+    """Stored axis names with the channel axis called ``c`` and the image axes ``y``, ``x``.
+
+    Raises InvalidImage when an axis other than those three is longer than 1.
+    """
+    lowered = [name.lower() for name in names]
+    space = [i for i, kind in enumerate(types) if kind == "space"]
+    if len(space) < 2:
+        space = [i for i, name in enumerate(lowered) if name in ("z", "y", "x")]
+    if len(space) < 2:
+        raise InvalidImage(
+            f"image {location} has axes {tuple(names)} without two image axes (y, x): "
+            "store it with y and x axes"
+        )
+    channel = [i for i, kind in enumerate(types) if kind == "channel"]
+    channel = channel or [i for i, name in enumerate(lowered) if name == CHANNEL]
+    roles = {space[-2]: ROWS, space[-1]: COLUMNS}
+    if channel:
+        roles[channel[0]] = CHANNEL
+    axes = tuple(roles.get(i, lowered[i]) for i in range(len(names)))
+    for axis, length in zip(axes, shape, strict=True):
+        if axis not in (CHANNEL, ROWS, COLUMNS) and length != 1:
+            raise InvalidImage(
+                f"image {location} has a '{axis}' axis of length {length} (axes {axes}, "
+                f"shape {tuple(shape)}): only single 2-D planes are segmented; extract one "
+                f"{axis} plane into its own array first"
+            )
+    return axes
+
+
+def _array_axes(location: str, array: zarr.Array, channels_last: bool) -> tuple[str, ...]:
+    """Axis names of a plain array: its v3 dimension names, else from its number of axes."""
+    shape = tuple(array.shape)
+    names = getattr(array.metadata, "dimension_names", None)
+    if names and all(isinstance(n, str) for n in names):
+        lowered = [n.lower() for n in names]
+        if ROWS in lowered and COLUMNS in lowered:
+            axes = _normalise_axes(location, list(names), [None] * len(names), shape)
+            if channels_last and CHANNEL in axes and axes.index(CHANNEL) < axes.index(ROWS):
+                raise InvalidParameter(
+                    f"channels_last was given but {location} names its axes {axes}: "
+                    "drop --channels-last"
+                )
+            return axes
+    if array.ndim == 2:
+        return (ROWS, COLUMNS)
+    if array.ndim == 3:
+        if channels_last:
+            return (ROWS, COLUMNS, CHANNEL)
+        if shape[2] <= _MAX_TRAILING_CHANNELS < shape[0]:
+            raise InvalidImage(
+                f"array {location} of shape {shape} looks like (Y, X, C), not (C, Y, X): "
+                "pass --channels-last (channels_last=True)"
+            )
+        return (CHANNEL, ROWS, COLUMNS)
+    raise InvalidImage(
+        f"array {location} has {array.ndim} axes {shape}: give a (Y, X) or (C, Y, X) array, "
+        "or an OME-Zarr image group whose metadata names the axes"
+    )
+
+
+def _source_from_array(
+    location: str,
+    array_path: str,
+    array: zarr.Array,
+    axes: tuple[str, ...],
+    channels_last: bool,
+    pixel_size: tuple[float, float] | None,
+    level_paths: tuple[str, ...],
+) -> ImageSource:
+    shape = tuple(int(n) for n in array.shape)
+    dtype = np.dtype(array.dtype)
+    where = f"{location}/{array_path}" if array_path else location
+    if dtype.kind not in "uif":
+        raise InvalidImage(
+            f"array {where} has dtype {dtype}: images must hold integers or floats; convert "
+            "it (e.g. bool masks to uint8) before segmenting"
+        )
+    if 0 in shape:
+        raise InvalidImage(
+            f"array {where} of shape {shape} is empty: give an image with at least one pixel"
+        )
+    channels = shape[axes.index(CHANNEL)] if CHANNEL in axes else 1
+    height, width = _spatial_shape(array, axes)
+    stored_last = CHANNEL in axes and axes.index(CHANNEL) > axes.index(ROWS)
+    return ImageSource(
+        url=location,
+        array_path=array_path,
+        shape=(channels, height, width),
+        chunks=_spatial_chunks(array, axes),
+        dtype=dtype.name,
+        channels_last=stored_last or (channels_last and CHANNEL in axes),
+        axes=axes,
+        pixel_size=pixel_size,
+        level_paths=level_paths,
+    )
+
+
+def _spatial_shape(array: zarr.Array, axes: tuple[str, ...]) -> tuple[int, int]:
+    return int(array.shape[axes.index(ROWS)]), int(array.shape[axes.index(COLUMNS)])
+
+
+def _spatial_chunks(array: zarr.Array, axes: tuple[str, ...]) -> tuple[int, int]:
+    chunks = getattr(array, "shards", None) or array.chunks
+    return int(chunks[axes.index(ROWS)]), int(chunks[axes.index(COLUMNS)])
+
+
+def _select(array: zarr.Array, axes: tuple[str, ...], rows: slice, cols: slice) -> np.ndarray:
+    """``array`` indexed by image rows and columns, as ``(C, h, w)`` in the stored dtype."""
+    picks = {ROWS: rows, COLUMNS: cols, CHANNEL: slice(None)}
+    selection = tuple(picks.get(axis, 0) for axis in axes)
+    block = np.asarray(array[selection])
+    kept = [axis for axis in axes if axis in picks]
+    if CHANNEL not in kept:
+        block = block[np.newaxis]
+        kept.insert(0, CHANNEL)
+    order = [kept.index(axis) for axis in (CHANNEL, ROWS, COLUMNS)]
+    return np.ascontiguousarray(block.transpose(order))
+
+
+def _check_slice(region: slice, length: int, name: str) -> slice:
+    if not isinstance(region, slice):
+        raise InvalidParameter(f"{name} must be a slice, got {region!r}")
+    start = 0 if region.start is None else region.start
+    stop = length if region.stop is None else region.stop
+    if region.step not in (None, 1) or not 0 <= start <= stop <= length:
+        raise InvalidParameter(
+            f"{name} {region} is not a step-1 slice within 0..{length}: clip it to the image"
+        )
+    return slice(int(start), int(stop))
+
+
+def _level_factor(base: tuple[int, int], level: tuple[int, int]) -> int | None:
+    """Integer downsampling factor of a level, or None when it is not a clean integer pyramid."""
+    if min(level) < 1:
+        return None
+    factor = round(max(b / n for b, n in zip(base, level, strict=True)))
+    fits = all(b // factor <= n <= -(-b // factor) for b, n in zip(base, level, strict=True))
+    return factor if factor >= 1 and fits else None
+
+
+def _change_marker(location: str, array_path: str) -> str | int | None:
+    """Modification marker of the array metadata file, or None where none is reported."""
+    names = ("zarr.json", ".zarray")
+    if not is_url(location):
+        folder = Path(location, array_path) if array_path else Path(location)
+        for name in names:
+            try:
+                return (folder / name).stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+        return None
+    import fsspec
+
+    try:
+        filesystem, root = fsspec.core.url_to_fs(location)
+        for name in names:
+            path = "/".join(part for part in (root, array_path, name) if part)
+            if filesystem.exists(path):
+                info = filesystem.info(path)
+                for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+                    if info.get(key) is not None:
+                        return str(info[key])
+                return None
+    except OSError:
+        return None
+    return None

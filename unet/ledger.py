@@ -1,0 +1,98 @@
+"""What an output store remembers about its run: the fingerprint and the finished chunks.
+
+The fingerprint hashes the input's identity, the checkpoint's digest and the parameters that
+change the mask. A rerun with the same fingerprint resumes; another is refused (naming what
+differs) unless ``--overwrite``.
+
+The ledger is a uint8 Zarr array with one element per output chunk and one Zarr chunk per element,
+so each Dask task marks its own chunk without touching anyone else's and no lock is needed. A task
+marks its chunk only after the mask chunk's write returned, and Zarr stores write each chunk
+atomically (local files through a rename, object stores by a single PUT): a kill can lose work but
+never leave a chunk marked done that was not fully written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unet.errors import FingerprintMismatch
+
+LEDGER_PATH = "_unet_ledger"
+ATTRIBUTE = "unet"
+#: Bumped whenever the engine's output for the same inputs could change.
+ENGINE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The identity of a run's result."""
+
+    components: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps(self.components, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @classmethod
+    def of(cls, input_identity: dict, checkpoint_digest: str, parameters: dict) -> Fingerprint:
+        return cls(
+            {
+                "engine": ENGINE_VERSION,
+                "input": input_identity,
+                "checkpoint": checkpoint_digest,
+                "parameters": parameters,
+            }
+        )
+
+    def differences(self, stored: dict[str, Any]) -> list[str]:
+        """Dotted names of the components that differ from a stored fingerprint."""
+        return sorted(_diff(json.loads(json.dumps(self.components, default=str)), stored))
+
+    def check_against(self, stored: dict[str, Any] | None, output: str) -> None:
+        """Raise :class:`FingerprintMismatch` when ``stored`` is another run's fingerprint."""
+        if stored is None:
+            return
+        differing = self.differences(stored)
+        if differing:
+            raise FingerprintMismatch(
+                f"{output} was written by another run (differs in: {', '.join(differing)}): "
+                "use --overwrite to replace it, or choose another output"
+            )
+
+
+def _diff(current: Any, stored: Any, prefix: str = "") -> set[str]:
+    if isinstance(current, dict) and isinstance(stored, dict):
+        names: set[str] = set()
+        for key in current.keys() | stored.keys():
+            names |= _diff(current.get(key), stored.get(key), f"{prefix}{key}.")
+        return names
+    return set() if current == stored else {prefix.rstrip(".")}
+
+
+def create_ledger(group, chunk_counts: tuple[int, int]) -> None:
+    """Add an empty ledger (every chunk pending) to an output group."""
+    group.create_array(
+        LEDGER_PATH,
+        shape=chunk_counts,
+        chunks=(1, 1),
+        dtype="uint8",
+        fill_value=0,
+        compressors=None,
+        overwrite=True,
+    )
+
+
+def finished_chunks(group) -> np.ndarray:
+    """bool (chunks_y, chunks_x): which output chunks are finished."""
+    return np.asarray(group[LEDGER_PATH][...]) == 1
+
+
+def mark_finished(ledger_array, index: tuple[int, int]) -> None:
+    """Record one chunk as finished. Call only after its mask write returned."""
+    ledger_array[index[0] : index[0] + 1, index[1] : index[1] + 1] = 1

@@ -1,0 +1,174 @@
+"""The work of one output chunk, run inside a Dask worker.
+
+A task carries a :class:`ChunkJob` (paths and settings, a few hundred bytes) and a chunk index.
+It reads the chunk plus its halo straight from the input store, mirrored at the image border as
+:func:`unet.predict.predict_array` mirrors, normalizes with the checkpoint's mean/std, infers,
+writes exactly that one output chunk and only then marks it in the ledger. The model is loaded
+once per worker process (cached by checkpoint digest), never shipped in the task graph.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from unet.io.source import ImageSource
+from unet.ledger import LEDGER_PATH, mark_finished
+from unet.tiling import reflect_index
+
+MASK_PATH = "0"
+PROBABILITIES_PATH = "probabilities"
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """Everything a worker needs for any chunk of one image; small and picklable."""
+
+    source: ImageSource
+    output: str
+    checkpoint: str
+    checkpoint_digest: str
+    chunks: tuple[int, int]
+    tile_size: int
+    batch_size: int
+    device: str
+    precision: str
+    probabilities: bool
+    nodata: float | None
+    torch_threads: int | None
+
+    def bounds(self, index: tuple[int, int]) -> tuple[slice, slice]:
+        """Rows and columns of output chunk ``index``."""
+        (height, width), (ch, cw) = self.source.shape[1:], self.chunks
+        y, x = index[0] * ch, index[1] * cw
+        return slice(y, min(y + ch, height)), slice(x, min(x + cw, width))
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a task tells the driver: small statistics, never pixels."""
+
+    index: tuple[int, int]
+    class_counts: tuple[int, ...]
+    seconds: float
+    skipped: bool
+
+
+def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
+    """Segment output chunk ``index`` of ``job`` and record it as finished."""
+    started = time.perf_counter()
+    checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device, job.torch_threads)
+    rows, cols = job.bounds(index)
+    raw = read_window(job, checkpoint.model.geometry, rows, cols)
+    mask_array, ledger, probabilities_array = _output_arrays(job.output, job.probabilities)
+    num_labels = max(checkpoint.model.num_classes, 2)
+    align = checkpoint.model.geometry.align
+    offset_y, offset_x = rows.start % align, cols.start % align
+    out_h, out_w = rows.stop - rows.start, cols.stop - cols.start
+
+    nodata_pixels = None
+    if job.nodata is not None:
+        context = checkpoint.model.geometry.context
+        top, left = context + offset_y, context + offset_x
+        centre = raw[:, top : top + out_h, left : left + out_w]
+        nodata_pixels = np.all(centre == job.nodata, axis=0)
+        if nodata_pixels.all():
+            mark_finished(ledger, index)
+            counts = np.zeros(num_labels, np.int64)
+            counts[0] = out_h * out_w
+            return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, True)
+
+    logits = _infer(job, checkpoint, raw, (offset_y + out_h, offset_x + out_w))
+    logits = logits[:, offset_y:, offset_x:]
+    mask = labels_from_logits(logits)
+    if nodata_pixels is not None:
+        mask[nodata_pixels] = 0
+    mask_array[rows, cols] = mask
+    if probabilities_array is not None:
+        probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
+    mark_finished(ledger, index)
+    counts = np.bincount(mask.ravel(), minlength=num_labels)
+    return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, False)
+
+
+def read_window(job: ChunkJob, geometry, rows: slice, cols: slice) -> np.ndarray:
+    """The raw input window for output rows/cols, in padded coordinates on the pooling grid.
+
+    Returns (C, h, w) in the stored dtype: image pixels mirrored (numpy "reflect") wherever the
+    window leaves the image. Only the bounding box of the needed pixels is read from the store.
+    """
+    from unet.predict import window_shape
+
+    height, width = job.source.shape[1:]
+    start_y = rows.start - rows.start % geometry.align
+    start_x = cols.start - cols.start % geometry.align
+    need_h, need_w = window_shape(
+        (rows.stop - start_y, cols.stop - start_x), job.tile_size, geometry
+    )
+    context = geometry.context
+    row_index = reflect_index(start_y - context, start_y - context + need_h, height)
+    col_index = reflect_index(start_x - context, start_x - context + need_w, width)
+    top, bottom = int(row_index.min()), int(row_index.max()) + 1
+    left, right = int(col_index.min()), int(col_index.max()) + 1
+    block = job.source.read(slice(top, bottom), slice(left, right))
+    return block[:, (row_index - top)[:, None], (col_index - left)[None, :]]
+
+
+def labels_from_logits(logits: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) labels from float32 (K, H, W) logits: argmax, or sigmoid > 0.5 when K = 1."""
+    if logits.shape[0] == 1:
+        return (logits[0] > 0).astype(np.uint8)
+    return np.argmax(logits, axis=0).astype(np.uint8)
+
+
+def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
+    """float16 (K, H, W) softmax (sigmoid when K = 1) of float32 logits."""
+    if logits.shape[0] == 1:
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float16)
+    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return (shifted / shifted.sum(axis=0, keepdims=True)).astype(np.float16)
+
+
+def _infer(job: ChunkJob, checkpoint, raw: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    from unet.predict import predict_window
+
+    return predict_window(
+        checkpoint.model,
+        checkpoint.normalize(raw),
+        out_shape,
+        tile_size=job.tile_size,
+        batch_size=job.batch_size,
+        device=_worker_device(job.device),
+        precision=job.precision,
+    )
+
+
+@lru_cache(maxsize=2)
+def _checkpoint(path: str, digest: str, device: str, torch_threads: int | None):
+    """The checkpoint, loaded once per worker process (the digest keys the cache)."""
+    import torch
+
+    from unet.checkpoint import load_checkpoint
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    return load_checkpoint(path, device=_worker_device(device))
+
+
+@lru_cache(maxsize=4)
+def _output_arrays(output: str, probabilities: bool):
+    import zarr
+
+    group = zarr.open_group(output, mode="r+")
+    probabilities_array = group[PROBABILITIES_PATH] if probabilities else None
+    return group[MASK_PATH], group[LEDGER_PATH], probabilities_array
+
+
+def _worker_device(device: str) -> str:
+    """``auto`` resolved in the worker: each GPU worker sees only its own GPU (see unet.cluster)."""
+    from unet.predict import resolve_device
+
+    return str(resolve_device(device))
