@@ -88,3 +88,28 @@ def test_missing_checkpoint_names_the_fix(tmp_path):
 def test_bad_std_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="std"):
         save_checkpoint(tmp_path / "m.safetensors", make_model(), mean=0, std=0)
+
+
+def test_header_length_ending_in_0x80_is_not_mistaken_for_pickle(tmp_path):
+    # A safetensors file starts with its header length; 0x0b80 bytes begins with byte 0x80.
+    path = save_checkpoint(tmp_path / "m.safetensors", make_model(), mean=0, std=1)
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    target = ((length >> 8) + 1) << 8 | 0x80  # the first byte of the length is 0x80
+    header = data[8 : 8 + length].rstrip()
+    padded_header = header + b" " * (target - len(header))
+    path.write_bytes(target.to_bytes(8, "little") + padded_header + data[8 + length :])
+    assert path.read_bytes()[0] == 0x80
+    assert load_checkpoint(path).model.config == make_model().config
+
+
+def test_saved_checkpoint_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", make_model(), mean=0, std=1)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

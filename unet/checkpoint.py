@@ -126,6 +126,9 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; a shared model must stay readable
     os.replace(tmp, path)
     return path
 
@@ -160,7 +163,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Checkp
 
     file = resolve_checkpoint(path)
     data = file.read_bytes()
-    _refuse_pickle(file, data[:4])
+    _refuse_pickle(file, data)
     try:
         from safetensors.torch import load
 
@@ -216,8 +219,12 @@ def _per_channel(value: float | list[float] | np.ndarray, channels: int, name: s
     return array
 
 
-def _refuse_pickle(file: Path, magic: bytes) -> None:
-    if magic[:2] == b"PK" or magic[:1] == b"\x80":
+def _refuse_pickle(file: Path, data: bytes) -> None:
+    """Refuse pickle and zip (``torch.save``) files before anything parses them."""
+    header_length = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if 0 < header_length <= len(data) - 8 and data[8:9] == b"{":
+        return  # a safetensors header: 8-byte little-endian length, then JSON
+    if data[:2] == b"PK" or data[:1] == b"\x80":
         raise CheckpointError(
             f"{file} is a pickle (torch.save) file, which can run code when loaded: "
             "convert it once, in a trusted environment, with save_checkpoint to .safetensors"

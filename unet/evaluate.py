@@ -1,0 +1,295 @@
+"""Segmentation scores: Dice and IoU per class, object-level F1 for instance labels.
+
+Also the small readers that load a label or image array from TIFF, PNG or Zarr (a plain array or
+an OME-Zarr group's level ``"0"``), used here and by :mod:`unet.train`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet.errors import InputNotFound, InvalidImage, InvalidParameter, UnsupportedInput
+
+#: File name endings read by :func:`read_array`, longest first so that ``.ome.tif`` wins.
+SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".zarr")
+
+
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 (num_classes, num_classes) pixel counts, rows the ground truth, columns the
+    prediction. Both arrays hold class indices ``0 .. num_classes - 1``."""
+    for name, array in (("prediction", pred), ("ground truth", gt)):
+        if array.size and (array.min() < 0 or array.max() >= num_classes):
+            raise InvalidImage(
+                f"{name} holds values {array.min()}..{array.max()}, outside the "
+                f"{num_classes} classes 0..{num_classes - 1}: pass num_classes"
+            )
+    index = gt.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def dice_iou(confusion: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """Dice ``2TP / (2TP + FP + FN)`` and IoU ``TP / (TP + FP + FN)`` per class from a confusion
+    matrix; None for a class absent from both prediction and ground truth."""
+    true_positive = np.diag(confusion).astype(np.float64)
+    false_positive = confusion.sum(axis=0) - true_positive
+    false_negative = confusion.sum(axis=1) - true_positive
+    dice, iou = [], []
+    for tp, fp, fn in zip(true_positive, false_positive, false_negative, strict=True):
+        union = tp + fp + fn
+        dice.append(float(2 * tp / (2 * tp + fp + fn)) if union else None)
+        iou.append(float(tp / union) if union else None)
+    return dice, iou
+
+
+def match_objects(
+    pred: np.ndarray, gt: np.ndarray, *, iou_threshold: float = 0.5
+) -> dict[str, float | int | None]:
+    """Match predicted to true objects one to one at IoU >= ``iou_threshold``.
+
+    Pairs are taken greedily by decreasing IoU (ties by smaller true, then predicted id); above
+    0.5 a match is unique anyway, so this is the usual object-level count.
+
+    Parameters
+    ----------
+    pred, gt: integer (H, W) object ids, 0 = background
+
+    Returns
+    -------
+    dict with ``true`` and ``predicted`` object counts, ``matched``, ``precision``, ``recall``
+    and ``f1`` (None when undefined: no objects at all)
+    """
+    if not 0 < iou_threshold <= 1:
+        raise InvalidParameter(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    true_ids, true_index = np.unique(gt, return_inverse=True)
+    pred_ids, pred_index = np.unique(pred, return_inverse=True)
+    true_index, pred_index = true_index.ravel(), pred_index.ravel()
+    true_area = np.bincount(true_index)
+    pred_area = np.bincount(pred_index)
+    pairs, overlap = np.unique(true_index * pred_ids.size + pred_index, return_counts=True)
+    pair_true, pair_pred = np.divmod(pairs, pred_ids.size)
+    real = (true_ids[pair_true] != 0) & (pred_ids[pair_pred] != 0)
+    pair_true, pair_pred, overlap = pair_true[real], pair_pred[real], overlap[real]
+    iou = overlap / (true_area[pair_true] + pred_area[pair_pred] - overlap)
+    order = np.lexsort((pair_pred, pair_true, -iou))
+    used_true, used_pred = set(), set()
+    for k in order:
+        if iou[k] < iou_threshold:
+            break
+        if pair_true[k] not in used_true and pair_pred[k] not in used_pred:
+            used_true.add(pair_true[k])
+            used_pred.add(pair_pred[k])
+    matched = len(used_true)
+    n_true = int(np.count_nonzero(true_ids))
+    n_pred = int(np.count_nonzero(pred_ids))
+    return {
+        "true": n_true,
+        "predicted": n_pred,
+        "matched": matched,
+        "precision": matched / n_pred if n_pred else None,
+        "recall": matched / n_true if n_true else None,
+        "f1": 2 * matched / (n_true + n_pred) if n_true + n_pred else None,
+    }
+
+
+def evaluate(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    num_classes: int | None = None,
+    instances: bool = False,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Score a segmentation against the ground truth.
+
+    Parameters
+    ----------
+    pred, gt: integer (H, W) arrays of one shape (a leading axis of length 1 is dropped)
+    num_classes: classes for the per-class scores; default the largest value + 1 (at least 2).
+        Ignored with ``instances``.
+    instances: the arrays hold object ids (0 = background). Class scores are then
+        background/foreground and object scores are added. An array holding only 0 and 1 (a
+        class map) is split into connected components (4-connectivity) to give its objects.
+    iou_threshold: IoU at which a predicted object matches a true one
+
+    Returns
+    -------
+    dict with ``num_classes``, per-class lists ``dice`` and ``iou`` (None for a class absent from
+    both), ``foreground_dice`` and ``foreground_iou`` (means over the classes other than 0 that
+    occur), ``pixels``, and with ``instances`` an ``objects`` dict (see :func:`match_objects`).
+    """
+    pred, gt = _check_pair(pred, gt)
+    if num_classes is not None and num_classes < 2:
+        raise InvalidParameter(f"num_classes must be >= 2, got {num_classes}")
+    if instances:
+        classes = 2
+        pred_classes, gt_classes = pred > 0, gt > 0
+    else:
+        classes = num_classes or max(int(pred.max()) + 1, int(gt.max()) + 1, 2)
+        pred_classes, gt_classes = pred, gt
+    dice, iou = dice_iou(confusion_matrix(pred_classes, gt_classes, classes))
+    result: dict[str, Any] = {
+        "num_classes": classes,
+        "dice": dice,
+        "iou": iou,
+        "foreground_dice": _mean(dice[1:]),
+        "foreground_iou": _mean(iou[1:]),
+        "pixels": int(gt.size),
+    }
+    if instances:
+        result["objects"] = match_objects(_objects(pred), _objects(gt), iou_threshold=iou_threshold)
+    return result
+
+
+def evaluate_paths(
+    pred: str | os.PathLike[str],
+    gt: str | os.PathLike[str],
+    *,
+    num_classes: int | None = None,
+    instances: bool = False,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """:func:`evaluate` on two label images read from TIFF, PNG or Zarr (array or OME-Zarr
+    group, level ``"0"``). Both are loaded into memory."""
+    return evaluate(
+        read_labels(pred),
+        read_labels(gt),
+        num_classes=num_classes,
+        instances=instances,
+        iou_threshold=iou_threshold,
+    )
+
+
+def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
+    """An integer (Y, X) label image from TIFF, PNG or Zarr.
+
+    Raises
+    ------
+    InvalidImage
+        More than one channel, or a non-integer dtype.
+    """
+    array = read_array(path)
+    if array.shape[0] != 1:
+        raise InvalidImage(f"{path} has {array.shape[0]} channels: a label image has one")
+    labels = array[0]
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    if labels.dtype.kind not in "iu":
+        raise InvalidImage(
+            f"{path} has dtype {labels.dtype}: labels must be integers (0 = background)"
+        )
+    return labels
+
+
+def read_array(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a whole 2-D image as (C, Y, X) in its stored dtype.
+
+    TIFF axes come from the file (samples-per-pixel such as RGB move to the front); PNG colour
+    is (Y, X, C) and moves likewise, palette PNGs give their indices; Zarr arrays are (Y, X) or
+    (C, Y, X) and an OME-Zarr group is read at level ``"0"``. Leading axes of length 1 (t, z)
+    are dropped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFound(f"{path} does not exist")
+    suffix = file_suffix(path)
+    if suffix in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
+        array = _read_tiff(path)
+    elif suffix == ".png":
+        array = _read_png(path)
+    elif suffix in (".zarr", ".ome.zarr"):
+        array = _read_zarr(path)
+    else:
+        raise UnsupportedInput(f"{path} is not TIFF, PNG or Zarr: convert it to one of these")
+    while array.ndim > 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or 0 in array.shape:
+        raise InvalidImage(f"{path} has shape {array.shape}: expected (Y, X) or (C, Y, X)")
+    if array.dtype.kind not in "biuf":
+        raise InvalidImage(f"{path} has dtype {array.dtype}, not a real number type")
+    return array
+
+
+def file_suffix(path: Path) -> str:
+    """The recognised ending of ``path`` (``.ome.tif``, ``.png``, ...), or its last suffix."""
+    name = path.name.lower()
+    return next((s for s in SUFFIXES if name.endswith(s)), path.suffix.lower())
+
+
+def file_stem(path: Path) -> str:
+    """``path``'s name without the recognised ending: ``a.ome.tif`` -> ``a``."""
+    return path.name[: len(path.name) - len(file_suffix(path))]
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        array, axes = series.asarray(), series.axes
+    if axes.endswith("S") and array.ndim == 3:
+        array = np.moveaxis(array, -1, 0)
+    return array
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image)
+    if array.ndim == 3:
+        array = np.moveaxis(array, -1, 0)
+    return array
+
+
+def _read_zarr(path: Path) -> np.ndarray:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:  # zarr raises several types for a directory that is no store
+        raise UnsupportedInput(f"{path} is not a readable Zarr store ({error})") from None
+    if isinstance(node, zarr.Group):
+        if "0" not in node:
+            raise UnsupportedInput(f"{path} is a Zarr group without a level '0' array")
+        node = node["0"]
+    return np.asarray(node[...])
+
+
+def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    arrays = []
+    for name, array in (("prediction", pred), ("ground truth", gt)):
+        array = np.asarray(array)
+        if array.ndim == 3 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 2:
+            raise InvalidImage(f"{name} must be (H, W) labels, got shape {array.shape}")
+        if array.dtype == bool:
+            array = array.astype(np.uint8)
+        if array.dtype.kind not in "iu":
+            raise InvalidImage(f"{name} has dtype {array.dtype}: labels must be integers")
+        arrays.append(array)
+    if arrays[0].shape != arrays[1].shape:
+        raise InvalidImage(
+            f"prediction {arrays[0].shape} and ground truth {arrays[1].shape} differ in shape"
+        )
+    return arrays[0], arrays[1]
+
+
+def _objects(labels: np.ndarray) -> np.ndarray:
+    """Object ids: the labels themselves, or connected components of a 0/1 class map."""
+    if labels.size and labels.max() <= 1:
+        from scipy.ndimage import label
+
+        return label(labels)[0]
+    return labels
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
