@@ -27,7 +27,7 @@ def client():
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",
         ) as cluster,
         Client(cluster) as dask_client,
     ):
@@ -102,10 +102,10 @@ def test_mask_equals_predict_array_argmax(tmp_path, client, shape, chunks, chann
 def test_ome_metadata_and_pyramid(tmp_path, client):
     from ome_zarr_models.v05.image_label import ImageLabel
 
-    ckpt = write_checkpoint(tmp_path / "m.safetensors")
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
     write_image(tmp_path / "in.zarr", (300, 170), (64, 64))
     out = tmp_path / "out.zarr"
-    params = SegmentParameters(model=ckpt, tile_size=204, device="cpu")
+    params = SegmentParameters(model=ckpt, tile_size=108, device="cpu")
     segment(str(tmp_path / "in.zarr"), str(out), params, client=client)
     from unet.io.pyramid import build_pyramid
 
@@ -123,10 +123,10 @@ def test_ome_metadata_and_pyramid(tmp_path, client):
 
 
 def test_probabilities_are_softmax_of_the_mask(tmp_path, client):
-    ckpt = write_checkpoint(tmp_path / "m.safetensors", num_classes=3)
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2, num_classes=3)
     write_image(tmp_path / "in.zarr", (70, 90), (32, 32))
     out = tmp_path / "out.zarr"
-    params = SegmentParameters(model=ckpt, tile_size=204, device="cpu", probabilities=True)
+    params = SegmentParameters(model=ckpt, tile_size=76, device="cpu", probabilities=True)
     segment(str(tmp_path / "in.zarr"), str(out), params, client=client)
     group = zarr.open_group(str(out), mode="r")
     probabilities = group["probabilities"][...]
@@ -138,10 +138,10 @@ def test_probabilities_are_softmax_of_the_mask(tmp_path, client):
 
 
 def test_resume_computes_only_missing_chunks_bit_identical(tmp_path, client):
-    ckpt = write_checkpoint(tmp_path / "m.safetensors")
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
     write_image(tmp_path / "in.zarr", (130, 100), (32, 32))
     out = tmp_path / "out.zarr"
-    params = SegmentParameters(model=ckpt, tile_size=204, device="cpu")
+    params = SegmentParameters(model=ckpt, tile_size=76, device="cpu")
     segment(str(tmp_path / "in.zarr"), str(out), params, client=client)
     group = zarr.open_group(str(out), mode="r+")
     complete = group["0"][...]
@@ -158,17 +158,17 @@ def test_resume_computes_only_missing_chunks_bit_identical(tmp_path, client):
 
 
 def test_changed_fingerprint_is_refused_unless_overwrite(tmp_path, client):
-    ckpt = write_checkpoint(tmp_path / "m.safetensors")
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
     write_image(tmp_path / "in.zarr", (40, 40), (32, 32))
     out = str(tmp_path / "out.zarr")
     segment(
-        str(tmp_path / "in.zarr"), out, SegmentParameters(model=ckpt, tile_size=204), client=client
+        str(tmp_path / "in.zarr"), out, SegmentParameters(model=ckpt, tile_size=76), client=client
     )
-    changed = SegmentParameters(model=ckpt, tile_size=220)
+    changed = SegmentParameters(model=ckpt, tile_size=80)
     with pytest.raises(FingerprintMismatch, match="parameters.tile_size") as info:
         segment(str(tmp_path / "in.zarr"), out, changed, client=client)
     assert "--overwrite" in str(info.value)
-    overwritten = SegmentParameters(model=ckpt, tile_size=220, overwrite=True)
+    overwritten = SegmentParameters(model=ckpt, tile_size=80, overwrite=True)
     report = segment(str(tmp_path / "in.zarr"), out, overwritten, client=client)
     assert report.chunks_computed == report.chunks_total
 
@@ -201,7 +201,7 @@ def test_foreign_output_and_bad_settings_are_refused(tmp_path, client):
 
 
 def test_skip_background_computes_only_tissue_chunks(tmp_path, client):
-    ckpt = write_checkpoint(tmp_path / "m.safetensors")
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
     image = np.full((256, 256), 240, np.uint8)  # bright brightfield background
     rng = np.random.default_rng(0)
     image[20:60, 30:70] = rng.integers(40, 120, (40, 40))  # dark tissue in chunk (0, 0)
@@ -210,7 +210,7 @@ def test_skip_background_computes_only_tissue_chunks(tmp_path, client):
     )
     array[...] = image
     out = tmp_path / "out.zarr"
-    params = SegmentParameters(model=ckpt, tile_size=204, skip_background=True)
+    params = SegmentParameters(model=ckpt, tile_size=108, skip_background=True)
     report = segment(str(tmp_path / "in.zarr"), str(out), params, client=client)
     assert report.chunks_total == 16
     assert 1 <= report.chunks_computed <= 4
@@ -220,14 +220,14 @@ def test_skip_background_computes_only_tissue_chunks(tmp_path, client):
 
 
 def test_nodata_pixels_are_background_and_nodata_chunks_skipped(tmp_path, client):
-    ckpt = write_checkpoint(tmp_path / "m.safetensors")
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
     raw = write_image(tmp_path / "in.zarr", (64, 96), (32, 32))
     array = zarr.open_array(str(tmp_path / "in.zarr"), mode="r+")
     raw[:, 64:] = 0  # the right third: two whole chunks of no data
     raw[5, 5] = 0
     array[...] = raw
     out = tmp_path / "out.zarr"
-    params = SegmentParameters(model=ckpt, tile_size=204, nodata=0)
+    params = SegmentParameters(model=ckpt, tile_size=76, nodata=0)
     report = segment(str(tmp_path / "in.zarr"), str(out), params, client=client)
     assert report.chunks_skipped == 2 and report.chunks_computed == 4
     mask = zarr.open_group(str(out), mode="r")["0"][...]
@@ -235,7 +235,7 @@ def test_nodata_pixels_are_background_and_nodata_chunks_skipped(tmp_path, client
 
 
 def test_report_json_keys(tmp_path, client):
-    ckpt = write_checkpoint(tmp_path / "m.safetensors")
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
     write_image(tmp_path / "in.zarr", (40, 40), (32, 32))
     report = segment(
         str(tmp_path / "in.zarr"),

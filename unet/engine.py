@@ -73,6 +73,69 @@ class SegmentReport:
         return data
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run: what segment() will read, with which model, and the result's identity."""
+
+    source: Any
+    checkpoint: Any
+    parameters: SegmentParameters
+    tile_size: int
+    chunks: tuple[int, int]
+    fingerprint: Fingerprint
+    georeference: Any = None
+
+    @property
+    def chunk_counts(self) -> tuple[int, int]:
+        (height, width), (ch, cw) = self.source.shape[1:], self.chunks
+        return -(-height // ch), -(-width // cw)
+
+
+def plan_run(
+    input: str, output: str, parameters: SegmentParameters, *, checkpoint: Any = None
+) -> RunPlan:
+    """Open the input and the checkpoint and check everything a run depends on; write nothing.
+
+    Raises the same errors as :func:`segment` would at its start (missing input or checkpoint,
+    channel or band mismatch, invalid tile size, output inside the input).
+    """
+    from unet.checkpoint import load_checkpoint
+    from unet.io.geo import check_bands, read_georeference
+    from unet.io.source import open_image
+
+    source = open_image(input, channels_last=parameters.channels_last)
+    checkpoint = checkpoint or load_checkpoint(parameters.model)
+    model = checkpoint.model
+    georeference = read_georeference(source)
+    if georeference is not None:
+        check_bands(
+            input, source.shape[0], georeference.band_names, checkpoint.metadata.get("band_names")
+        )
+        if parameters.nodata is None and georeference.nodata is not None:
+            # The input's own nodata value changes the mask: it enters the fingerprint as if given.
+            parameters = parameters.model_copy(update={"nodata": georeference.nodata})
+    if source.shape[0] != model.in_channels:
+        raise ChannelMismatch(
+            f"{input} has {source.shape[0]} channels but model {parameters.model!r} takes "
+            f"{model.in_channels}: use a model trained on {source.shape[0]}-channel images"
+            + ("" if parameters.channels_last else " (or --channels-last for (Y, X, C) arrays)")
+        )
+    tile_size = _tile_size(parameters, model.geometry)
+    _check_output_location(source.url, output)
+    fingerprint = Fingerprint.of(
+        source.identity(), checkpoint.digest, parameters.result_fields(tile_size)
+    )
+    return RunPlan(
+        source=source,
+        checkpoint=checkpoint,
+        parameters=parameters,
+        tile_size=tile_size,
+        chunks=source.chunks or (DEFAULT_CHUNK, DEFAULT_CHUNK),
+        fingerprint=fingerprint,
+        georeference=georeference,
+    )
+
+
 def segment(
     input: str,
     output: str,
@@ -96,27 +159,12 @@ def segment(
     -------
     SegmentReport
     """
-    from unet.checkpoint import load_checkpoint
-    from unet.io.source import open_image
-
     started = time.perf_counter()
-    source = open_image(input, channels_last=parameters.channels_last)
-    checkpoint = load_checkpoint(parameters.model)
-    model = checkpoint.model
-    if source.shape[0] != model.in_channels:
-        raise ChannelMismatch(
-            f"{input} has {source.shape[0]} channels but model {parameters.model!r} takes "
-            f"{model.in_channels}: use a model trained on {source.shape[0]}-channel images"
-            + ("" if parameters.channels_last else " (or --channels-last for (Y, X, C) arrays)")
-        )
-    tile_size = _tile_size(parameters, model.geometry)
-    _check_output_location(source.url, output)
-    chunks = source.chunks or (DEFAULT_CHUNK, DEFAULT_CHUNK)
+    plan = plan_run(input, output, parameters)
+    source, checkpoint, parameters = plan.source, plan.checkpoint, plan.parameters
+    tile_size, chunks, counts = plan.tile_size, plan.chunks, plan.chunk_counts
     shape = source.shape[1:]
-    counts = (-(-shape[0] // chunks[0]), -(-shape[1] // chunks[1]))
-    fingerprint = Fingerprint.of(
-        source.identity(), checkpoint.digest, parameters.result_fields(tile_size)
-    )
+    fingerprint, georeference = plan.fingerprint, plan.georeference
     group = _open_output(output, fingerprint, checkpoint, shape, chunks, counts, parameters)
 
     report = SegmentReport(
@@ -136,7 +184,7 @@ def segment(
     from unet.cluster import plan_cluster
     from unet.worker import ChunkJob
 
-    plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
+    cluster_plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
     job = ChunkJob(
         source=source,
         output=output,
@@ -149,13 +197,13 @@ def segment(
         precision=parameters.precision,
         probabilities=parameters.probabilities,
         nodata=parameters.nodata,
-        torch_threads=plan.torch_threads,
+        torch_threads=cluster_plan.torch_threads,
     )
     done = report.chunks_resumed + report.chunks_skipped
     if progress:
         progress(done, report.chunks_total)
     if pending:
-        with _client_or(client, plan, parameters.scheduler) as active:
+        with _client_or(client, cluster_plan, parameters.scheduler) as active:
             for result in _run_chunks(active, job, pending):
                 done += 1
                 if result.skipped:
@@ -169,6 +217,10 @@ def segment(
                     progress(done, report.chunks_total)
     if pending or not group.attrs[ATTRIBUTE].get("complete"):
         _finish(output)
+    if georeference is not None:
+        from unet.io.geo import write_georeference
+
+        write_georeference(output, georeference.for_labels(parameters.nodata is not None))
     report.seconds = time.perf_counter() - started
     return report
 

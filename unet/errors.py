@@ -58,3 +58,7 @@ class OutputLocked(UNetError, RuntimeError):
 
 class ConfigError(UNetError, ValueError):
     """A configuration file (e.g. pipelines.yaml) with unknown keys or bad values."""
+
+
+class ServerUnreachable(UNetError, ConnectionError):
+    """A configured server (Prefect API, Dask scheduler) that does not answer."""

@@ -2,8 +2,10 @@
 
 TIFFs are read through tifffile's Zarr interface, which decodes only the TIFF tiles (or strips)
 a region overlaps, and copied one block of output chunks at a time: memory stays at a few chunks
-for a tiled slide of any size (a band of full-width strips for a striped TIFF). PNG and JPEG have
-no random access and are decoded whole.
+for a tiled slide of any size (a band of full-width strips for a striped TIFF). GeoTIFFs and
+Cloud-Optimized GeoTIFFs (TIFFs with GeoTIFF tags) are read the same way through rasterio, and
+their CRS, geotransform, nodata value and band names are stored with the image (see
+:mod:`unet.io.geo`). PNG and JPEG have no random access and are decoded whole.
 
 A local output is written to a hidden sibling folder and renamed into place at the end, so a
 failed ingest leaves no partial output and an overwritten output is replaced only on success.
@@ -29,6 +31,7 @@ from unet.errors import (
     OutputExists,
     UnsupportedInput,
 )
+from unet.io.geo import is_geotiff, open_geotiff, write_georeference
 from unet.io.omezarr import create_image
 from unet.io.pyramid import build_pyramid
 from unet.io.source import (
@@ -43,7 +46,9 @@ from unet.io.source import (
 if TYPE_CHECKING:
     import zarr
 
-SUPPORTED = "TIFF, BigTIFF, pyramidal TIFF (SVS), PNG and JPEG"
+    from unet.io.geo import Georeference
+
+SUPPORTED = "TIFF, BigTIFF, pyramidal TIFF (SVS), GeoTIFF/COG, PNG and JPEG"
 #: Output chunks copied per block from a tiled source; zarr encodes a block's chunks in parallel.
 BLOCK_CHUNKS = 4
 _MAGIC = {
@@ -71,6 +76,7 @@ class _Reader:
     bands: bool
     channel_names: list[str] | None = None
     pixel_size: tuple[float, float] | None = None
+    georeference: Georeference | None = None
 
 
 def ingest(
@@ -135,6 +141,8 @@ def ingest(
             )
             _copy(reader, level0, chunks, progress, label=path.name)
             build_pyramid(staging, reduction="mean")
+            if reader.georeference is not None:
+                write_georeference(staging, reader.georeference)
         except BaseException:
             remove_location(staging)
             raise
@@ -189,7 +197,21 @@ def _open_reader(path: Path) -> Iterator[_Reader]:
         raise UnsupportedInput(
             f"{path} is not a file ingest can read: convert it to one of {SUPPORTED}"
         )
-    if kind == "tiff":
+    if kind == "tiff" and is_geotiff(path):
+        with open_geotiff(path) as geotiff:
+            names = geotiff.georeference.band_names
+            yield _checked(
+                path,
+                _Reader(
+                    shape=geotiff.shape,
+                    dtype=geotiff.dtype,
+                    read=geotiff.read,
+                    bands=False,
+                    channel_names=list(names) if names is not None else None,
+                    georeference=geotiff.georeference,
+                ),
+            )
+    elif kind == "tiff":
         with _tiff_reader(path) as reader:
             yield _checked(path, reader)
     else:

@@ -1,0 +1,63 @@
+"""Outputs that are already complete with the same fingerprint: skipped before Dask starts.
+
+A scheduled folder run sees the same images again and again; each finished one must cost a
+metadata read, not a cluster start and a pyramid rebuild. An output counts as finished when its
+``unet`` attribute says ``complete`` and its fingerprint digest equals the one this run would
+write (same input identity, checkpoint and result-changing parameters, as the engine computes
+it). Anything else (missing, unfinished, written with other settings) goes to the engine, which
+resumes, refuses or overwrites as it always does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from unet.config import SegmentParameters
+from unet.engine import SegmentReport
+
+
+def finished_report(
+    input: str,
+    output: str,
+    parameters: SegmentParameters,
+    checkpoint: Callable[[], Any],
+) -> SegmentReport | None:
+    """A report of ``output`` with every chunk resumed when it is finished, else None.
+
+    ``checkpoint`` returns the loaded checkpoint of ``parameters.model``; it is called only for an
+    output whose attributes say it is complete, so a folder of new images loads nothing.
+    """
+    state = _state(output)
+    if not state or not state.get("complete"):
+        return None
+    from unet.engine import plan_run
+
+    plan = plan_run(input, output, parameters, checkpoint=checkpoint())
+    source, fingerprint = plan.source, plan.fingerprint
+    if state.get("digest") != fingerprint.digest:
+        return None
+    chunks = state.get("chunks") or source.chunks
+    height, width = source.shape[1:]
+    total = -(-height // chunks[0]) * -(-width // chunks[1])
+    return SegmentReport(
+        input=input,
+        output=output,
+        shape=tuple(source.shape),
+        chunks_total=total,
+        chunks_resumed=total,
+    )
+
+
+def _state(output: str) -> dict[str, Any] | None:
+    """The ``unet`` attribute of the output group, or None when there is no such group."""
+    import zarr
+
+    from unet.ledger import ATTRIBUTE
+
+    try:
+        group = zarr.open_group(output, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+    state = group.attrs.get(ATTRIBUTE)
+    return dict(state) if isinstance(state, dict) else None

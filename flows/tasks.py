@@ -1,0 +1,206 @@
+"""The Prefect tasks of one image: ingest, segment, pyramid check, preview.
+
+Each task is a thin call into the library plus what Prefect records about it (logs, artifacts).
+Failures a rerun can fix (a worker died, a store timed out) are retried; the engine resumes from
+its ledger, so a retry redoes only unfinished chunks. Errors the user must fix
+(:class:`~unet.errors.UNetError`: a wrong channel count, another run's output) are not retried.
+Nothing is cached by Prefect: the output store and its ledger are the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.progress import ProgressArtifact, combine, terminal_callback
+from unet.config import SegmentParameters
+from unet.engine import SegmentReport
+from unet.errors import UNetError
+
+#: Logger whose worker-side records (WARNING and above) reach the run's log.
+FORWARDED_LOGGER = "unet"
+
+
+def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry failures a rerun can fix; a :class:`UNetError` needs the user instead."""
+    try:
+        state.result()
+    except UNetError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+_task_options: dict[str, Any] = dict(
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_retry_unless_user_error,
+)
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, **_task_options)
+def ingest_image(source: str, target: str, overwrite: bool = False) -> str:
+    """Convert a TIFF/PNG/JPEG file into an OME-Zarr image at ``target``; return ``target``."""
+    from unet.io.ingest import ingest
+
+    get_run_logger().info("ingesting %s into %s", source, target)
+    ingest(source, target, overwrite=overwrite, progress=False)
+    return target
+
+
+@task(name="segment", retries=2, retry_delay_seconds=10, **_task_options)
+def segment_chunks(
+    input: str, output: str, parameters: SegmentParameters, client: Any = None
+) -> SegmentReport:
+    """Segment ``input`` into ``output`` on the Dask ``client``; publish progress and a summary.
+
+    The progress artifact follows the chunks as they finish; a table artifact summarises the
+    image at the end. Worker log records of the ``unet`` loggers (WARNING and above) are
+    forwarded into this task's log when the cluster is this run's own.
+    """
+    from unet.engine import segment
+
+    logger = get_run_logger()
+    name = output_name(output)
+    progress = ProgressArtifact(
+        key=f"{artifact_key(name)}-progress", description=f"Chunks of {output} segmented"
+    )
+    forwarding = (
+        forwarded_worker_logs(client, logger)
+        if client is not None and parameters.scheduler is None
+        else contextlib.nullcontext()
+    )
+    with forwarding:
+        report = segment(
+            input,
+            output,
+            parameters,
+            client=client,
+            progress=combine(progress, terminal_callback(name)),
+        )
+    logger.info(summary_line(report))
+    create_table_artifact(
+        table=report_table(report),
+        key=f"{artifact_key(name)}-summary",
+        description=f"Segmentation of {input} into {output}",
+    )
+    return report
+
+
+@task(name="pyramid", retries=1, **_task_options)
+def check_pyramid(output: str) -> list[list[int]]:
+    """The shapes of the mask's pyramid levels; fails when the output is not complete.
+
+    The engine builds the pyramid at the end of a run; this task records what it built.
+    """
+    import zarr
+
+    from unet.ledger import ATTRIBUTE
+
+    group = zarr.open_group(output, mode="r")
+    if not dict(group.attrs.get(ATTRIBUTE, {})).get("complete"):
+        raise RuntimeError(f"{output} is not marked complete: rerun to resume it")
+    levels = sorted((n for n in group.array_keys() if n.isdigit()), key=int)
+    shapes = [list(group[n].shape) for n in levels]
+    get_run_logger().info("%s: %d pyramid level(s) %s", output, len(shapes), shapes)
+    return shapes
+
+
+@task(name="preview", retries=1, **_task_options)
+def make_preview(input: str, output: str, parameters: SegmentParameters) -> str:
+    """Write ``<name>.preview.png`` next to the mask and show it in a markdown artifact."""
+    from unet.preview import data_uri, preview_path, render_preview, write_bytes
+
+    png = render_preview(input, output, channels_last=parameters.channels_last)
+    path = preview_path(output)
+    write_bytes(path, png)
+    create_markdown_artifact(
+        markdown=(
+            f"### {output_name(output)}\n\n"
+            f"![mask over image]({data_uri(png)})\n\n"
+            f"Mask `{output}` over image `{input}` (low resolution); full size PNG: `{path}`."
+        ),
+        key=f"{artifact_key(output_name(output))}-preview",
+        description=f"Preview of {output}",
+    )
+    get_run_logger().info("preview written to %s", path)
+    return path
+
+
+def report_table(report: SegmentReport) -> list[dict[str, str]]:
+    """The rows of an image's summary table artifact."""
+    channels, height, width = report.shape
+    rows = [
+        ("input", report.input),
+        ("output", report.output),
+        ("size", f"{width} x {height} px, {channels} channel(s), {report.megapixels:.2f} Mpx"),
+        ("chunks", str(report.chunks_total)),
+        ("computed", str(report.chunks_computed)),
+        ("skipped (background)", str(report.chunks_skipped)),
+        ("resumed", str(report.chunks_resumed)),
+        ("time", f"{report.seconds:.1f} s"),
+        ("speed", f"{report.megapixels_per_second:.2f} Mpx/s"),
+    ]
+    rows += [(f"class {name}", f"{share:.2%}") for name, share in report.class_fractions.items()]
+    return [{"field": field, "value": value} for field, value in rows]
+
+
+def summary_line(report: SegmentReport) -> str:
+    return (
+        f"{report.output}: {report.chunks_computed} chunk(s) computed, "
+        f"{report.chunks_skipped} skipped, {report.chunks_resumed} resumed of "
+        f"{report.chunks_total} in {report.seconds:.1f} s "
+        f"({report.megapixels_per_second:.2f} Mpx/s)"
+    )
+
+
+def output_name(output: str) -> str:
+    """``masks/a.zarr`` -> ``a``."""
+    name = str(output).rstrip("/").rsplit("/", 1)[-1]
+    return name[: -len(".zarr")] if name.endswith(".zarr") else name
+
+
+def artifact_key(name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) naming ``name``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "image"
+
+
+@contextlib.contextmanager
+def forwarded_worker_logs(client: Any, run_logger: Any) -> Iterator[None]:
+    """Within this block, WARNING+ records of the workers' ``unet`` loggers go to ``run_logger``.
+
+    distributed re-emits forwarded records on the client's event-loop thread, outside any Prefect
+    run context; the handler sends them through the run logger, which carries the run ids.
+    Propagation is paused meanwhile so the records are not printed twice.
+    """
+    local = logging.getLogger(FORWARDED_LOGGER)
+    handler = _RunLogHandler(run_logger)
+    propagate = local.propagate
+    local.addHandler(handler)
+    local.propagate = False
+    client.forward_logging(FORWARDED_LOGGER, level=logging.WARNING)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            client.unforward_logging(FORWARDED_LOGGER)
+        local.removeHandler(handler)
+        local.propagate = propagate
+
+
+class _RunLogHandler(logging.Handler):
+    def __init__(self, run_logger: Any):
+        super().__init__(level=logging.WARNING)
+        self.run_logger = run_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        worker = getattr(record, "worker", "a worker")
+        self.run_logger.log(record.levelno, "[%s] %s: %s", worker, record.name, record.getMessage())

@@ -1,0 +1,128 @@
+"""The `unet` command as a user runs it: one-line errors, JSON reports, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from test_engine import write_checkpoint, write_image
+
+UNET = str(Path(sys.executable).with_name("unet"))
+
+
+def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [UNET, *args], capture_output=True, text=True, env=env, timeout=240, **kwargs
+    )
+
+
+def test_help_is_instant_and_lists_commands():
+    started = time.perf_counter()
+    result = run("--help")
+    assert result.returncode == 0
+    assert "segment" in result.stdout and "ingest" in result.stdout
+    assert time.perf_counter() - started < 10
+
+
+def test_import_unet_stays_light():
+    code = (
+        "import sys, unet.cli; print(any(m in sys.modules for m in ('torch', 'dask', 'prefect')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segment", "/nonexistent/in.zarr", "out.zarr"], "does not exist"),
+        (
+            ["segment", "{input}", "{tmp}/o.zarr", "--model", "{tmp}/missing.safetensors"],
+            "not found",
+        ),
+        (
+            ["segment", "{input}", "{tmp}/o.zarr", "--model", "{model}", "--tile-size", "500"],
+            "492 or 508",
+        ),
+        (
+            ["segment", "{input}", "{tmp}/o.zarr", "--model", "{model}", "--precision", "fp8"],
+            "precision",
+        ),
+        (["segment", "{input}", "{input}/o.zarr", "--model", "{model}"], "inside the input"),
+    ],
+)
+def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path, args, message):
+    model = write_checkpoint(tmp_path / "m.safetensors")
+    write_image(tmp_path / "in.zarr", (20, 20), (16, 16))
+    values = {"input": str(tmp_path / "in.zarr"), "tmp": str(tmp_path), "model": model}
+    result = run(*[a.format(**values) for a in args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.timeout(400)
+def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
+    from test_engine import write_checkpoint as checkpoint
+
+    from unet.config import SegmentParameters
+    from unet.engine import segment
+
+    model = checkpoint(tmp_path / "m.safetensors", base_channels=8)
+    write_image(tmp_path / "in.zarr", (160, 160), (32, 32))
+    common = ["--model", model, "--tile-size", "204", "--device", "cpu"]
+    segment(
+        str(tmp_path / "in.zarr"),
+        str(tmp_path / "ref.zarr"),
+        SegmentParameters(model=model, tile_size=204, device="cpu"),
+    )
+
+    out = tmp_path / "out.zarr"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [UNET, "segment", str(tmp_path / "in.zarr"), str(out), *common],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    ledger = out / "_unet_ledger" / "c"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and process.poll() is None:
+        if ledger.exists() and sum(1 for p in ledger.rglob("*") if p.is_file()) >= 4:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and its Dask workers, mid-run
+    process.wait()
+    done = np.asarray(zarr.open_group(str(out), mode="r")["_unet_ledger"][...])
+    assert 0 < done.sum() < 25, "the kill must land mid-run for this test to mean anything"
+
+    resumed = run(
+        "segment",
+        str(tmp_path / "in.zarr"),
+        str(out),
+        *common,
+        "--report",
+        str(tmp_path / "resumed.json"),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads((tmp_path / "resumed.json").read_text())
+    assert report["chunks_total"] == 25
+    assert report["chunks_resumed"] == int(done.sum())
+    assert report["chunks_computed"] == 25 - int(done.sum())
+    assert report["megapixels_per_second"] > 0
+    a = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["0"][...]
+    b = zarr.open_group(str(out), mode="r")["0"][...]
+    assert np.array_equal(a, b)

@@ -1,0 +1,208 @@
+"""Export of label masks: Cloud-Optimized GeoTIFF with overviews, polygons merged across chunks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from rasterio.crs import CRS
+from shapely.geometry import box, shape
+from test_geo import CHUNK, EPSG, NODATA, TRANSFORM, write_geotiff, write_model
+
+from unet.config import SegmentParameters
+from unet.engine import segment
+from unet.errors import InvalidImage, InvalidParameter, OutputExists
+from unet.export import export, merge_across_borders, open_mask
+from unet.io.geo import Georeference, write_georeference
+from unet.io.ingest import ingest
+from unet.io.omezarr import create_label_image
+
+CLASSES = ["other", "field", "building"]
+COLOURS = [(0, 0, 0), (60, 180, 75), (230, 25, 75)]
+PIXEL_AREA = 100.0  # 10 m x 10 m
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    with Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as dask_client:
+        yield dask_client
+
+
+@pytest.fixture
+def mask_url(tmp_path):
+    """A 96 x 160 mask in 32 x 32 chunks with regions of known shape, georeferenced like test_geo.
+
+    - class 1: a 30 x 32 rectangle over 4 chunks (rows 20..50, cols 16..48);
+    - class 1: two 4 x 4 squares in different chunks touching only at the corner (64, 96);
+    - class 2: a 10 x 10 square inside chunk (2, 0).
+    """
+    url = str(tmp_path / "mask.zarr")
+    level0 = create_label_image(
+        url, (96, 160), (32, 32), class_names=CLASSES, colours=COLOURS, name="mask"
+    )
+    labels = np.zeros((96, 160), np.uint8)
+    labels[20:50, 16:48] = 1
+    labels[64:68, 92:96] = 1
+    labels[60:64, 96:100] = 1
+    labels[70:80, 10:20] = 2
+    level0[...] = labels
+    write_georeference(url, Georeference(CRS.from_epsg(EPSG).to_wkt(), TRANSFORM, None, None))
+    return url
+
+
+def map_box(rows, cols):
+    """The map-coordinate rectangle of pixel rows/cols (stop exclusive)."""
+    a, _, c, _, e, f = TRANSFORM
+    return box(c + a * cols[0], f + e * rows[1], c + a * cols[1], f + e * rows[0])
+
+
+def read_features(path):
+    import fiona
+
+    with fiona.open(path) as source:
+        crs = CRS.from_wkt(source.crs_wkt) if source.crs_wkt else None
+        features = [(shape(f["geometry"]), dict(f["properties"])) for f in source]
+    return features, crs
+
+
+def test_cog_has_crs_transform_overviews_colours_and_labels(mask_url, tmp_path):
+    result = export(mask_url, tmp_path / "mask.tif", blocksize=128)
+    with rasterio.open(result.cog) as dataset:
+        assert dataset.crs.to_epsg() == EPSG
+        assert tuple(dataset.transform)[:6] == TRANSFORM
+        assert dataset.nodata is None
+        assert dataset.overviews(1) == [2]
+        assert dataset.block_shapes == [(128, 128)]
+        assert dataset.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert np.array_equal(dataset.read(1), zarr.open_array(mask_url + "/0")[...])
+        assert dataset.colormap(1)[2] == (230, 25, 75, 255)
+        assert json.loads(dataset.tags(1)["class_names"]) == CLASSES
+
+
+def test_cog_without_the_cog_driver_still_gets_overviews(mask_url, tmp_path, monkeypatch):
+    import unet.export
+
+    monkeypatch.setattr(unet.export, "has_cog_driver", lambda: False)
+    result = export(mask_url, tmp_path / "mask.tif", blocksize=128)
+    with rasterio.open(result.cog) as dataset:
+        assert dataset.overviews(1) == [2]
+        assert dataset.crs.to_epsg() == EPSG
+        assert np.array_equal(dataset.read(1), zarr.open_array(mask_url + "/0")[...])
+
+
+def test_polygons_crossing_chunk_borders_come_out_whole(mask_url, tmp_path):
+    result = export(mask_url, tmp_path / "mask.tif", vector=tmp_path / "mask.gpkg")
+    features, crs = read_features(result.vector)
+    assert crs.to_epsg() == EPSG
+    assert result.polygons == len(features) == 4
+    rectangles = [g for g, p in features if p["value"] == 1 and g.area > 16 * PIXEL_AREA]
+    assert len(rectangles) == 1
+    assert rectangles[0].area == 30 * 32 * PIXEL_AREA
+    assert rectangles[0].equals(map_box((20, 50), (16, 48)))
+    corner = [g for g, p in features if p["value"] == 1 and g.area == 16 * PIXEL_AREA]
+    assert len(corner) == 2, "regions meeting only at a corner are not 4-connected"
+    buildings = [(g, p) for g, p in features if p["value"] == 2]
+    assert [p["class"] for _, p in buildings] == ["building"]
+    assert buildings[0][0].equals(map_box((70, 80), (10, 20)))
+
+
+@pytest.mark.parametrize("label, expected", [("building", 1), ("2", 1), ("field", 3), (1, 3)])
+def test_one_class_by_name_or_value(mask_url, tmp_path, label, expected):
+    result = export(mask_url, tmp_path / "mask.tif", vector=tmp_path / "mask.geojson", label=label)
+    features, crs = read_features(result.vector)
+    assert len(features) == expected and crs.to_epsg() == EPSG
+
+
+def test_merge_keeps_corner_contacts_apart_and_unions_shared_edges():
+    pieces = [box(0, 0, 2, 2), box(2, 0, 4, 2), box(4, 2, 6, 4), box(0, 2, 2, 3)]
+    merged = merge_across_borders(pieces)
+    areas = sorted(p.area for p in merged)
+    # The first, second and fourth share edges; the third meets the second only at (4, 2).
+    assert areas == [4.0, 10.0]
+    assert merge_across_borders([]) == []
+
+
+def test_refusals(mask_url, tmp_path):
+    (tmp_path / "exists.tif").write_bytes(b"")
+    with pytest.raises(OutputExists, match="--overwrite"):
+        export(mask_url, tmp_path / "exists.tif")
+    with pytest.raises(InvalidParameter, match="give --vector"):
+        export(mask_url, tmp_path / "a.tif", label="building")
+    with pytest.raises(InvalidParameter, match="0 other, 1 field, 2 building"):
+        export(mask_url, tmp_path / "a.tif", vector=tmp_path / "a.gpkg", label="road")
+    with pytest.raises(InvalidParameter, match=".gpkg, .geojson or .parquet"):
+        export(mask_url, tmp_path / "a.tif", vector=tmp_path / "a.shp")
+    assert not (tmp_path / "a.tif").exists()
+
+
+def test_parquet_names_the_fix_without_geopandas(mask_url, tmp_path):
+    try:
+        import geopandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(InvalidParameter, match="pip install geopandas pyarrow"):
+            export(mask_url, tmp_path / "a.tif", vector=tmp_path / "a.parquet")
+        return
+    result = export(mask_url, tmp_path / "a.tif", vector=tmp_path / "a.parquet")
+    assert result.polygons == 4
+
+
+def test_unfinished_run_is_refused(mask_url):
+    group = zarr.open_group(mask_url, mode="r+")
+    group.attrs["unet"] = {"complete": False}
+    with pytest.raises(InvalidImage, match="unfinished"):
+        open_mask(mask_url)
+
+
+def test_geotiff_round_trip_ingest_segment_export(tmp_path, client):
+    write_geotiff(tmp_path / "scene.tif")
+    ingest(tmp_path / "scene.tif", tmp_path / "scene.zarr", chunks=(CHUNK, CHUNK), progress=False)
+    params = SegmentParameters(
+        model=write_model(tmp_path / "m.safetensors"), tile_size=100, device="cpu"
+    )
+    report = segment(
+        str(tmp_path / "scene.zarr"), str(tmp_path / "mask.zarr"), params, client=client
+    )
+    assert report.chunks_skipped == 1
+    result = export(
+        tmp_path / "mask.zarr",
+        tmp_path / "mask.tif",
+        vector=tmp_path / "mask.gpkg",
+        label="field",
+        blocksize=128,
+    )
+    with rasterio.open(tmp_path / "scene.tif") as scene, rasterio.open(result.cog) as cog:
+        assert cog.crs == scene.crs and cog.crs.to_epsg() == EPSG
+        assert cog.transform == scene.transform
+        assert cog.nodata == scene.nodata == NODATA
+        assert (cog.width, cog.height) == (scene.width, scene.height)
+        assert cog.overviews(1) == [2]
+        labels = cog.read(1)
+        assert (labels[:CHUNK, :CHUNK] == NODATA).all()
+        crs_of_scene = scene.crs
+    features, crs = read_features(result.vector)
+    assert crs == crs_of_scene
+    assert {p["class"] for _, p in features} == {"field"}
+    field_pixels = int((labels == 1).sum())
+    assert sum(g.area for g, _ in features) == pytest.approx(field_pixels * PIXEL_AREA)
+
+
+def test_cli_export(mask_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from unet.cli import app
+
+    outcome = CliRunner().invoke(
+        app,
+        ["export", mask_url, str(tmp_path / "m.tif"), "--vector", str(tmp_path / "m.gpkg")]
+        + ["--class", "field"],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert "3 polygons" in outcome.output

@@ -1,0 +1,300 @@
+"""The Prefect flows: progress throttling, preview pixels, artifacts, skipping finished outputs.
+
+Flow runs go to a temporary Prefect server (``prefect_test_harness``, one per session) and to a
+small in-process Dask cluster named as the parameters' ``scheduler``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+from test_engine import write_checkpoint, write_image
+
+import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
+from flows.progress import Throttle, combine, percent, terminal_progress
+from flows.tasks import artifact_key, output_name, report_table
+from unet.config import SegmentParameters
+from unet.engine import SegmentReport
+from unet.errors import ChannelMismatch, InvalidParameter
+from unet.preview import (
+    blend,
+    display_image,
+    label_colours,
+    mask_overview,
+    preview_path,
+    resize_nearest,
+)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors")
+
+
+def parameters(model: str, scheduler: str, **extra) -> SegmentParameters:
+    return SegmentParameters(model=model, tile_size=204, device="cpu", scheduler=scheduler, **extra)
+
+
+def artifacts_of(flow_run_id) -> dict[str, list]:
+    """The artifacts of a flow run (its tasks' included), by type."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    by_type: dict[str, list] = {}
+    for artifact in found:
+        by_type.setdefault(artifact.type, []).append(artifact)
+    return by_type
+
+
+# Pure helpers ------------------------------------------------------------------------------
+
+
+def test_throttle_lets_through_the_first_one_per_interval_and_the_last():
+    now = [0.0]
+    throttle = Throttle(interval=1.0, clock=lambda: now[0])
+    seen = []
+    for done, t in [(1, 0.0), (2, 0.5), (3, 0.99), (4, 1.0), (5, 1.2), (6, 2.5), (10, 2.6)]:
+        now[0] = t
+        if throttle.due(done, 10):
+            seen.append(done)
+    assert seen == [1, 4, 6, 10]
+
+
+def test_percent_and_combine():
+    assert percent(0, 8) == 0.0
+    assert percent(3, 8) == 37.5
+    assert percent(9, 8) == 100.0
+    assert percent(0, 0) == 100.0
+    calls = []
+    combine(None, lambda d, t: calls.append(("a", d, t)), lambda d, t: calls.append(("b", d, t)))(
+        2, 5
+    )
+    assert calls == [("a", 2, 5), ("b", 2, 5)]
+
+
+def test_names_of_outputs_artifacts_and_previews():
+    assert output_name("masks/Slide 01.zarr/") == "Slide 01"
+    assert output_name("s3://bucket/out.zarr") == "out"
+    assert artifact_key("Slide 01.ome") == "slide-01-ome"
+    assert artifact_key("__") == "image"
+    assert preview_path("masks/a.zarr") == "masks/a.preview.png"
+    assert preview_path("s3://b/a.zarr/") == "s3://b/a.preview.png"
+    assert preview_path("masks/a") == "masks/a.preview.png"
+
+
+def test_blend_colours_labels_only_and_keeps_background():
+    image = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 1], [2, 0]], np.uint8)
+    out = blend(image, labels, [(0, 0, 0), (255, 0, 0), (0, 0, 255)], alpha=0.5)
+    assert out[0, 0].tolist() == [100, 100, 100]
+    assert out[0, 1].tolist() == [178, 50, 50]  # round(100 * 0.5 + 255 * 0.5) = 178 (half to even)
+    assert out[1, 0].tolist() == [50, 50, 178]
+
+
+def test_label_colours_come_from_the_ome_label_metadata():
+    from unet.checkpoint import default_colours
+
+    attributes = {
+        "ome": {
+            "image-label": {
+                "colors": [
+                    {"label-value": 0, "rgba": [0, 0, 0, 0]},
+                    {"label-value": 1, "rgba": [10, 20, 30, 255]},
+                ]
+            }
+        }
+    }
+    colours = label_colours(attributes)
+    assert len(colours) == 256 and colours[1] == (10, 20, 30)
+    assert label_colours({})[:3] == default_colours(3)
+
+
+def test_display_image_stretches_grey_and_keeps_rgb():
+    grey = np.arange(100, dtype=np.float32).reshape(1, 10, 10) * 1000
+    rgb = display_image(grey)
+    assert rgb.shape == (10, 10, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[-1, -1].tolist() == [255, 255, 255]
+    assert np.array_equal(rgb[..., 0], rgb[..., 2])
+    colour = display_image(np.stack([grey[0], grey[0] * 0, grey[0]]))
+    assert colour[-1, -1].tolist() == [255, 0, 255]
+    assert display_image(np.zeros((1, 3, 3))).max() == 0  # flat: no division by zero
+
+
+def test_resize_nearest_samples_pixel_centres():
+    image = np.arange(4).reshape(2, 2)
+    assert resize_nearest(image, (4, 4)).tolist() == [
+        [0, 0, 1, 1],
+        [0, 0, 1, 1],
+        [2, 2, 3, 3],
+        [2, 2, 3, 3],
+    ]
+    assert resize_nearest(np.arange(16).reshape(4, 4), (2, 2)).tolist() == [[5, 7], [13, 15]]
+
+
+def test_mask_overview_takes_the_finest_level_that_fits(tmp_path):
+    group = zarr.open_group(str(tmp_path / "m.zarr"), mode="w")
+    for level, side in enumerate((40, 20, 10)):
+        group.create_array(str(level), shape=(side, side), dtype="uint8", fill_value=level)
+    assert mask_overview(group, 25).shape == (20, 20)
+    assert mask_overview(group, 40)[0, 0] == 0
+    strided = mask_overview(group, 4)  # even the coarsest level is larger: read with a stride
+    assert strided.shape == (4, 4) and strided[0, 0] == 2
+
+
+def test_report_table_lists_size_chunks_speed_and_classes():
+    report = SegmentReport(
+        input="in.zarr",
+        output="out.zarr",
+        shape=(1, 200, 300),
+        chunks_total=6,
+        chunks_computed=4,
+        chunks_skipped=1,
+        chunks_resumed=1,
+        seconds=2.0,
+        class_names=["background", "nuclei"],
+        class_pixels=[45000, 15000],
+    )
+    rows = {row["field"]: row["value"] for row in report_table(report)}
+    assert rows["size"] == "300 x 200 px, 1 channel(s), 0.06 Mpx"
+    assert (rows["computed"], rows["skipped (background)"], rows["resumed"]) == ("4", "1", "1")
+    assert rows["speed"] == "0.03 Mpx/s"
+    assert rows["class nuclei"] == "25.00%"
+
+
+def test_check_pyramid_body_refuses_an_unfinished_output(tmp_path):
+    from prefect.logging import disable_run_logger
+
+    from flows.tasks import check_pyramid
+
+    group = zarr.open_group(str(tmp_path / "o.zarr"), mode="w")
+    group.attrs["unet"] = {"complete": False}
+    with disable_run_logger(), pytest.raises(RuntimeError, match="not marked complete"):
+        check_pyramid.fn(str(tmp_path / "o.zarr"))
+
+
+def test_folder_output_may_not_be_the_input_folder(tmp_path):
+    from flows.segment import folder_jobs
+
+    with pytest.raises(InvalidParameter, match="is the input folder"):
+        folder_jobs(str(tmp_path), str(tmp_path))
+
+
+# Flow runs ---------------------------------------------------------------------------------
+
+
+def test_segment_image_records_artifacts_preview_and_terminal_progress(
+    prefect_server, scheduler, model, tmp_path
+):
+    from flows.segment import segment_image
+
+    write_image(tmp_path / "in.zarr", (96, 96), (32, 32))
+    output = tmp_path / "out.zarr"
+    bars: dict[str, list] = {}
+
+    def factory(name):
+        return lambda done, total: bars.setdefault(name, []).append((done, total))
+
+    with terminal_progress(factory):
+        state = segment_image(
+            str(tmp_path / "in.zarr"), str(output), parameters(model, scheduler), return_state=True
+        )
+    report = state.result()
+    assert report.chunks_computed == report.chunks_total == 9
+    assert bars["out"][-1] == (9, 9)
+
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    assert [a.key for a in artifacts["progress"]] == ["out-progress"]
+    assert artifacts["progress"][0].data == 100.0
+    table = artifacts["table"][0]
+    assert table.key == "out-summary" and "9" in table.data
+    markdown = artifacts["markdown"][0].data
+    assert "data:image/png;base64," in markdown
+
+    with Image.open(preview_path(str(output))) as preview:
+        assert preview.size == (96, 96) and preview.mode == "RGB"
+
+
+def test_a_finished_output_is_skipped_without_starting_dask(
+    prefect_server, scheduler, model, tmp_path, monkeypatch
+):
+    import unet.cluster
+    from flows.segment import segment_image
+
+    write_image(tmp_path / "in.zarr", (64, 64), (32, 32))
+    args = (str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"))
+    first = segment_image(*args, parameters(model, scheduler))
+    assert first.chunks_computed == 4
+
+    def no_cluster(*_, **__):
+        raise AssertionError("a finished output must not start Dask")
+
+    monkeypatch.setattr(unet.cluster, "dask_client", no_cluster)
+    again = segment_image(*args, parameters(model, scheduler))
+    assert (again.chunks_resumed, again.chunks_computed) == (4, 0)
+
+
+def test_segment_folder_ingests_goes_on_after_a_failure_and_names_it(
+    prefect_server, scheduler, model, tmp_path
+):
+    from flows.segment import segment_folder
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder / "a.zarr", (64, 64), (32, 32))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48), np.uint8)).save(
+        folder / "b.png"
+    )
+    write_image(folder / "c.zarr", (3, 32, 32), (3, 32, 32))  # 3 channels, the model takes 1
+    out = tmp_path / "masks"
+
+    state = segment_folder(str(folder), str(out), parameters(model, scheduler), return_state=True)
+    with pytest.raises(ChannelMismatch, match="3 channels"):
+        state.result()
+    assert zarr.open_group(str(out / "a.zarr"), mode="r").attrs["unet"]["complete"]
+    assert zarr.open_group(str(out / "b.zarr"), mode="r")["0"].shape == (40, 48)
+    assert (out / "_ingested" / "b.zarr").is_dir() and (out / "b.preview.png").is_file()
+    folder_table = [
+        a for a in artifacts_of(state.state_details.flow_run_id)["table"] if a.key == "masks-folder"
+    ]
+    assert folder_table and "failed" in folder_table[0].data
+
+
+def test_run_segment_goes_on_locally_when_the_server_does_not_answer(
+    prefect_server, scheduler, model, tmp_path, capsys
+):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from unet.runner import run_segment
+
+    write_image(tmp_path / "in.zarr", (32, 32), (32, 32))
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        reports = run_segment(
+            str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), parameters(model, scheduler)
+        )
+    assert reports[0].chunks_computed == 1
+    message = capsys.readouterr().err
+    assert "does not answer" in message and "not recorded there" in message

@@ -1,0 +1,258 @@
+"""GeoTIFF ingest and georeferencing: CRS, transform, nodata and band names kept from file to mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from conftest import make_model
+
+from unet.checkpoint import save_checkpoint
+from unet.config import SegmentParameters
+from unet.engine import segment
+from unet.errors import ChannelMismatch, InvalidImage
+from unet.io.geo import Georeference, check_bands, read_georeference, write_georeference
+from unet.io.ingest import ingest
+from unet.io.pyramid import build_pyramid
+from unet.io.source import open_image
+from unet.synthetic import SatelliteScene
+
+EPSG = 32633
+#: 10 m pixels, upper-left corner at (500000 E, 5000000 N).
+TRANSFORM = (10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
+BANDS = ("B02", "B03", "B04", "B08")
+NODATA = 0
+CHUNK = 64
+SHAPE = (4, 160, 200)
+
+
+def write_geotiff(path, shape=SHAPE, *, descriptions=BANDS, seed=0):
+    """A tiled uint16 GeoTIFF in EPSG:32633, nodata 0, whose top-left 64 x 64 block is all nodata.
+
+    Returns the pixels, ``(C, Y, X)`` uint16.
+    """
+    import rasterio
+    from affine import Affine
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(1, 10_000, size=shape, dtype=np.uint16)
+    pixels[:, :CHUNK, :CHUNK] = NODATA
+    pixels[:, 100:104, 150:160] = NODATA  # a few nodata pixels inside valid data
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=shape[2],
+        height=shape[1],
+        count=shape[0],
+        dtype="uint16",
+        crs=f"EPSG:{EPSG}",
+        transform=Affine(*TRANSFORM),
+        nodata=NODATA,
+        tiled=True,
+        blockxsize=32,
+        blockysize=32,
+    ) as dataset:
+        dataset.write(pixels)
+        for band, name in enumerate(descriptions or (), start=1):
+            dataset.set_band_description(band, name)
+    return pixels
+
+
+def write_model(path, in_channels=4, band_names=BANDS):
+    model = make_model(in_channels=in_channels, num_classes=5, depth=2)
+    metadata = {"band_names": list(band_names)} if band_names is not None else {}
+    return str(
+        save_checkpoint(
+            path,
+            model,
+            mean=[3000.0] * in_channels,
+            std=[2000.0] * in_channels,
+            class_names=list(SatelliteScene.class_names),
+            **metadata,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    with Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as dask_client:
+        yield dask_client
+
+
+@pytest.fixture
+def ingested(tmp_path):
+    pixels = write_geotiff(tmp_path / "scene.tif")
+    url = str(tmp_path / "scene.zarr")
+    ingest(tmp_path / "scene.tif", url, chunks=(CHUNK, CHUNK), progress=False)
+    return url, pixels
+
+
+def test_georeference_orders_and_scales():
+    georeference = Georeference("WKT", TRANSFORM, 0.0, BANDS)
+    assert georeference.gdal_geotransform == (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0)
+    assert georeference.scaled(4).transform == (40.0, 0.0, 500000.0, 0.0, -40.0, 5000000.0)
+    attributes = georeference.to_attributes()
+    assert attributes["GeoTransform"] == "500000.0 10.0 0.0 5000000.0 0.0 -10.0"
+    assert attributes["spatial_ref"] == attributes["crs_wkt"] == "WKT"
+    assert attributes["geo"] == {
+        "crs_wkt": "WKT",
+        "transform": list(TRANSFORM),
+        "nodata": 0.0,
+        "band_names": list(BANDS),
+    }
+    assert Georeference.from_attributes(attributes) == georeference
+    assert Georeference.from_attributes({}) is None
+    labels = georeference.for_labels(had_nodata=True)
+    assert (labels.nodata, labels.band_names) == (0.0, None)
+    assert georeference.for_labels(had_nodata=False).nodata is None
+
+
+def test_georeference_refuses_a_broken_transform():
+    with pytest.raises(InvalidImage, match="six finite numbers"):
+        Georeference(None, (10.0, 0.0, float("nan"), 0.0, -10.0, 0.0))
+
+
+def test_ingest_keeps_pixels_crs_transform_nodata_and_band_names(ingested):
+    from rasterio.crs import CRS
+
+    url, pixels = ingested
+    source = open_image(url)
+    assert source.shape == SHAPE and source.dtype == "uint16" and source.chunks == (CHUNK, CHUNK)
+    assert np.array_equal(source.read(slice(None), slice(None)), pixels)
+    group = zarr.open_group(url, mode="r")
+    for attributes in (group.attrs.asdict(), group["0"].attrs.asdict()):
+        georeference = Georeference.from_attributes(attributes)
+        assert CRS.from_wkt(georeference.crs_wkt).to_epsg() == EPSG
+        assert georeference.transform == TRANSFORM
+        assert georeference.nodata == NODATA and georeference.band_names == BANDS
+        assert attributes["GeoTransform"] == "500000.0 10.0 0.0 5000000.0 0.0 -10.0"
+        assert CRS.from_wkt(attributes["spatial_ref"]).to_epsg() == EPSG
+    channels = group.attrs["ome"]["omero"]["channels"]
+    assert [channel["label"] for channel in channels] == list(BANDS)
+    assert read_georeference(source) == Georeference.from_attributes(group.attrs.asdict())
+
+
+def test_ingest_reads_a_cloud_optimized_geotiff(tmp_path):
+    import rasterio.shutil
+
+    pixels = write_geotiff(tmp_path / "scene.tif", (13, 40, 50))
+    rasterio.shutil.copy(tmp_path / "scene.tif", tmp_path / "cog.tif", driver="COG")
+    source = ingest(tmp_path / "cog.tif", tmp_path / "cog.zarr", chunks=(16, 16), progress=False)
+    assert np.array_equal(source.read(slice(None), slice(None)), pixels)
+    georeference = read_georeference(source)
+    assert georeference.transform == TRANSFORM and georeference.nodata == NODATA
+    assert georeference.band_names is None, "13 bands, 4 described: the names are not kept"
+
+
+def test_ingest_reads_window_by_window(tmp_path, monkeypatch):
+    """Each read covers at most one band of output chunks: memory does not grow with the scene."""
+    import unet.io.ingest as ingest_module
+    from unet.io.geo import open_geotiff
+
+    windows = []
+
+    def recording(path):
+        context = open_geotiff(path)
+        geotiff = context.__enter__()
+        read = geotiff.read
+
+        def read_window(rows, cols):
+            windows.append((rows.stop - rows.start, cols.stop - cols.start))
+            return read(rows, cols)
+
+        geotiff.read = read_window
+        try:
+            yield geotiff
+        finally:
+            context.__exit__(None, None, None)
+
+    import contextlib
+
+    monkeypatch.setattr(ingest_module, "open_geotiff", contextlib.contextmanager(recording))
+    write_geotiff(tmp_path / "scene.tif", (4, 160, 600))
+    ingest(tmp_path / "scene.tif", tmp_path / "scene.zarr", chunks=(32, 32), progress=False)
+    assert len(windows) > 1
+    assert max(h for h, _ in windows) == 32
+    assert max(w for _, w in windows) == 32 * ingest_module.BLOCK_CHUNKS < 600
+
+
+def test_pyramid_levels_get_scaled_transforms(ingested):
+    url, _ = ingested
+    build_pyramid(url, max_side=64)
+    georeference = read_georeference(open_image(url))
+    write_georeference(url, georeference)
+    group = zarr.open_group(url, mode="r")
+    paths = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+    assert paths == ["0", "1", "2"]
+    for k, path in enumerate(paths):
+        attributes = group[path].attrs.asdict()
+        assert attributes["geo"]["transform"] == [10.0 * 2**k, 0, 500000.0, 0, -10.0 * 2**k, 5e6]
+        assert attributes["GeoTransform"].split()[1] == repr(10.0 * 2**k)
+
+
+def test_plain_tiff_is_not_georeferenced(tmp_path):
+    tifffile.imwrite(tmp_path / "plain.tif", np.ones((16, 16), np.uint16))
+    source = ingest(tmp_path / "plain.tif", tmp_path / "plain.zarr", progress=False)
+    assert read_georeference(source) is None
+
+
+def test_segment_defaults_nodata_skips_nodata_chunk_and_georeferences_mask(
+    ingested, tmp_path, client
+):
+    url, pixels = ingested
+    model = write_model(tmp_path / "m.safetensors")
+    out = str(tmp_path / "mask.zarr")
+    params = SegmentParameters(model=model, tile_size=100, device="cpu")
+    report = segment(url, out, params, client=client)
+
+    assert report.chunks_total == 12 and report.chunks_skipped == 1
+    assert report.chunks_computed == 11
+    group = zarr.open_group(out, mode="r")
+    mask = group["0"][...]
+    nodata_pixels = np.all(pixels == NODATA, axis=0)
+    assert (mask[nodata_pixels] == 0).all()
+    assert len(np.unique(mask[~nodata_pixels])) > 1, "a constant mask would make this weak"
+    assert group.attrs["unet"]["fingerprint"]["parameters"]["nodata"] == NODATA
+    for attributes in (group.attrs.asdict(), group["0"].attrs.asdict()):
+        georeference = Georeference.from_attributes(attributes)
+        assert georeference.transform == TRANSFORM
+        assert georeference.crs_wkt == read_georeference(open_image(url)).crs_wkt
+        assert georeference.nodata == 0 and georeference.band_names is None
+
+    # The same command again resumes: the stored nodata gives the same fingerprint.
+    again = segment(url, out, params, client=client)
+    assert again.chunks_resumed == 12 and again.chunks_computed == 0
+
+
+def test_wrong_band_count_is_refused(ingested, tmp_path):
+    url, _ = ingested
+    model = write_model(tmp_path / "m.safetensors", in_channels=3, band_names=None)
+    params = SegmentParameters(model=model, tile_size=100, device="cpu")
+    with pytest.raises(ChannelMismatch, match="4 channels but model .* takes 3"):
+        segment(url, str(tmp_path / "mask.zarr"), params)
+
+
+def test_wrong_band_names_are_refused_naming_both_lists(ingested, tmp_path):
+    url, _ = ingested
+    model = write_model(tmp_path / "m.safetensors", band_names=("red", "green", "blue", "nir"))
+    params = SegmentParameters(model=model, tile_size=100, device="cpu")
+    with pytest.raises(ChannelMismatch) as error:
+        segment(url, str(tmp_path / "mask.zarr"), params)
+    message = str(error.value)
+    assert "['B02', 'B03', 'B04', 'B08']" in message
+    assert "['red', 'green', 'blue', 'nir']" in message
+    assert "\n" not in message
+
+
+def test_check_bands_needs_names_on_both_sides():
+    check_bands("x", 4, None, BANDS)
+    check_bands("x", 4, BANDS, None)
+    check_bands("x", 4, BANDS, list(BANDS))
+    with pytest.raises(ChannelMismatch, match=r"3 bands \['B02', 'B03', 'B04'\]"):
+        check_bands("x", 3, BANDS[:3], BANDS)

@@ -1,0 +1,257 @@
+"""Georeferenced images: read GeoTIFF / COG, keep CRS, geotransform, nodata and band names in Zarr.
+
+A GeoTIFF is read through rasterio (GDAL) window by window, so ingest copies a scene of any size
+with memory bounded by a few output chunks plus GDAL's block cache (``GDAL_CACHEMAX``).
+
+Where the georeferencing goes. On the OME-Zarr image group and on every level array:
+
+- ``geo``: this project's own record, the one our code reads::
+
+      {"crs_wkt": "PROJCS[...]" | None, "transform": [a, b, c, d, e, f],
+       "nodata": 0 | None, "band_names": ["B02", ...] | None}
+
+  ``transform`` is the affine (rasterio / ``affine`` order) from (column, row) of the pixel
+  corner to map coordinates: ``x = a*col + b*row + c``, ``y = d*col + e*row + f``.
+- ``spatial_ref`` and ``crs_wkt`` (the CRS as WKT) and ``GeoTransform`` (GDAL's six numbers
+  ``"c a b f d e"``, space-separated): the attribute names of the CF / GDAL convention that
+  GDAL's netCDF and Zarr drivers and rioxarray write on a grid-mapping variable.
+
+Level ``k`` of a pyramid halves level ``k - 1`` with the same origin, so its transform is level
+0's with ``a, b, d, e`` multiplied by ``2**k``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.errors import ChannelMismatch, InvalidImage, UnsupportedInput
+
+if TYPE_CHECKING:
+    from unet.io.source import ImageSource
+
+#: The attribute holding this project's georeferencing record.
+ATTRIBUTE = "geo"
+
+
+@dataclass(frozen=True)
+class Georeference:
+    """Where an image lies on the Earth, and what its pixel values mean.
+
+    Attributes
+    ----------
+    crs_wkt: the coordinate reference system as WKT, None when the file gives none
+    transform: affine ``(a, b, c, d, e, f)`` of level 0, pixel corners to map coordinates
+    nodata: pixel value meaning "no data" (in every band), None when there is none
+    band_names: one name per band, None when the file does not name them all
+    """
+
+    crs_wkt: str | None
+    transform: tuple[float, float, float, float, float, float]
+    nodata: float | None = None
+    band_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.transform) != 6 or not all(math.isfinite(v) for v in self.transform):
+            raise InvalidImage(
+                f"geotransform {self.transform} is not six finite numbers (a, b, c, d, e, f)"
+            )
+
+    def scaled(self, factor: int) -> Georeference:
+        """The georeference of a level downsampled by ``factor`` from the same origin."""
+        a, b, c, d, e, f = self.transform
+        return Georeference(
+            self.crs_wkt,
+            (a * factor, b * factor, c, d * factor, e * factor, f),
+            self.nodata,
+            self.band_names,
+        )
+
+    def for_labels(self, had_nodata: bool) -> Georeference:
+        """The georeference of a label mask segmented from this image.
+
+        The engine gives label 0 to no-data pixels, so the mask's nodata is 0 when the run had a
+        nodata value (label 0 then also covers background, which OME viewers show transparent
+        too) and None otherwise; a mask has no band names.
+        """
+        return Georeference(self.crs_wkt, self.transform, 0.0 if had_nodata else None, None)
+
+    @property
+    def gdal_geotransform(self) -> tuple[float, float, float, float, float, float]:
+        """GDAL's order ``(c, a, b, f, d, e)``."""
+        a, b, c, d, e, f = self.transform
+        return (c, a, b, f, d, e)
+
+    def to_attributes(self) -> dict[str, Any]:
+        """Zarr attributes in both conventions (see the module docstring)."""
+        attributes: dict[str, Any] = {
+            ATTRIBUTE: {
+                "crs_wkt": self.crs_wkt,
+                "transform": list(self.transform),
+                "nodata": self.nodata,
+                "band_names": list(self.band_names) if self.band_names is not None else None,
+            },
+            "GeoTransform": " ".join(repr(float(v)) for v in self.gdal_geotransform),
+        }
+        if self.crs_wkt is not None:
+            attributes["spatial_ref"] = attributes["crs_wkt"] = self.crs_wkt
+        return attributes
+
+    @classmethod
+    def from_attributes(cls, attributes: dict[str, Any]) -> Georeference | None:
+        """The georeference stored by :meth:`to_attributes`; None when there is none."""
+        record = attributes.get(ATTRIBUTE)
+        if not isinstance(record, dict) or "transform" not in record:
+            return None
+        names = record.get("band_names")
+        nodata = record.get("nodata")
+        return cls(
+            crs_wkt=record.get("crs_wkt"),
+            transform=tuple(float(v) for v in record["transform"]),
+            nodata=float(nodata) if nodata is not None else None,
+            band_names=tuple(str(n) for n in names) if names is not None else None,
+        )
+
+
+@dataclass
+class GeoTiff:
+    """An open GeoTIFF as a ``(C, Y, X)`` image read window by window."""
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    read: Callable[[slice, slice], np.ndarray]
+    georeference: Georeference
+
+
+def is_geotiff(path: str | os.PathLike[str]) -> bool:
+    """Whether a TIFF carries GeoTIFF georeferencing tags (CRS keys, tie points or a transform)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.pages) and bool(tif.pages[0].is_geotiff)
+    except (tifffile.TiffFileError, ValueError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def open_geotiff(path: str | os.PathLike[str]) -> Iterator[GeoTiff]:
+    """Open a GeoTIFF or Cloud-Optimized GeoTIFF with rasterio.
+
+    ``read(rows, cols)`` decodes only the TIFF blocks the window overlaps and returns
+    ``(C, h, w)`` in the file's dtype. Band names are the band descriptions when every band has
+    one; the nodata value is the dataset's (GDAL keeps one for all bands of a GeoTIFF).
+
+    Raises
+    ------
+    UnsupportedInput
+        GDAL cannot open the file.
+    InvalidImage
+        Bands of different dtypes.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
+
+    try:
+        dataset = rasterio.open(path)
+    except RasterioIOError as error:
+        raise UnsupportedInput(
+            f"{path} could not be opened as a GeoTIFF ({error}): check the file with gdalinfo"
+        ) from error
+    with dataset:
+        if len(set(dataset.dtypes)) != 1:
+            raise InvalidImage(
+                f"{path} has bands of different dtypes {dataset.dtypes}: write one dtype for all "
+                "bands first (e.g. gdal_translate -ot UInt16)"
+            )
+        descriptions = dataset.descriptions
+        names = tuple(descriptions) if all(descriptions) else None
+        georeference = Georeference(
+            crs_wkt=dataset.crs.to_wkt() if dataset.crs is not None else None,
+            transform=tuple(dataset.transform)[:6],
+            nodata=float(dataset.nodata) if dataset.nodata is not None else None,
+            band_names=names,
+        )
+
+        def read(rows: slice, cols: slice) -> np.ndarray:
+            window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            return dataset.read(window=window)
+
+        yield GeoTiff(
+            shape=(dataset.count, dataset.height, dataset.width),
+            dtype=np.dtype(dataset.dtypes[0]),
+            read=read,
+            georeference=georeference,
+        )
+
+
+def write_georeference(url: str | os.PathLike[str], georeference: Georeference) -> None:
+    """Store ``georeference`` on an OME-Zarr image group and each of its level arrays.
+
+    Each level gets the transform scaled by its downsampling factor, read from the multiscales
+    scales (so call this after the pyramid is built). Other attributes are kept.
+    """
+    import zarr
+
+    from unet.io.source import resolve_location
+
+    group = zarr.open_group(store=resolve_location(url), mode="r+")
+    group.update_attributes(georeference.to_attributes())
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    base = _x_scale(multiscale["datasets"][0])
+    for dataset in multiscale["datasets"]:
+        factor = round(_x_scale(dataset) / base)
+        group[dataset["path"]].update_attributes(georeference.scaled(factor).to_attributes())
+
+
+def read_georeference(source: ImageSource) -> Georeference | None:
+    """The georeference of an opened image: its level-0 array's, else its group's, else None."""
+    import zarr
+
+    array = zarr.open_array(store=source.url, path=source.array_path, mode="r")
+    found = Georeference.from_attributes(array.attrs.asdict())
+    if found is None and source.array_path:
+        group = zarr.open_group(store=source.url, mode="r")
+        found = Georeference.from_attributes(group.attrs.asdict())
+    return found
+
+
+def check_bands(
+    input: str,
+    channels: int,
+    band_names: Sequence[str] | None,
+    model_band_names: Sequence[str] | None,
+) -> None:
+    """Refuse an image whose named bands differ from the bands the model was trained on.
+
+    Only checked when both the image and the checkpoint (``metadata["band_names"]``) name their
+    bands; the channel count alone is checked by the engine.
+
+    Raises
+    ------
+    ChannelMismatch
+        The names (or their number, or their order) differ.
+    """
+    if band_names is None or model_band_names is None:
+        return
+    image, model = [str(n) for n in band_names], [str(n) for n in model_band_names]
+    if image != model:
+        raise ChannelMismatch(
+            f"{input} has {channels} bands {image} but the model was trained on "
+            f"{len(model)} bands {model}: give an image with these bands in this order "
+            "(e.g. gdal_translate -b ...) or use a model trained on these bands"
+        )
+
+
+def _x_scale(dataset: dict[str, Any]) -> float:
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            return float(transform["scale"][-1])
+    return 1.0

@@ -1,0 +1,151 @@
+"""Run ``unet segment`` on one image or a folder, as a Prefect flow run.
+
+A folder runs the ``segment-folder`` flow, anything else ``segment-image`` (see :mod:`flows`).
+With ``PREFECT_API_URL`` set the run is recorded on that server (logs, progress, summary and
+preview artifacts); without it Prefect runs a temporary local server for the run's duration
+(ephemeral mode). When the configured server does not answer, the run goes on locally and says so.
+The terminal shows a progress bar (on a TTY) and the summary, not Prefect's logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from unet.config import SegmentParameters
+from unet.engine import SegmentReport
+from unet.folder import INGEST_SUFFIXES, is_zarr_store
+
+#: Seconds to wait for the configured Prefect server's health check.
+HEALTH_TIMEOUT = 5.0
+
+
+def run_segment(
+    input: str, output: str, parameters: SegmentParameters, *, progress: bool = False
+) -> list[SegmentReport]:
+    """Segment ``input`` (an image or a folder of images) into ``output``; one report per image."""
+    from flows._settings import QUIET_CONSOLE, apply_defaults
+
+    apply_defaults(QUIET_CONSOLE)
+    folder = _is_folder(input)
+    _check_early(input, output, parameters, folder)
+    from flows.progress import terminal_progress
+    from flows.segment import segment_folder, segment_image
+
+    run_flow = segment_folder if folder else segment_image
+    with _prefect_api() as server, _progress_bar(progress) as bar, terminal_progress(bar):
+        state = run_flow(input, output, parameters, return_state=True)
+    if server:
+        _say(f"recorded on Prefect: {_flow_run_url(state.state_details.flow_run_id)}")
+    result = state.result()
+    return result if isinstance(result, list) else [result]
+
+
+def _is_folder(input: str) -> bool:
+    path = Path(input)
+    return "://" not in input and path.is_dir() and not is_zarr_store(path)
+
+
+def _check_early(input: str, output: str, parameters: SegmentParameters, folder: bool) -> None:
+    """Refuse in a second what the engine would refuse at its start, before Prefect starts.
+
+    A missing input or checkpoint, an invalid tile size or an output inside the input then cost
+    no server start-up (ephemeral mode takes several seconds); the engine checks them again.
+    """
+    from unet.checkpoint import load_checkpoint
+    from unet.engine import plan_run
+    from unet.errors import InputNotFound
+
+    image_file = "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES
+    if image_file and not Path(input).is_file():
+        raise InputNotFound(f"input {input} does not exist: check the path")
+    checkpoint = load_checkpoint(parameters.model)
+    if folder or image_file:
+        if parameters.tile_size is not None:
+            checkpoint.model.geometry.check_tile_size(parameters.tile_size)
+    else:
+        plan_run(input, output, parameters, checkpoint=checkpoint)
+
+
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[str | None]:
+    """The configured Prefect API URL when its server answers, else None (ephemeral mode)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        yield None
+        return
+    problem = _health_problem(url)
+    if problem is None:
+        yield url
+        return
+    _say(
+        f"warning: the Prefect server at {url} does not answer ({problem}): running locally "
+        "in Prefect's ephemeral mode, so this run is not recorded there. Start the server "
+        "(prefect server start) or unset PREFECT_API_URL."
+    )
+    with _without_api_url():
+        yield None
+
+
+def _health_problem(url: str) -> str | None:
+    """Why the server at ``url`` cannot take runs, or None when it answers."""
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT)
+    except httpx.HTTPError as error:
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return None
+
+
+@contextlib.contextmanager
+def _without_api_url() -> Iterator[None]:
+    """Prefect settings (and the environment its ephemeral server inherits) without the API URL."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        temporary_settings,
+    )
+
+    saved = os.environ.pop("PREFECT_API_URL", None)
+    try:
+        with temporary_settings(
+            updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}, restore_defaults={PREFECT_API_URL}
+        ):
+            yield
+    finally:
+        if saved is not None:
+            os.environ["PREFECT_API_URL"] = saved
+
+
+def _flow_run_url(flow_run_id) -> str:
+    from prefect.settings import PREFECT_UI_URL
+
+    return f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[str], Callable[[int, int], None] | None]]:
+    """A factory of per-image progress callbacks drawing one rich bar each (None when disabled)."""
+    if not enabled:
+        yield lambda name: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+
+        def callback_for(name: str) -> Callable[[int, int], None]:
+            task = bar.add_task(name, total=None)
+            return lambda done, total: bar.update(task, completed=done, total=total)
+
+        yield callback_for
