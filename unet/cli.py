@@ -37,7 +37,7 @@ def segment(
     tile_size: Annotated[int | None, typer.Option(help="model tile side (valid size)")] = None,
     batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32, bf16, fp16 or auto")] = "fp32",
     workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes")] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="existing Dask scheduler, tcp://HOST:PORT")

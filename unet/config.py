@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 class SegmentParameters(BaseModel):
@@ -25,7 +25,9 @@ class SegmentParameters(BaseModel):
     )
     batch_size: int = Field(4, ge=1, le=1024, description="tiles per forward pass")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    precision: Precision = Field("fp32", description="fp32, or bf16/fp16 autocast")
+    precision: Precision = Field(
+        "fp32", description="fp32, bf16/fp16 autocast, or auto (bf16 where the hardware has it)"
+    )
     workers: int | None = Field(
         None,
         ge=1,

@@ -40,7 +40,10 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
     _say(f"generated in {time.perf_counter() - started:.0f} s; segmenting with the bundled model")
 
     reports = run_segment(
-        str(images), str(masks), SegmentParameters(model="nuclei"), progress=progress
+        str(images),
+        str(masks),
+        SegmentParameters(model="nuclei", precision="auto"),
+        progress=progress,
     )
     scores = {}
     for report in reports:

@@ -8,6 +8,7 @@ with the image. See ``DESIGN.md`` for the data flow.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from unet.config import SegmentParameters
-from unet.errors import ChannelMismatch, InvalidParameter, OutputExists
+from unet.errors import (
+    ChannelMismatch,
+    ChunksFailed,
+    InputReadError,
+    InvalidParameter,
+    OutputExists,
+    OutputWriteError,
+    UNetError,
+)
 from unet.ledger import ATTRIBUTE, Fingerprint, create_ledger, finished_chunks, mark_finished
 
 #: Output chunk side when the input is not chunked.
@@ -41,6 +50,7 @@ class SegmentReport:
     chunks_computed: int = 0
     chunks_skipped: int = 0
     chunks_resumed: int = 0
+    chunks_failed: list[list[int]] = field(default_factory=list)
     seconds: float = 0.0
     class_names: list[str] = field(default_factory=list)
     class_pixels: list[int] = field(default_factory=list)
@@ -120,7 +130,15 @@ def plan_run(
             f"{model.in_channels}: use a model trained on {source.shape[0]}-channel images"
             + ("" if parameters.channels_last else " (or --channels-last for (Y, X, C) arrays)")
         )
-    tile_size = _tile_size(parameters, model.geometry)
+    chunks = source.chunks or (DEFAULT_CHUNK, DEFAULT_CHUNK)
+    tile_size = _tile_size(parameters, model.geometry, chunks)
+    if parameters.precision == "auto":
+        from unet.predict import resolve_precision
+
+        # Resolved on the driver, so that the fingerprint names the precision actually used.
+        parameters = parameters.model_copy(
+            update={"precision": resolve_precision("auto", parameters.device)}
+        )
     _check_output_location(source.url, output)
     fingerprint = Fingerprint.of(
         source.identity(), checkpoint.digest, parameters.result_fields(tile_size)
@@ -130,7 +148,7 @@ def plan_run(
         checkpoint=checkpoint,
         parameters=parameters,
         tile_size=tile_size,
-        chunks=source.chunks or (DEFAULT_CHUNK, DEFAULT_CHUNK),
+        chunks=chunks,
         fingerprint=fingerprint,
         georeference=georeference,
     )
@@ -158,14 +176,37 @@ def segment(
     Returns
     -------
     SegmentReport
+
+    Raises
+    ------
+    OutputLocked: another run is writing ``output``
+    ChunksFailed: some chunks' input could not be read; the others are written, the output is
+        left incomplete and the error's ``report`` lists ``chunks_failed``
+    OutputWriteError: the output cannot be written (read-only, disk full)
     """
+    from unet.lock import output_lock
+
     started = time.perf_counter()
     plan = plan_run(input, output, parameters)
+    with output_lock(output):
+        return _segment(plan, input, output, client, progress, started)
+
+
+def _segment(
+    plan: RunPlan,
+    input: str,
+    output: str,
+    client: Any,
+    progress: ProgressCallback | None,
+    started: float,
+) -> SegmentReport:
+    """The body of :func:`segment`, run while this process holds the output's lock."""
     source, checkpoint, parameters = plan.source, plan.checkpoint, plan.parameters
     tile_size, chunks, counts = plan.tile_size, plan.chunks, plan.chunk_counts
     shape = source.shape[1:]
     fingerprint, georeference = plan.fingerprint, plan.georeference
-    group = _open_output(output, fingerprint, checkpoint, shape, chunks, counts, parameters)
+    with _writing(output):
+        group = _open_output(output, fingerprint, checkpoint, shape, chunks, counts, parameters)
 
     report = SegmentReport(
         input=input,
@@ -200,11 +241,16 @@ def segment(
         torch_threads=cluster_plan.torch_threads,
     )
     done = report.chunks_resumed + report.chunks_skipped
+    reasons: list[str] = []
     if progress:
         progress(done, report.chunks_total)
     if pending:
         with _client_or(client, cluster_plan, parameters.scheduler) as active:
             for result in _run_chunks(active, job, pending):
+                if isinstance(result, ChunkFailure):
+                    report.chunks_failed.append(list(result.index))
+                    reasons.append(result.reason)
+                    continue
                 done += 1
                 if result.skipped:
                     report.chunks_skipped += 1
@@ -215,8 +261,13 @@ def segment(
                 ]
                 if progress:
                     progress(done, report.chunks_total)
+    if report.chunks_failed:
+        report.chunks_failed.sort()
+        report.seconds = time.perf_counter() - started
+        raise _chunks_failed(report, reasons[0])
     if pending or not group.attrs[ATTRIBUTE].get("complete"):
-        _finish(output)
+        with _writing(output):
+            _finish(output)
     if georeference is not None:
         from unet.io.geo import write_georeference
 
@@ -225,8 +276,20 @@ def segment(
     return report
 
 
+@dataclass(frozen=True)
+class ChunkFailure:
+    """A chunk whose input could not be read, even after retries: reported, never marked done."""
+
+    index: tuple[int, int]
+    reason: str
+
+
 def _run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterator[Any]:
-    """Results of ``run_chunk`` for every pending chunk, as they complete (retried on failure)."""
+    """Results of ``run_chunk`` for every pending chunk, as they complete (retried on failure).
+
+    A chunk whose input cannot be read yields a :class:`ChunkFailure` and the others go on; any
+    other failure (the output cannot be written, the device fails) ends the run.
+    """
     from distributed import as_completed
 
     from unet.worker import run_chunk
@@ -238,15 +301,50 @@ def _run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterat
     job_future = client.scatter(job, broadcast=True)
     queue = iter(pending)
 
+    indices: dict[str, tuple[int, int]] = {}
+
     def submit(index: tuple[int, int]) -> Any:
-        return client.submit(run_chunk, job_future, index, retries=TASK_RETRIES, pure=False)
+        future = client.submit(run_chunk, job_future, index, retries=TASK_RETRIES, pure=False)
+        indices[future.key] = index
+        return future
 
     futures = as_completed([submit(index) for _, index in zip(range(limit), queue, strict=False)])
     for future in futures:
-        yield future.result()
+        index = indices.pop(future.key)
+        try:
+            result = future.result()
+        except InputReadError as error:
+            result = ChunkFailure(index, str(error))
+        yield result
         following = next(queue, None)
         if following is not None:
             futures.add(submit(following))
+
+
+def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:
+    failed = report.chunks_failed
+    listed = ", ".join(f"({i}, {j})" for i, j in failed[:8]) + (", ..." if len(failed) > 8 else "")
+    error = ChunksFailed(
+        f"{len(failed)} of {report.chunks_total} chunks of {report.output} could not be computed "
+        f"and are not marked done (chunks {listed}; first error: {first_reason}): the output is "
+        "incomplete; repair the input and rerun the same command to compute only these chunks"
+    )
+    error.report = report
+    return error
+
+
+@contextlib.contextmanager
+def _writing(output: str) -> Iterator[None]:
+    """Turn an OSError of writing ``output`` (disk full, read-only) into a one-line error."""
+    try:
+        yield
+    except UNetError:
+        raise
+    except OSError as error:
+        raise OutputWriteError(
+            f"writing {output} failed ({type(error).__name__}: {error}): free space or fix "
+            "permissions, then rerun the same command to resume"
+        ) from error
 
 
 def _client_or(client: Any, plan: Any, scheduler: str | None):
@@ -259,11 +357,11 @@ def _client_or(client: Any, plan: Any, scheduler: str | None):
     return dask_client(plan, scheduler)
 
 
-def _tile_size(parameters: SegmentParameters, geometry) -> int:
+def _tile_size(parameters: SegmentParameters, geometry, chunks: tuple[int, int]) -> int:
     from unet.predict import default_tile_size
 
     if parameters.tile_size is None:
-        return default_tile_size(geometry)
+        return default_tile_size(geometry, max(chunks))
     return geometry.check_tile_size(parameters.tile_size)
 
 
