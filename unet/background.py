@@ -12,17 +12,23 @@ import numpy as np
 
 
 def tissue_mask(low_resolution: np.ndarray, dilation: int = 1) -> np.ndarray:
-    """bool (h, w) tissue mask of a (C, h, w) low-resolution image."""
+    """bool (h, w) tissue mask of a (C, h, w) low-resolution image.
+
+    NaN and infinite pixels are no data: never tissue, and left out of the threshold.
+    """
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
     gray = low_resolution.astype(np.float32).mean(axis=0)
-    if gray.size == 0 or gray.max() == gray.min():
+    finite = np.isfinite(gray)
+    values = gray[finite]
+    if values.size == 0 or values.max() == values.min():
         return np.zeros(gray.shape, bool)
-    threshold = threshold_otsu(gray)
+    threshold = threshold_otsu(values)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    bright_background = np.mean(border > threshold) >= 0.5
-    tissue = gray <= threshold if bright_background else gray > threshold
+    border = border[np.isfinite(border)]
+    bright_background = border.size == 0 or np.mean(border > threshold) >= 0.5
+    tissue = (gray <= threshold if bright_background else gray > threshold) & finite
     if dilation > 0:
         tissue = ndimage.binary_dilation(tissue, iterations=dilation)
     return tissue

@@ -68,9 +68,15 @@ def segment(
         channels_last=channels_last,
         overwrite=overwrite,
     )
+    from unet.errors import ChunksFailed
     from unet.runner import run_segment
 
-    reports = run_segment(input, output, parameters, progress=_show_progress())
+    try:
+        reports = run_segment(input, output, parameters, progress=_show_progress())
+    except ChunksFailed as error:
+        if report is not None:  # the report names the failed chunks
+            report.write_text(json.dumps(error.report.to_dict(), indent=2))
+        raise
     for item in reports:
         _print_summary(item)
     if report is not None:
@@ -207,6 +213,66 @@ def serve(
 
 
 @app.command()
+def bench(
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16, fp16 or auto")] = "auto",
+    tile_size: Annotated[int | None, typer.Option(help="model tile side (valid size)")] = None,
+    batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
+    model: Annotated[
+        str | None, typer.Option(help="checkpoint (default the bundled nuclei model)")
+    ] = None,
+    base_channels: Annotated[
+        int | None, typer.Option(help="random model of this width instead")
+    ] = None,
+    depth: Annotated[int | None, typer.Option(help="random model of this depth instead")] = None,
+    paper: Annotated[bool, typer.Option(help="random paper U-Net (base 64, depth 4)")] = False,
+    sides: Annotated[str, typer.Option(help="pipeline image sides, comma-separated")] = "2048,4096",
+    monai: Annotated[bool, typer.Option(help="compare with MONAI sliding_window_inference")] = True,
+    monai_side: Annotated[
+        int | None, typer.Option(help="MONAI image side (default the largest side)")
+    ] = None,
+    tile_sweep: Annotated[
+        str | None, typer.Option(help="raw-model tile sizes, comma-separated")
+    ] = None,
+    tissue_fraction: Annotated[
+        float | None, typer.Option(help="also time --skip-background at this tissue share")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="tiny sizes, in-process (smoke test)")] = False,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG plot here")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="write JSON here")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="keep generated images here between runs")
+    ] = None,
+) -> None:
+    """Benchmark the raw model, the full pipeline and MONAI on the same device and settings."""
+    from unet.bench import run_bench
+
+    def numbers(text: str | None) -> tuple[int, ...] | None:
+        return None if text is None else tuple(int(v) for v in text.split(",") if v.strip())
+
+    run_bench(
+        device=device,
+        precision=precision,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        model=model,
+        base_channels=base_channels,
+        depth=depth,
+        paper=paper,
+        sides=numbers(sides) or (2048, 4096),
+        monai=monai,
+        monai_side=monai_side,
+        tile_sweep=numbers(tile_sweep),
+        tissue_fraction=tissue_fraction,
+        quick=quick,
+        plot=plot,
+        json_path=json_file,
+        workdir=workdir,
+        echo=typer.echo,
+    )
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="where the demo writes")] = Path("demo-output"),
 ) -> None:
@@ -225,7 +291,7 @@ def _print_summary(report) -> None:
     typer.echo(
         f"{report.output}: {report.shape[1]}x{report.shape[2]} px, "
         f"{report.chunks_computed} chunks computed, {report.chunks_skipped} skipped, "
-        f"{report.chunks_resumed} resumed, {report.megapixels_per_second:.2f} Mpx/s"
+        f"{report.chunks_resumed} resumed, {report.megapixels_per_second:.3g} Mpx/s"
         + (f" ({fractions})" if fractions else "")
     )
 

@@ -35,6 +35,8 @@ DEFAULT_CHUNK = 1024
 IN_FLIGHT_PER_WORKER = 4
 #: A chunk task that fails (a worker died, a read timed out) is retried this many times.
 TASK_RETRIES = 3
+#: After a failure, seconds to wait at most for the chunks in flight to end.
+DRAIN_SECONDS = 300
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -288,9 +290,11 @@ def _run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterat
     """Results of ``run_chunk`` for every pending chunk, as they complete (retried on failure).
 
     A chunk whose input cannot be read yields a :class:`ChunkFailure` and the others go on; any
-    other failure (the output cannot be written, the device fails) ends the run.
+    other failure (the output cannot be written, the device fails) ends the run, once the chunks
+    in flight have ended: a task still running after the run released the output's lock could
+    write into the output of the next run.
     """
-    from distributed import as_completed
+    from distributed import as_completed, wait
 
     from unet.worker import run_chunk
 
@@ -301,24 +305,30 @@ def _run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterat
     job_future = client.scatter(job, broadcast=True)
     queue = iter(pending)
 
-    indices: dict[str, tuple[int, int]] = {}
+    in_flight: dict[str, tuple[Any, tuple[int, int]]] = {}
 
     def submit(index: tuple[int, int]) -> Any:
         future = client.submit(run_chunk, job_future, index, retries=TASK_RETRIES, pure=False)
-        indices[future.key] = index
+        in_flight[future.key] = (future, index)
         return future
 
     futures = as_completed([submit(index) for _, index in zip(range(limit), queue, strict=False)])
-    for future in futures:
-        index = indices.pop(future.key)
-        try:
-            result = future.result()
-        except InputReadError as error:
-            result = ChunkFailure(index, str(error))
-        yield result
-        following = next(queue, None)
-        if following is not None:
-            futures.add(submit(following))
+    try:
+        for future in futures:
+            _, index = in_flight.pop(future.key)
+            try:
+                result = future.result()
+            except InputReadError as error:
+                result = ChunkFailure(index, str(error))
+            yield result
+            following = next(queue, None)
+            if following is not None:
+                futures.add(submit(following))
+    except BaseException as error:
+        if not isinstance(error, KeyboardInterrupt):
+            with contextlib.suppress(TimeoutError):
+                wait([future for future, _ in in_flight.values()], timeout=DRAIN_SECONDS)
+        raise
 
 
 def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:
@@ -437,7 +447,12 @@ def _existing_group(output: str):
         return None
     try:
         return zarr.open_group(output, mode="r+")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+    except (
+        FileNotFoundError,
+        FileExistsError,  # a plain file where the store would be
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.NodeTypeValidationError,
+    ):
         if is_url(output):
             return None
         raise OutputExists(

@@ -56,6 +56,25 @@ class OutputLocked(UNetError, RuntimeError):
     """Another run holds the lock on this output."""
 
 
+class OutputWriteError(UNetError, OSError):
+    """The output cannot be written: a read-only location, a full disk."""
+
+
+class InputReadError(UNetError, OSError):
+    """A chunk of the input that cannot be read or decoded (truncated, corrupt)."""
+
+
+class ChunksFailed(UNetError, RuntimeError):
+    """Some chunks could not be computed; the others are written and the output is incomplete.
+
+    ``report`` is the run's :class:`~unet.engine.SegmentReport`, with ``chunks_failed``.
+    """
+
+
+class DeviceOutOfMemory(UNetError, MemoryError):
+    """The device ran out of memory even with one tile per forward pass."""
+
+
 class ConfigError(UNetError, ValueError):
     """A configuration file (e.g. pipelines.yaml) with unknown keys or bad values."""
 

@@ -52,12 +52,14 @@ def _is_folder(input: str) -> bool:
 def _check_early(input: str, output: str, parameters: SegmentParameters, folder: bool) -> None:
     """Refuse in a second what the engine would refuse at its start, before Prefect starts.
 
-    A missing input or checkpoint, an invalid tile size or an output inside the input then cost
-    no server start-up (ephemeral mode takes several seconds); the engine checks them again.
+    A missing input or checkpoint, an invalid tile size, an output inside the input or locked by
+    another run then cost no server start-up (ephemeral mode takes several seconds); the engine
+    checks them again.
     """
     from unet.checkpoint import load_checkpoint
     from unet.engine import plan_run
     from unet.errors import InputNotFound
+    from unet.lock import check_unlocked
 
     image_file = "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES
     if image_file and not Path(input).is_file():
@@ -68,6 +70,7 @@ def _check_early(input: str, output: str, parameters: SegmentParameters, folder:
             checkpoint.model.geometry.check_tile_size(parameters.tile_size)
     else:
         plan_run(input, output, parameters, checkpoint=checkpoint)
+        check_unlocked(output)
 
 
 @contextlib.contextmanager

@@ -9,12 +9,15 @@ once per worker process (cached by checkpoint digest), never shipped in the task
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from unet.errors import InputReadError, OutputWriteError, UNetError
 from unet.io.source import ImageSource
 from unet.ledger import LEDGER_PATH, mark_finished
 from unet.tiling import reflect_index
@@ -58,38 +61,61 @@ class ChunkResult:
 
 
 def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
-    """Segment output chunk ``index`` of ``job`` and record it as finished."""
+    """Segment output chunk ``index`` of ``job`` and record it as finished.
+
+    Pixels equal to ``job.nodata`` in every channel, and pixels that are NaN or infinite in any
+    channel, get label 0; the model sees a non-finite pixel as 0 after normalization (the channel
+    mean), so the result does not depend on the chunking. A chunk of such pixels only is skipped.
+
+    Raises
+    ------
+    InputReadError: the input window cannot be read or decoded; the chunk is not marked
+    OutputWriteError: the chunk cannot be written (disk full, read-only); not marked either
+    """
     started = time.perf_counter()
     checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device, job.torch_threads)
     rows, cols = job.bounds(index)
-    raw = read_window(job, checkpoint.model.geometry, rows, cols)
+    try:
+        raw = read_window(job, checkpoint.model.geometry, rows, cols)
+    except Exception as error:
+        raise InputReadError(
+            f"reading the input of chunk {index} failed ({type(error).__name__}: {error})"
+        ) from error
     mask_array, ledger, probabilities_array = _output_arrays(job.output, job.probabilities)
     num_labels = max(checkpoint.model.num_classes, 2)
     align = checkpoint.model.geometry.align
     offset_y, offset_x = rows.start % align, cols.start % align
     out_h, out_w = rows.stop - rows.start, cols.stop - cols.start
+    context = checkpoint.model.geometry.context
+    top, left = context + offset_y, context + offset_x
 
+    image = checkpoint.normalize(raw)
     nodata_pixels = None
     if job.nodata is not None:
-        context = checkpoint.model.geometry.context
-        top, left = context + offset_y, context + offset_x
         centre = raw[:, top : top + out_h, left : left + out_w]
         nodata_pixels = np.all(centre == job.nodata, axis=0)
-        if nodata_pixels.all():
+    nonfinite = _nonfinite_pixels(image) if raw.dtype.kind == "f" else None
+    if nonfinite is not None:
+        image[:, nonfinite] = 0.0
+        centre = nonfinite[top : top + out_h, left : left + out_w]
+        nodata_pixels = centre if nodata_pixels is None else nodata_pixels | centre
+    if nodata_pixels is not None and nodata_pixels.all():
+        with _writing(job, index):
             mark_finished(ledger, index)
-            counts = np.zeros(num_labels, np.int64)
-            counts[0] = out_h * out_w
-            return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, True)
+        counts = np.zeros(num_labels, np.int64)
+        counts[0] = out_h * out_w
+        return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, True)
 
-    logits = _infer(job, checkpoint, raw, (offset_y + out_h, offset_x + out_w))
+    logits = _infer(job, checkpoint, image, (offset_y + out_h, offset_x + out_w))
     logits = logits[:, offset_y:, offset_x:]
     mask = labels_from_logits(logits)
     if nodata_pixels is not None:
         mask[nodata_pixels] = 0
-    mask_array[rows, cols] = mask
-    if probabilities_array is not None:
-        probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
-    mark_finished(ledger, index)
+    with _writing(job, index):
+        mask_array[rows, cols] = mask
+        if probabilities_array is not None:
+            probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
+        mark_finished(ledger, index)
     counts = np.bincount(mask.ravel(), minlength=num_labels)
     return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, False)
 
@@ -132,12 +158,34 @@ def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
     return (shifted / shifted.sum(axis=0, keepdims=True)).astype(np.float16)
 
 
-def _infer(job: ChunkJob, checkpoint, raw: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+def _nonfinite_pixels(image: np.ndarray) -> np.ndarray | None:
+    """bool (h, w): pixels of a (C, h, w) image that are NaN or infinite in any channel; None
+    when there are none."""
+    pixels = ~np.isfinite(image).all(axis=0)
+    return pixels if pixels.any() else None
+
+
+@contextlib.contextmanager
+def _writing(job: ChunkJob, index: tuple[int, int]) -> Iterator[None]:
+    """Turn an OSError of writing chunk ``index`` into a one-line :class:`OutputWriteError`."""
+    try:
+        yield
+    except UNetError:
+        raise
+    except OSError as error:
+        raise OutputWriteError(
+            f"writing chunk {index} of {job.output} failed ({type(error).__name__}: {error}): "
+            "free space or fix permissions, then rerun the same command to resume"
+        ) from error
+
+
+def _infer(job: ChunkJob, checkpoint, image: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    """float32 (K, h, w) logits of a normalized float32 (C, H, W) window."""
     from unet.predict import predict_window
 
     return predict_window(
         checkpoint.model,
-        checkpoint.normalize(raw),
+        image,
         out_shape,
         tile_size=job.tile_size,
         batch_size=job.batch_size,
