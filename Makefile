@@ -29,6 +29,7 @@ test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
 
 bench: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/unet bench
 
 lint: $(VENV)/.installed-test

@@ -34,6 +34,24 @@ def make_model(seed: int = 0, **config):
     return model
 
 
+@pytest.fixture(scope="session")
+def client():
+    """One Dask LocalCluster (2 worker processes on 127.0.0.1) shared by the engine tests."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as dask_client,
+    ):
+        yield dask_client
+
+
 @pytest.fixture
 def small_model():
     return make_model()

@@ -17,23 +17,6 @@ from unet.ledger import LEDGER_PATH
 from unet.predict import predict_array
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as dask_client,
-    ):
-        yield dask_client
-
-
 def write_checkpoint(path, **config):
     model = make_model(**config)
     channels = config.get("in_channels", 1)

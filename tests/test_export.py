@@ -25,16 +25,6 @@ COLOURS = [(0, 0, 0), (60, 180, 75), (230, 25, 75)]
 PIXEL_AREA = 100.0  # 10 m x 10 m
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client
-
-    with Client(
-        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
-    ) as dask_client:
-        yield dask_client
-
-
 @pytest.fixture
 def mask_url(tmp_path):
     """A 96 x 160 mask in 32 x 32 chunks with regions of known shape, georeferenced like test_geo.

@@ -75,16 +75,6 @@ def write_model(path, in_channels=4, band_names=BANDS):
     )
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client
-
-    with Client(
-        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
-    ) as dask_client:
-        yield dask_client
-
-
 @pytest.fixture
 def ingested(tmp_path):
     pixels = write_geotiff(tmp_path / "scene.tif")

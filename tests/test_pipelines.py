@@ -111,7 +111,7 @@ def test_flow_parameters_carry_only_the_settings_given(tmp_path):
         ),
         (
             ("precision: bf16", "precision: fp8"),
-            "deployments[1].parameters.precision: Input should be 'fp32', 'bf16' or 'fp16'",
+            "deployments[1].parameters.precision: Input should be 'fp32', 'bf16', 'fp16' or 'auto'",
         ),
         (
             ("workers: 2", "workers: 0"),

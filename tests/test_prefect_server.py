@@ -120,23 +120,26 @@ def test_unet_segment_records_a_completed_flow_run_with_its_artifacts(server, tm
     assert str(run.id) in result.stderr
 
 
-def test_serve_registers_the_deployments_with_their_schedules(server, tmp_path):
+def test_serve_registers_the_deployments_and_runs_one_started_from_the_server(server, tmp_path):
     url, env = server
+    model = write_checkpoint(tmp_path / "m.safetensors", depth=2)
+    (tmp_path / "incoming").mkdir()
+    write_image(tmp_path / "incoming" / "slide one.zarr", (70, 50), (32, 32))
     config = tmp_path / "pipelines.yaml"
     config.write_text(
         textwrap.dedent(
-            """
+            f"""
             deployments:
               - name: watch-incoming
                 flow: segment_folder
-                parameters: {input: incoming, output: masks, device: cpu}
-                schedule: {interval: 86400, timezone: Europe/Berlin}
+                parameters: {{input: incoming, output: masks, device: cpu, model: {model}}}
+                schedule: {{interval: 86400, timezone: Europe/Berlin}}
                 tags: [watch-folder]
                 concurrency_limit: 1
               - name: nightly
                 flow: segment_image
-                parameters: {input: a.zarr, output: a-mask.zarr, precision: bf16}
-                schedule: {cron: "0 2 * * *", timezone: UTC}
+                parameters: {{input: a.zarr, output: a-mask.zarr, precision: bf16}}
+                schedule: {{cron: "0 2 * * *", timezone: UTC}}
             """
         )
     )
@@ -144,7 +147,7 @@ def test_serve_registers_the_deployments_with_their_schedules(server, tmp_path):
     with log.open("w") as output:
         process = subprocess.Popen(
             [str(BIN / "unet"), "serve", str(config)],
-            env=env,
+            env={**env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -164,7 +167,7 @@ def test_serve_registers_the_deployments_with_their_schedules(server, tmp_path):
             assert watch.tags == ["watch-folder"]
             assert watch.global_concurrency_limit.limit == 1
             assert watch.parameters["input"] == str((tmp_path / "incoming").resolve())
-            assert watch.parameters["parameters"] == {"device": "cpu"}
+            assert watch.parameters["parameters"] == {"device": "cpu", "model": model}
             assert "parameters" in watch.parameter_openapi_schema["properties"]
             interval = watch.schedules[0].schedule
             assert interval.interval.total_seconds() == 86400
@@ -172,6 +175,22 @@ def test_serve_registers_the_deployments_with_their_schedules(server, tmp_path):
             assert watch.schedules[0].active
             cron = nightly.schedules[0].schedule
             assert (cron.cron, cron.timezone) == ("0 2 * * *", "UTC")
+
+            # Started from the server (as the UI's Run button does), executed by `unet serve`.
+            run = client.create_flow_run_from_deployment(watch.id)
+            deadline = time.monotonic() + 180
+            while not client.read_flow_run(run.id).state.is_final():
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(1)
+            state = client.read_flow_run(run.id).state
+            assert state.is_completed(), (state, log.read_text()[-3000:])
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            assert {"progress", "table", "markdown"} <= {a.type for a in artifacts}
+        assert (tmp_path / "masks" / "slide one.zarr" / "zarr.json").exists()
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

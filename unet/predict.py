@@ -178,7 +178,7 @@ def use_channels_last(model: UNet) -> None:
 
     oneDNN on CPU and cuDNN on GPU run NHWC convolutions without the layout conversions NCHW
     needs: measured 2.0x (bf16) and 1.9x (fp32) model throughput on 2 AVX512-BF16 cores
-    (docs/benchmarks.md). The values and the results are unchanged (within float rounding).
+    (README, Benchmarks). The values and the results are unchanged (within float rounding).
     """
     import torch
 

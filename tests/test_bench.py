@@ -1,0 +1,50 @@
+"""Smoke test of ``unet bench --quick``: the keys of the result and the plot, never timings."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+
+def test_quick_bench_returns_results_and_writes_plot(tmp_path):
+    from unet.bench import run_bench
+
+    has_monai = importlib.util.find_spec("monai") is not None
+    results = run_bench(
+        device="cpu",
+        precision="bf16",
+        quick=True,
+        monai=has_monai,
+        plot=tmp_path / "bench.png",
+        json_path=tmp_path / "bench.json",
+        workdir=tmp_path / "work",
+        echo=None,
+    )
+
+    assert {
+        "machine",
+        "settings",
+        "raw",
+        "pipeline",
+        "monai",
+        "agreement",
+        "ratios",
+        "targets",
+    } <= set(results)
+    assert results["settings"]["device"] == "cpu"
+    tile = results["settings"]["tile_size"]
+    assert any(r["tile_size"] == tile for r in results["raw"])
+    for entry in [*results["raw"], *results["pipeline"]]:
+        assert entry["mpx_per_s"] > 0 and entry["peak_rss_mib"] > 0
+    assert [p["side"] for p in results["pipeline"]] == results["settings"]["sides"]
+    assert "pipeline_over_raw" in results["ratios"]
+    if has_monai:
+        assert results["monai"]["mpx_per_s"] > 0
+        assert "pipeline_over_monai_mpx_per_s" in results["ratios"]
+    assert 0.0 <= results["agreement"]["equal_fraction"] <= 1.0
+    assert all(isinstance(t["met"], bool) for t in results["targets"].values())
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "bench.json").is_file()
