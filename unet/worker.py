@@ -73,7 +73,8 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     OutputWriteError: the chunk cannot be written (disk full, read-only); not marked either
     """
     started = time.perf_counter()
-    checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device, job.torch_threads)
+    _use_threads(job.torch_threads)
+    checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device)
     rows, cols = job.bounds(index)
     try:
         raw = read_window(job, checkpoint.model.geometry, rows, cols)
@@ -195,15 +196,25 @@ def _infer(job: ChunkJob, checkpoint, image: np.ndarray, out_shape: tuple[int, i
 
 
 @lru_cache(maxsize=2)
-def _checkpoint(path: str, digest: str, device: str, torch_threads: int | None):
+def _checkpoint(path: str, digest: str, device: str):
     """The checkpoint, loaded once per worker process (the digest keys the cache)."""
-    import torch
-
     from unet.checkpoint import load_checkpoint
 
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
     return load_checkpoint(path, device=_worker_device(device))
+
+
+def _use_threads(torch_threads: int | None) -> None:
+    """Give this task's thread ``torch_threads`` intra-op threads.
+
+    The thread count is per calling thread under OpenMP, and the Dask nanny starts workers with
+    OMP_NUM_THREADS=1: set once in the thread that loaded the model, a task running on another
+    executor thread ran its convolutions on one core (measured: 0.65 s instead of 0.43 s per
+    1024^2 chunk with the bundled model).
+    """
+    import torch
+
+    if torch_threads and torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
 
 
 @lru_cache(maxsize=4)
