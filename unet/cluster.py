@@ -2,8 +2,10 @@
 
 On a GPU machine the LocalCluster has one worker process per GPU, each started with
 ``CUDA_VISIBLE_DEVICES`` set to its own GPU, so ``cuda`` in a worker means that worker's GPU.
-On a CPU machine one worker process runs one chunk at a time and torch uses all the cores
-(``torch_threads``), unless ``--workers N`` splits the cores between N processes.
+On a CPU machine one worker process runs two chunks at a time, each with half the cores for
+torch (``torch_threads``): one chunk's reading, argmax and writing then overlap the other's
+convolutions (measured 0.45 s instead of 0.56 s per 1024^2 chunk of the bundled model on 2
+cores). ``--workers N`` splits the cores between N such processes.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 @dataclass(frozen=True)
 class ClusterPlan:
-    """How many worker processes, and how many torch threads each (None: leave torch's default)."""
+    """Worker processes, chunks each runs at once, and torch threads per chunk (None: default)."""
 
     workers: int
     torch_threads: int | None
     gpus: int
+    threads_per_worker: int = 1
 
 
 def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> ClusterPlan:
@@ -40,7 +43,13 @@ def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> Clu
         count = workers or gpus
         return ClusterPlan(workers=count, torch_threads=max(1, cores // count), gpus=gpus)
     count = workers or 1
-    return ClusterPlan(workers=count, torch_threads=max(1, cores // count), gpus=0)
+    per_worker = 2 if cores >= 2 * count else 1
+    return ClusterPlan(
+        workers=count,
+        torch_threads=max(1, cores // (count * per_worker)),
+        gpus=0,
+        threads_per_worker=per_worker,
+    )
 
 
 @contextlib.contextmanager
@@ -91,7 +100,7 @@ def _local_cluster(plan: ClusterPlan):
     else:
         cluster = LocalCluster(
             n_workers=plan.workers,
-            threads_per_worker=1,
+            threads_per_worker=plan.threads_per_worker,
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
