@@ -24,8 +24,7 @@ from unet.errors import (
     InputReadError,
     InvalidParameter,
     OutputExists,
-    OutputWriteError,
-    UNetError,
+    writing,
 )
 from unet.ledger import ATTRIBUTE, Fingerprint, create_ledger, finished_chunks, mark_finished
 
@@ -207,7 +206,7 @@ def _segment(
     tile_size, chunks, counts = plan.tile_size, plan.chunks, plan.chunk_counts
     shape = source.shape[1:]
     fingerprint, georeference = plan.fingerprint, plan.georeference
-    with _writing(output):
+    with writing(output):
         group = _open_output(output, fingerprint, checkpoint, shape, chunks, counts, parameters)
 
     report = SegmentReport(
@@ -268,7 +267,7 @@ def _segment(
         report.seconds = time.perf_counter() - started
         raise _chunks_failed(report, reasons[0])
     if pending or not group.attrs[ATTRIBUTE].get("complete"):
-        with _writing(output):
+        with writing(output):
             _finish(output)
     if georeference is not None:
         from unet.io.geo import write_georeference
@@ -341,20 +340,6 @@ def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:
     )
     error.report = report
     return error
-
-
-@contextlib.contextmanager
-def _writing(output: str) -> Iterator[None]:
-    """Turn an OSError of writing ``output`` (disk full, read-only) into a one-line error."""
-    try:
-        yield
-    except UNetError:
-        raise
-    except OSError as error:
-        raise OutputWriteError(
-            f"writing {output} failed ({type(error).__name__}: {error}): free space or fix "
-            "permissions, then rerun the same command to resume"
-        ) from error
 
 
 def _client_or(client: Any, plan: Any, scheduler: str | None):

@@ -7,6 +7,9 @@ prints ``str(error)`` and exits non-zero (tracebacks only with ``--debug``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class UNetError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -81,3 +84,18 @@ class ConfigError(UNetError, ValueError):
 
 class ServerUnreachable(UNetError, ConnectionError):
     """A configured server (Prefect API, Dask scheduler) that does not answer."""
+
+
+@contextlib.contextmanager
+def writing(target: str) -> Iterator[None]:
+    """Turn an OSError raised while writing ``target`` (disk full, read-only) into a one-line
+    :class:`OutputWriteError`; errors of this hierarchy pass through unchanged."""
+    try:
+        yield
+    except UNetError:
+        raise
+    except OSError as error:
+        raise OutputWriteError(
+            f"writing {target} failed ({type(error).__name__}: {error}): free space or fix "
+            "permissions, then rerun the same command to resume"
+        ) from error

@@ -9,15 +9,13 @@ once per worker process (cached by checkpoint digest), never shipped in the task
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from unet.errors import InputReadError, OutputWriteError, UNetError
+from unet.errors import InputReadError, writing
 from unet.io.source import ImageSource
 from unet.ledger import LEDGER_PATH, mark_finished
 from unet.tiling import reflect_index
@@ -101,7 +99,7 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
         centre = nonfinite[top : top + out_h, left : left + out_w]
         nodata_pixels = centre if nodata_pixels is None else nodata_pixels | centre
     if nodata_pixels is not None and nodata_pixels.all():
-        with _writing(job, index):
+        with writing(f"chunk {index} of {job.output}"):
             mark_finished(ledger, index)
         counts = np.zeros(num_labels, np.int64)
         counts[0] = out_h * out_w
@@ -112,7 +110,7 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     mask = labels_from_logits(logits)
     if nodata_pixels is not None:
         mask[nodata_pixels] = 0
-    with _writing(job, index):
+    with writing(f"chunk {index} of {job.output}"):
         mask_array[rows, cols] = mask
         if probabilities_array is not None:
             probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
@@ -164,20 +162,6 @@ def _nonfinite_pixels(image: np.ndarray) -> np.ndarray | None:
     when there are none."""
     pixels = ~np.isfinite(image).all(axis=0)
     return pixels if pixels.any() else None
-
-
-@contextlib.contextmanager
-def _writing(job: ChunkJob, index: tuple[int, int]) -> Iterator[None]:
-    """Turn an OSError of writing chunk ``index`` into a one-line :class:`OutputWriteError`."""
-    try:
-        yield
-    except UNetError:
-        raise
-    except OSError as error:
-        raise OutputWriteError(
-            f"writing chunk {index} of {job.output} failed ({type(error).__name__}: {error}): "
-            "free space or fix permissions, then rerun the same command to resume"
-        ) from error
 
 
 def _infer(job: ChunkJob, checkpoint, image: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
