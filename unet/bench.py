@@ -289,6 +289,11 @@ def _measure_here(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    from unet.allocator import reuse_freed_memory
+
+    # Every measurement runs with the malloc settings the pipeline's workers use (see
+    # unet.allocator), so that none gains or loses by the allocator alone.
+    reuse_freed_memory()
     kind = spec["kind"]
     result = {
         "raw": _measure_raw,
@@ -313,6 +318,8 @@ def _prepared_model(spec: dict[str, Any], padding: str = "valid"):
         model = UNet(**{**model.config, "padding": padding})
         model.load_state_dict(checkpoint.model.state_dict())
     device = torch.device(spec["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the pipeline's workers do
     model = model.eval().to(device)
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)

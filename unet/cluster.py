@@ -2,10 +2,14 @@
 
 On a GPU machine the LocalCluster has one worker process per GPU, each started with
 ``CUDA_VISIBLE_DEVICES`` set to its own GPU, so ``cuda`` in a worker means that worker's GPU.
-On a CPU machine one worker process runs two chunks at a time, each with half the cores for
-torch (``torch_threads``): one chunk's reading, argmax and writing then overlap the other's
-convolutions (measured 0.45 s instead of 0.56 s per 1024^2 chunk of the bundled model on 2
-cores). ``--workers N`` splits the cores between N such processes.
+Each GPU worker runs ``GPU_THREADS`` chunks at once: one holds the GPU (see
+:func:`unet.predict.device_lock`) while the others read, decode, encode and write.
+
+On a CPU machine the default is one worker in this very process (threads, no worker process)
+running two chunks at a time: one chunk's forward pass uses every core while the other's
+reading, argmax and writing run beside it, and one process holds torch once. That measured
+the same throughput as two worker processes and half the peak memory (README, Benchmarks).
+``--workers N`` starts N worker processes instead, splitting the cores between them.
 """
 
 from __future__ import annotations
@@ -16,17 +20,31 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+from unet.allocator import ENVIRONMENT, reuse_freed_memory
+
+SPAWN_KEY = "distributed.nanny.pre-spawn-environ"
+
+
+#: Chunks a GPU worker runs at once (one on the GPU, the others reading and writing);
+#: the environment variable UNET_GPU_THREADS overrides it.
+GPU_THREADS = 4
+#: Chunks a CPU worker runs at once. One: the forward pass uses every core, and a second
+#: chunk's reading and writing beside it only preempted those threads (measured slower).
+CPU_THREADS = 1
 
 
 @dataclass(frozen=True)
 class ClusterPlan:
-    """Worker processes, chunks each runs at once, and torch threads per chunk (None: default)."""
+    """Worker processes, chunks each runs at once, and torch threads per chunk (None: default).
+
+    ``processes`` False: one worker of threads inside this process (the CPU default).
+    """
 
     workers: int
     torch_threads: int | None
     gpus: int
     threads_per_worker: int = 1
+    processes: bool = True
 
 
 def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> ClusterPlan:
@@ -41,14 +59,19 @@ def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> Clu
         return ClusterPlan(workers=0, torch_threads=None, gpus=gpus)
     if gpus and device != "cpu":
         count = workers or gpus
-        return ClusterPlan(workers=count, torch_threads=max(1, cores // count), gpus=gpus)
+        return ClusterPlan(
+            workers=count,
+            torch_threads=max(1, cores // count),
+            gpus=gpus,
+            threads_per_worker=int(os.environ.get("UNET_GPU_THREADS", GPU_THREADS)),
+        )
     count = workers or 1
-    per_worker = 2 if cores >= 2 * count else 1
     return ClusterPlan(
         workers=count,
-        torch_threads=max(1, cores // (count * per_worker)),
+        torch_threads=max(1, cores // count),
         gpus=0,
-        threads_per_worker=per_worker,
+        threads_per_worker=CPU_THREADS,
+        processes=workers is not None,
     )
 
 
@@ -70,8 +93,12 @@ def dask_client(plan: ClusterPlan, scheduler: str | None = None) -> Iterator[obj
         return
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which also freezes glibc's
     # mmap threshold: every large tensor is then mmapped and unmapped again, and a 1024^2 chunk
-    # of the bundled model took 0.62 s instead of 0.42 s. Leave glibc's adaptive default.
-    with dask.config.set({TRIM_KEY: None}):
+    # of the bundled model took 0.62 s instead of 0.42 s. Workers get unet.allocator's settings
+    # instead, and an in-process worker gets them here, before its threads start.
+    environ = {f"{SPAWN_KEY}.{name}": value for name, value in ENVIRONMENT.items()}
+    if not plan.processes:
+        reuse_freed_memory()
+    with dask.config.set(environ):
         cluster = _local_cluster(plan)
     with cluster, Client(cluster) as client:
         yield client
@@ -85,7 +112,7 @@ def _local_cluster(plan: ClusterPlan):
             str(i): {
                 "cls": Nanny,
                 "options": {
-                    "nthreads": 1,
+                    "nthreads": plan.threads_per_worker,
                     "env": {"CUDA_VISIBLE_DEVICES": str(i % plan.gpus)},
                     "host": "127.0.0.1",
                 },
@@ -98,12 +125,14 @@ def _local_cluster(plan: ClusterPlan):
         }
         cluster = SpecCluster(workers=workers, scheduler=scheduler_spec, silence_logs=logging.ERROR)
     else:
+        # In-process workers talk to the scheduler over inproc://, which takes no host.
+        where = {"host": "127.0.0.1"} if plan.processes else {}
         cluster = LocalCluster(
             n_workers=plan.workers,
             threads_per_worker=plan.threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
+            processes=plan.processes,
             dashboard_address="127.0.0.1:0",
+            **where,
             silence_logs=logging.ERROR,
         )
     return cluster

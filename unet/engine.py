@@ -240,6 +240,7 @@ def _segment(
         probabilities=parameters.probabilities,
         nodata=parameters.nodata,
         torch_threads=cluster_plan.torch_threads,
+        pyramid_levels=group.attrs[ATTRIBUTE].get("chunk_levels", 0),
     )
     done = report.chunks_resumed + report.chunks_skipped
     reasons: list[str] = []
@@ -377,6 +378,7 @@ def _open_output(output, fingerprint, checkpoint, shape, chunks, counts, paramet
     import zarr
 
     from unet.io.omezarr import create_label_image
+    from unet.io.pyramid import chunk_levels, create_chunk_levels
     from unet.io.source import remove_location, resolve_location
     from unet.worker import PROBABILITIES_PATH
 
@@ -412,12 +414,15 @@ def _open_output(output, fingerprint, checkpoint, shape, chunks, counts, paramet
             fill_value=0,
             dimension_names=("c", "y", "x"),
         )
+    levels = chunk_levels(shape, chunks)
+    create_chunk_levels(group, levels)
     create_ledger(group, counts)
     group.attrs[ATTRIBUTE] = {
         "fingerprint": fingerprint.components,
         "digest": fingerprint.digest,
         "complete": False,
         "chunks": list(chunks),
+        "chunk_levels": levels,
     }
     return group
 
@@ -469,12 +474,14 @@ def _skip_background(source, group, pending, shape, chunks, report):
 
 
 def _finish(output: str) -> None:
-    """Build the pyramid from level 0 and mark the run complete."""
+    """Build the pyramid's levels that the chunks did not write, and mark the run complete."""
     import zarr
 
     from unet.io.pyramid import build_pyramid
 
-    build_pyramid(output, reduction="nearest")
+    group = zarr.open_group(output, mode="r+")
+    keep = group.attrs[ATTRIBUTE].get("chunk_levels", 0)
+    build_pyramid(output, reduction="nearest", keep_levels=keep)
     group = zarr.open_group(output, mode="r+")
     state = dict(group.attrs[ATTRIBUTE])
     state["complete"] = True

@@ -117,10 +117,13 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottom(x)
-        for upsample, decoder, skip in zip(
-            self.upsamplers, self.decoders, reversed(skips), strict=True
-        ):
+        for upsample, decoder in zip(self.upsamplers, self.decoders, strict=True):
             x = upsample(x)
-            skip = center_crop(skip, x.shape[-2], x.shape[-1])
-            x = decoder(torch.cat([skip, x], dim=1))
+            # Pop the skip and drop the upsampled features once concatenated: at the first level
+            # these are the largest tensors of the pass, and holding them through the decoder's
+            # convolutions raised the inference peak by about 40% (measured, README Benchmarks).
+            skip = skips.pop()
+            x = torch.cat([center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1)
+            del skip
+            x = decoder(x)
         return self.head(x)

@@ -7,6 +7,7 @@ mirror-padded by ``halo`` (see :mod:`unet.tiling`): tiles are cropped, never ble
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Literal
 
@@ -109,8 +110,10 @@ def predict_window(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     precision: Precision = "fp32",
+    labels: bool = False,
 ) -> np.ndarray:
-    """Logits of the output pixels ``(0 .. out_h-1, 0 .. out_w-1)`` of a padded input window.
+    """Logits (or labels) of the output pixels ``(0 .. out_h-1, 0 .. out_w-1)`` of a padded
+    input window.
 
     Parameters
     ----------
@@ -119,10 +122,20 @@ def predict_window(
         that position lies on the whole image's pooling grid (a multiple of ``2**depth``).
         At least :func:`window_shape` large.
     out_shape: (out_h, out_w)
+    labels: return the labels instead of the logits, computed on the device so that one byte a
+        pixel comes back instead of ``4 * num_classes``: the argmax over the classes (the first
+        on ties, as numpy's), or ``logit > 0`` for a one-class model. Equal to
+        :func:`unet.worker.labels_from_logits` of the logits, since casting bf16/fp16 logits to
+        float32 is exact.
 
     Returns
     -------
-    float32 (num_classes, out_h, out_w)
+    float32 (num_classes, out_h, out_w) logits, or with ``labels`` uint8 (out_h, out_w)
+
+    The device part of each batch (copy in, forward, copy out) holds a per-device lock, so that
+    threads sharing a worker process overlap their reading and writing with one another's
+    forward passes but never run two at once: one pass at a time keeps the activation memory of
+    one batch, and on a CPU each pass uses every core.
     """
     import torch
 
@@ -142,7 +155,11 @@ def predict_window(
     model.eval()
     use_channels_last(model)
     margin = geometry.context - geometry.halo  # non-zero only for same-padding models
-    logits = np.empty((model.num_classes, *out_shape), dtype=np.float32)
+    if labels:
+        result = np.empty(out_shape, dtype=np.uint8)
+    else:
+        result = np.empty((model.num_classes, *out_shape), dtype=np.float32)
+    lock = device_lock(torch_device)
     origins = [(y, x) for y in rows.origins for x in cols.origins]
     precision = resolve_precision(precision, torch_device)
     start, size = 0, batch_size
@@ -153,11 +170,14 @@ def predict_window(
                 tiles = np.stack(
                     [window[:, y : y + rows.tile, x : x + cols.tile] for y, x in batch]
                 )
-                inputs = torch.from_numpy(tiles).to(torch_device, non_blocking=True)
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-                outputs = model(inputs)
-                outputs = outputs[..., margin : margin + rows.keep, margin : margin + cols.keep]
-                outputs = outputs.float().cpu().numpy()
+                with lock:
+                    inputs = torch.from_numpy(tiles).to(torch_device, non_blocking=True)
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                    outputs = model(inputs)
+                    inputs = None
+                    outputs = outputs[..., margin : margin + rows.keep, margin : margin + cols.keep]
+                    outputs = _labels(outputs) if labels else outputs.float()
+                    outputs = outputs.cpu().numpy()
             except Exception as error:
                 if not _is_out_of_memory(error):
                     raise
@@ -167,10 +187,35 @@ def predict_window(
                 inputs = None
                 size = _halved_batch(size, torch_device, rows.tile)
                 continue
-            for (y, x), tile_logits in zip(batch, outputs, strict=True):
-                _paste(logits, tile_logits, y, x, rows, cols)
+            for (y, x), tile_result in zip(batch, outputs, strict=True):
+                _paste(result, tile_result, y, x, rows, cols)
             start += len(batch)
-    return logits
+    return result
+
+
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def device_lock(device: torch.device) -> threading.Lock:
+    """The lock of ``device`` in this process (one per device, shared by all threads)."""
+    with _LOCKS_LOCK:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
+
+
+def _labels(logits: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, h, w) labels of (N, K, h, w) logits: argmax, or ``> 0`` when K = 1.
+
+    For K = 2 the argmax is ``logit 1 > logit 0`` (class 0 on ties, as argmax), measured 6x
+    faster than ``argmax`` on a CPU.
+    """
+    import torch
+
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).to(torch.uint8)
+    if logits.shape[1] == 2:
+        return (logits[:, 1] > logits[:, 0]).to(torch.uint8)
+    return logits.argmax(dim=1).to(torch.uint8)
 
 
 def use_channels_last(model: UNet) -> None:
@@ -291,8 +336,9 @@ def _halved_batch(size: int, device: torch.device, tile: int) -> int:
 
 
 def _paste(
-    logits: np.ndarray, tile: np.ndarray, y: int, x: int, rows: AxisTiles, cols: AxisTiles
+    result: np.ndarray, tile: np.ndarray, y: int, x: int, rows: AxisTiles, cols: AxisTiles
 ) -> None:
-    height = min(rows.keep, logits.shape[1] - y)
-    width = min(cols.keep, logits.shape[2] - x)
-    logits[:, y : y + height, x : x + width] = tile[:, :height, :width]
+    """Paste a tile's (..., keep, keep) output at (y, x) of (..., out_h, out_w) ``result``."""
+    height = min(rows.keep, result.shape[-2] - y)
+    width = min(cols.keep, result.shape[-1] - x)
+    result[..., y : y + height, x : x + width] = tile[..., :height, :width]

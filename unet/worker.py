@@ -15,7 +15,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from unet.allocator import reuse_freed_memory
 from unet.errors import InputReadError, writing
+from unet.io.pyramid import write_chunk_levels
 from unet.io.source import ImageSource
 from unet.ledger import LEDGER_PATH, mark_finished
 from unet.tiling import reflect_index
@@ -40,6 +42,8 @@ class ChunkJob:
     probabilities: bool
     nodata: float | None
     torch_threads: int | None
+    #: Pyramid levels each chunk writes itself (see unet.io.pyramid.chunk_levels).
+    pyramid_levels: int = 0
 
     def bounds(self, index: tuple[int, int]) -> tuple[slice, slice]:
         """Rows and columns of output chunk ``index``."""
@@ -71,6 +75,7 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     OutputWriteError: the chunk cannot be written (disk full, read-only); not marked either
     """
     started = time.perf_counter()
+    reuse_freed_memory()  # a no-op after the first call; workers started by unet have it already
     _use_threads(job.torch_threads)
     checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device)
     rows, cols = job.bounds(index)
@@ -80,7 +85,9 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
         raise InputReadError(
             f"reading the input of chunk {index} failed ({type(error).__name__}: {error})"
         ) from error
-    mask_array, ledger, probabilities_array = _output_arrays(job.output, job.probabilities)
+    mask_array, ledger, probabilities_array, levels = _output_arrays(
+        job.output, job.probabilities, job.pyramid_levels
+    )
     num_labels = max(checkpoint.model.num_classes, 2)
     align = checkpoint.model.geometry.align
     offset_y, offset_x = rows.start % align, cols.start % align
@@ -105,14 +112,19 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
         counts[0] = out_h * out_w
         return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, True)
 
-    logits = _infer(job, checkpoint, image, (offset_y + out_h, offset_x + out_w))
-    logits = logits[:, offset_y:, offset_x:]
-    mask = labels_from_logits(logits)
+    out_shape = (offset_y + out_h, offset_x + out_w)
+    logits = None
+    if job.probabilities:
+        logits = _infer(job, checkpoint, image, out_shape)[:, offset_y:, offset_x:]
+        mask = labels_from_logits(logits)
+    else:
+        mask = _infer(job, checkpoint, image, out_shape, labels=True)[offset_y:, offset_x:]
     if nodata_pixels is not None:
         mask[nodata_pixels] = 0
     with writing(f"chunk {index} of {job.output}"):
         mask_array[rows, cols] = mask
-        if probabilities_array is not None:
+        write_chunk_levels(levels, mask, rows, cols)
+        if probabilities_array is not None and logits is not None:
             probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
         mark_finished(ledger, index)
     counts = np.bincount(mask.ravel(), minlength=num_labels)
@@ -134,8 +146,12 @@ def read_window(job: ChunkJob, geometry, rows: slice, cols: slice) -> np.ndarray
         (rows.stop - start_y, cols.stop - start_x), job.tile_size, geometry
     )
     context = geometry.context
-    row_index = reflect_index(start_y - context, start_y - context + need_h, height)
-    col_index = reflect_index(start_x - context, start_x - context + need_w, width)
+    top, left = start_y - context, start_x - context
+    if top >= 0 and left >= 0 and top + need_h <= height and left + need_w <= width:
+        # Inside the image: nothing to mirror, so no gather copy of the window.
+        return job.source.read(slice(top, top + need_h), slice(left, left + need_w))
+    row_index = reflect_index(top, top + need_h, height)
+    col_index = reflect_index(left, left + need_w, width)
     top, bottom = int(row_index.min()), int(row_index.max()) + 1
     left, right = int(col_index.min()), int(col_index.max()) + 1
     block = job.source.read(slice(top, bottom), slice(left, right))
@@ -164,8 +180,15 @@ def _nonfinite_pixels(image: np.ndarray) -> np.ndarray | None:
     return pixels if pixels.any() else None
 
 
-def _infer(job: ChunkJob, checkpoint, image: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
-    """float32 (K, h, w) logits of a normalized float32 (C, H, W) window."""
+def _infer(
+    job: ChunkJob,
+    checkpoint,
+    image: np.ndarray,
+    out_shape: tuple[int, int],
+    labels: bool = False,
+) -> np.ndarray:
+    """float32 (K, h, w) logits, or uint8 (h, w) labels, of a normalized float32 (C, H, W)
+    window (see :func:`unet.predict.predict_window`)."""
     from unet.predict import predict_window
 
     return predict_window(
@@ -176,6 +199,7 @@ def _infer(job: ChunkJob, checkpoint, image: np.ndarray, out_shape: tuple[int, i
         batch_size=job.batch_size,
         device=_worker_device(job.device),
         precision=job.precision,
+        labels=labels,
     )
 
 
@@ -184,7 +208,14 @@ def _checkpoint(path: str, digest: str, device: str):
     """The checkpoint, loaded once per worker process (the digest keys the cache)."""
     from unet.checkpoint import load_checkpoint
 
-    return load_checkpoint(path, device=_worker_device(device))
+    resolved = _worker_device(device)
+    if resolved.startswith("cuda"):
+        import torch
+
+        # The chunks of an image share a handful of tile shapes: cuDNN times its algorithms
+        # for each once and keeps the fastest.
+        torch.backends.cudnn.benchmark = True
+    return load_checkpoint(path, device=resolved)
 
 
 def _use_threads(torch_threads: int | None) -> None:
@@ -202,12 +233,13 @@ def _use_threads(torch_threads: int | None) -> None:
 
 
 @lru_cache(maxsize=4)
-def _output_arrays(output: str, probabilities: bool):
+def _output_arrays(output: str, probabilities: bool, pyramid_levels: int):
     import zarr
 
     group = zarr.open_group(output, mode="r+")
     probabilities_array = group[PROBABILITIES_PATH] if probabilities else None
-    return group[MASK_PATH], group[LEDGER_PATH], probabilities_array
+    levels = [group[str(k)] for k in range(1, pyramid_levels + 1)]
+    return group[MASK_PATH], group[LEDGER_PATH], probabilities_array, levels
 
 
 def _worker_device(device: str) -> str:

@@ -43,6 +43,7 @@ def create_image(
     pixel_size: tuple[float, float] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    compression: tuple[int, str] | None = None,
 ) -> zarr.Array:
     """Create an OME-Zarr 0.5 image group with an empty level ``"0"`` to be filled.
 
@@ -56,6 +57,8 @@ def create_image(
     pixel_size: ``(y, x)`` in micrometres, the level-0 scale
     name: the multiscale's name (defaults to the store's base name)
     overwrite: replace whatever exists at ``url``
+    compression: Blosc zstd ``(clevel, shuffle)``; default ``(5, "bitshuffle")`` for 1-byte
+        types and ``(5, "shuffle")`` for others
 
     Returns
     -------
@@ -97,16 +100,21 @@ def create_image(
         ome["omero"] = {"channels": [_omero_channel(n, numpy_dtype) for n in channel_names]}
     _make_room(location, overwrite)
     group = zarr.create_group(store=location, zarr_format=3, attributes={"ome": ome})
-    shuffle = "bitshuffle" if numpy_dtype.itemsize == 1 else "shuffle"
+    clevel, shuffle = compression or (5, "bitshuffle" if numpy_dtype.itemsize == 1 else "shuffle")
     return group.create_array(
         LEVEL0,
         shape=shape,
         dtype=numpy_dtype,
         chunks=chunk_shape,
-        compressors=[BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)],
+        compressors=[BloscCodec(cname="zstd", clevel=clevel, shuffle=shuffle)],
         fill_value=0,
         dimension_names=axes,
     )
+
+
+#: Blosc zstd level and shuffle of masks: a 1024^2 chunk of a nuclei mask took 5.6 ms to write
+#: and 56 kB, against 11.5 ms and 28 kB at level 5 with bitshuffle (the chunk tasks write them).
+LABEL_COMPRESSION = (1, "noshuffle")
 
 
 def create_label_image(
@@ -144,6 +152,7 @@ def create_label_image(
         pixel_size=pixel_size,
         name=name,
         overwrite=overwrite,
+        compression=LABEL_COMPRESSION,
     )
     import zarr
 

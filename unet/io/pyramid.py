@@ -24,8 +24,71 @@ if TYPE_CHECKING:
 Reduction = Literal["mean", "nearest"]
 
 
+#: Smallest chunk side of a level that level-0 chunks write themselves (see chunk_levels).
+MIN_CHUNK_LEVEL_SIDE = 256
+
+
+def chunk_levels(shape: tuple[int, int], chunks: tuple[int, int], max_side: int = 1024) -> int:
+    """How many levels above 0 a mask's level-0 chunks can write themselves, as they are made.
+
+    Level ``k`` gets chunks of ``(cy >> k, cx >> k)``: level-0 chunk ``(i, j)`` then covers
+    exactly chunk ``(i, j)`` of level ``k``, so the task that writes one writes the other, with
+    no two tasks touching one chunk. That holds while ``2**k`` divides the chunk sides; levels
+    stop once a chunk side would fall under ``MIN_CHUNK_LEVEL_SIDE`` or the previous level fits
+    in ``max_side`` (as :func:`build_pyramid` stops). ``build_pyramid(..., keep_levels=n)``
+    adds the rest.
+    """
+    height, width = shape
+    levels = 0
+    while max(math.ceil(height / 2**levels), math.ceil(width / 2**levels)) > max_side:
+        k = levels + 1
+        if any(c % 2**k or c >> k < MIN_CHUNK_LEVEL_SIDE for c in chunks):
+            break
+        levels = k
+    return levels
+
+
+def create_chunk_levels(group: zarr.Group, levels: int) -> list[zarr.Array]:
+    """Create levels ``"1"`` .. ``str(levels)`` of a mask group, empty, chunked as
+    :func:`chunk_levels` says; return them, level 1 first."""
+    source = group[LEVEL0]
+    arrays = []
+    for k in range(1, levels + 1):
+        arrays.append(
+            group.create_array(
+                str(k),
+                shape=tuple(math.ceil(n / 2**k) for n in source.shape),
+                dtype=source.dtype,
+                chunks=tuple(c >> k for c in source.chunks),
+                compressors=source.compressors,
+                fill_value=source.fill_value,
+                dimension_names=source.metadata.dimension_names,
+            )
+        )
+    return arrays
+
+
+def write_chunk_levels(
+    arrays: list[zarr.Array], mask: np.ndarray, rows: slice, cols: slice
+) -> None:
+    """Write one level-0 chunk's ``[::2**k, ::2**k]`` into level ``k`` of ``arrays`` (level 1
+    first), as ``build_pyramid(reduction="nearest")`` would.
+
+    mask: (h, w), the chunk at ``rows``/``cols`` of level 0, whose starts are chunk origins
+    """
+    for k, array in enumerate(arrays, start=1):
+        step = 2**k
+        part = mask[::step, ::step]
+        top, left = rows.start // step, cols.start // step
+        array[top : top + part.shape[0], left : left + part.shape[1]] = part
+
+
 def build_pyramid(
-    url: str | os.PathLike[str], *, reduction: Reduction = "mean", max_side: int = 1024
+    url: str | os.PathLike[str],
+    *,
+    reduction: Reduction = "mean",
+    max_side: int = 1024,
+    keep_levels: int = 0,
 ) -> list[str]:
     """Add levels ``"1"``, ``"2"``, ... to an OME-Zarr 0.5 image until the longer side fits.
 
@@ -36,6 +99,8 @@ def build_pyramid(
         even; a missing row or column at an odd border is left out of the mean), or
         ``"nearest"`` (``[::2, ::2]``), which keeps label values exact for masks
     max_side: stop once ``max(Y, X) <= max_side``; no level is added if level 0 already fits
+    keep_levels: levels ``"1"`` .. ``str(keep_levels)`` exist already, complete (written by
+        :func:`write_chunk_levels`): keep them and go on from the last
 
     Returns
     -------
@@ -56,9 +121,10 @@ def build_pyramid(
             f"{location} is not an OME-Zarr 0.5 image group with a level '0' array: pyramids "
             "are built for images written by unet (create_image, ingest, segment)"
         )
-    _remove_levels(group, ome)
-    paths, factors = [LEVEL0], [1]
-    level = group[LEVEL0]
+    _remove_levels(group, ome, keep_levels)
+    paths = [LEVEL0, *(str(k) for k in range(1, keep_levels + 1))]
+    factors = [2**k for k in range(keep_levels + 1)]
+    level = group[paths[-1]]
     while max(level.shape[-2:]) > max_side:
         path = str(len(paths))
         level = _halve(level, group, path, reduction)
@@ -101,8 +167,8 @@ def reduce_block(block: np.ndarray, reduction: Reduction) -> np.ndarray:
     return total.astype(block.dtype, copy=False)
 
 
-def _remove_levels(group: zarr.Group, ome: dict) -> None:
-    """Delete the arrays of existing levels above 0, listed or numbered."""
+def _remove_levels(group: zarr.Group, ome: dict, keep_levels: int = 0) -> None:
+    """Delete the arrays of existing levels above ``keep_levels``, listed or numbered."""
     listed = {
         dataset.get("path")
         for multiscale in ome.get("multiscales", [])
@@ -110,7 +176,7 @@ def _remove_levels(group: zarr.Group, ome: dict) -> None:
     }
     existing = set(group.array_keys())
     for path in sorted(existing & (listed | {k for k in existing if k.isdigit()})):
-        if path != LEVEL0:
+        if path != LEVEL0 and not (path.isdigit() and int(path) <= keep_levels):
             del group[path]
 
 
