@@ -92,3 +92,33 @@ def test_local_cluster_and_external_cluster_give_identical_masks(tmp_path, exter
     b = zarr.open_group(str(tmp_path / "external.zarr"), mode="r")["0"][...]
     assert report.chunks_computed == 12  # 4 x 3 chunks of 48
     assert np.array_equal(a, b)
+
+
+def test_cpu_default_is_one_in_process_worker_and_workers_n_are_processes(monkeypatch):
+    from unet.cluster import plan_cluster
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    default = plan_cluster("cpu", None, None)
+    assert (default.workers, default.processes, default.torch_threads) == (1, False, 8)
+    split = plan_cluster("cpu", 2, None)
+    assert (split.workers, split.processes, split.torch_threads) == (2, True, 4)
+    assert plan_cluster("cpu", None, "tcp://127.0.0.1:8786").workers == 0
+
+
+def test_in_process_cluster_segments_like_worker_processes(tmp_path, client):
+    """The default CPU cluster (threads in this process) writes the same mask as the shared
+    cluster of worker processes."""
+    from unet.cluster import dask_client, plan_cluster
+
+    checkpoint = write_checkpoint(tmp_path / "model.safetensors", depth=2)
+    write_image(tmp_path / "in.zarr", (1, 80, 72), (1, 32, 32), seed=3)
+    parameters = SegmentParameters(model=checkpoint, tile_size=68, overwrite=True)
+    segment(str(tmp_path / "in.zarr"), str(tmp_path / "a.zarr"), parameters, client=client)
+    plan = plan_cluster("cpu", None, None)
+    assert not plan.processes
+    with dask_client(plan) as local:
+        segment(str(tmp_path / "in.zarr"), str(tmp_path / "b.zarr"), parameters, client=local)
+    a = zarr.open_array(str(tmp_path / "a.zarr" / "0"))[:]
+    b = zarr.open_array(str(tmp_path / "b.zarr" / "0"))[:]
+    assert a.any() and not a.all()
+    np.testing.assert_array_equal(a, b)

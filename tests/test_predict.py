@@ -111,3 +111,26 @@ def test_cuda_matches_cpu(rng):
     cpu = predict_array(model, image, tile_size=220)
     gpu = predict_array(model, image, tile_size=220, device="cuda")
     np.testing.assert_allclose(cpu, gpu, atol=1e-3)
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 3])
+def test_labels_on_the_device_equal_labels_of_the_logits(num_classes):
+    from unet.predict import predict_window
+    from unet.worker import labels_from_logits
+
+    model = make_model(depth=2, num_classes=num_classes)
+    window = np.random.default_rng(num_classes).normal(size=(1, 200, 180)).astype(np.float32)
+    out_shape = (100, 90)
+    logits = predict_window(model, window, out_shape, tile_size=108, batch_size=3)
+    labels = predict_window(model, window, out_shape, tile_size=108, batch_size=3, labels=True)
+    assert labels.dtype == np.uint8 and labels.shape == out_shape
+    assert len(np.unique(labels)) == max(num_classes, 2)
+    np.testing.assert_array_equal(labels, labels_from_logits(logits))
+
+
+def test_reuse_freed_memory_takes_on_glibc():
+    import platform
+
+    from unet.allocator import reuse_freed_memory
+
+    assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -185,9 +185,11 @@ def segment(
         left incomplete and the error's ``report`` lists ``chunks_failed``
     OutputWriteError: the output cannot be written (read-only, disk full)
     """
+    from unet.io.codecs import use_fast_codecs
     from unet.lock import output_lock
 
     started = time.perf_counter()
+    use_fast_codecs()
     plan = plan_run(input, output, parameters)
     with output_lock(output):
         return _segment(plan, input, output, client, progress, started)

@@ -94,7 +94,10 @@ def writing(target: str) -> Iterator[None]:
         yield
     except UNetError:
         raise
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
+        # The zarrs codec pipeline reports I/O failures as RuntimeError("... (os error 28)").
+        if not isinstance(error, OSError) and "(os error " not in str(error):
+            raise
         raise OutputWriteError(
             f"writing {target} failed ({type(error).__name__}: {error}): free space or fix "
             "permissions, then rerun the same command to resume"

@@ -17,6 +17,7 @@ import numpy as np
 
 from unet.allocator import reuse_freed_memory
 from unet.errors import InputReadError, writing
+from unet.io.codecs import use_fast_codecs
 from unet.io.pyramid import write_chunk_levels
 from unet.io.source import ImageSource
 from unet.ledger import LEDGER_PATH, mark_finished
@@ -76,6 +77,7 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     """
     started = time.perf_counter()
     reuse_freed_memory()  # a no-op after the first call; workers started by unet have it already
+    use_fast_codecs()
     _use_threads(job.torch_threads)
     checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device)
     rows, cols = job.bounds(index)

@@ -6,7 +6,6 @@ module; models are depth 2 and images a few chunks, so each run takes about a se
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import subprocess
@@ -153,37 +152,32 @@ def test_nan_pixels_are_never_tissue():
     assert tissue[10:20, 10:20].all() and tissue.sum() == 100
 
 
-def _fill_disk(store_name: str, key_prefix: str) -> None:
-    """In a worker: writes of ``key_prefix*`` into the store ``*store_name`` fail with ENOSPC."""
-    from zarr.storage import LocalStore
-
-    original = LocalStore.set
-
-    async def full(self, key, value, *args, **kwargs):
-        if str(self.root).endswith(store_name) and key.startswith(key_prefix):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return await original(self, key, value, *args, **kwargs)
-
-    full.original = original
-    LocalStore.set = full
-
-
-def _free_disk() -> None:
-    from zarr.storage import LocalStore
-
-    LocalStore.set = getattr(LocalStore.set, "original", LocalStore.set)
-
-
 def test_disk_full_is_one_line_and_marks_only_written_chunks(tmp_path, client, model):
     raw = write_image(tmp_path / "in.zarr", (96, 96), (32, 32))
     expected, near_tie = reference_mask(model, raw[None], TILE)
     output = tmp_path / "full disk.zarr"
-    client.run(_fill_disk, "full disk.zarr", "0/c/2/")  # the mask chunks of the last row
+    full = [output / "0" / "c" / "2" / str(j) for j in range(3)]  # the last row's mask chunks
+
+    def fill_disk(done: int, total: int) -> None:
+        # Called once the output exists and before any chunk runs: the last row's chunk files
+        # become /dev/full, where every write fails with ENOSPC, whichever codec pipeline writes.
+        if done == 0 and not full[0].is_symlink():
+            full[0].parent.mkdir(parents=True, exist_ok=True)
+            for path in full:
+                path.symlink_to("/dev/full")
+
     try:
         with pytest.raises(OutputWriteError, match="No space left on device") as caught:
-            segment(str(tmp_path / "in.zarr"), str(output), parameters(model), client=client)
+            segment(
+                str(tmp_path / "in.zarr"),
+                str(output),
+                parameters(model),
+                client=client,
+                progress=fill_disk,
+            )
     finally:
-        client.run(_free_disk)
+        for path in full:
+            path.unlink(missing_ok=True)
     assert "\n" not in str(caught.value) and "chunk (2, " in str(caught.value)
     assert not Path(lock_location(str(output))).exists()
     done = finished_chunks(zarr.open_group(str(output), mode="r"))

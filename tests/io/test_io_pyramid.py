@@ -10,7 +10,13 @@ from ome_zarr_models.v05.image_label import ImageLabel
 
 from unet.errors import InvalidParameter, UnsupportedInput
 from unet.io.omezarr import create_image, create_label_image
-from unet.io.pyramid import build_pyramid, reduce_block
+from unet.io.pyramid import (
+    build_pyramid,
+    chunk_levels,
+    create_chunk_levels,
+    reduce_block,
+    write_chunk_levels,
+)
 from unet.io.source import open_image
 
 
@@ -47,6 +53,39 @@ def test_label_pyramid_is_exact_subsampling(tmp_path):
     datasets = model.ome_attributes.multiscales[0].datasets
     assert [d.coordinateTransformations[0].scale[0] for d in datasets] == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert model.ome_attributes.image_label.colors[1].rgba == (255, 0, 0, 255)
+
+
+def test_levels_written_chunk_by_chunk_equal_the_built_pyramid(tmp_path, monkeypatch):
+    """Levels written by each level-0 chunk (as segment's tasks do), then the rest built at the
+    end, equal a pyramid built from the finished level 0; odd sides included."""
+    monkeypatch.setattr("unet.io.pyramid.MIN_CHUNK_LEVEL_SIDE", 4)
+    mask = np.random.default_rng(1).integers(0, 4, (75, 90)).astype(np.uint8)
+    chunks = (16, 16)
+    assert chunk_levels(mask.shape, chunks, max_side=10) == 2  # 16 >> 3 = 2 < 4 stops level 3
+    assert chunk_levels((10, 9), chunks, max_side=10) == 0
+    assert chunk_levels(mask.shape, (12, 16), max_side=10) == 1  # 12 >> 2 = 3 < 4
+    assert chunk_levels(mask.shape, (20, 16), max_side=10) == 2  # 20 % 8 != 0 stops level 3
+    colours = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    names = ["bg", "a", "b", "c"]
+    whole, by_chunk = tmp_path / "whole.zarr", tmp_path / "by-chunk.zarr"
+    create_label_image(whole, mask.shape, chunks, class_names=names, colours=colours)[...] = mask
+    level0 = create_label_image(by_chunk, mask.shape, chunks, class_names=names, colours=colours)
+    arrays = create_chunk_levels(zarr.open_group(str(by_chunk), mode="r+"), 2)
+    assert [a.chunks for a in arrays] == [(8, 8), (4, 4)]
+    for y in range(0, 75, 16):
+        for x in range(0, 90, 16):
+            rows, cols = slice(y, min(y + 16, 75)), slice(x, min(x + 16, 90))
+            level0[rows, cols] = mask[rows, cols]
+            write_chunk_levels(arrays, mask[rows, cols], rows, cols)
+    expected = build_pyramid(whole, reduction="nearest", max_side=10)
+    assert build_pyramid(by_chunk, reduction="nearest", max_side=10, keep_levels=2) == expected
+    built, kept = zarr.open_group(str(whole)), zarr.open_group(str(by_chunk))
+    for path in expected:
+        np.testing.assert_array_equal(kept[path][...], built[path][...])
+    datasets = [
+        m["datasets"] for m in (kept.attrs["ome"], built.attrs["ome"]) for m in m["multiscales"]
+    ]
+    assert datasets[0] == datasets[1] and len(datasets[0]) == len(expected)
 
 
 def test_mean_pyramid_equals_whole_array_reduction(tmp_path):

@@ -1,0 +1,131 @@
+"""Where one chunk's time goes: each stage of :func:`unet.worker.run_chunk`, timed in one thread.
+
+Then the input reads alone with 1, 4 and 8 threads, to see whether reading scales with threads
+(Zarr's sync API funnels every thread's I/O through one event loop).
+
+    python benchmarks/chunk_profile.py IMAGE.zarr --device cuda --paper --chunks 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--paper", action="store_true", help="random base-64 depth-4 model")
+    parser.add_argument("--chunks", type=int, default=16)
+    args = parser.parse_args()
+
+    from unet.allocator import reuse_freed_memory
+
+    reuse_freed_memory()
+    import unet.worker as worker
+    from unet import bench
+    from unet.config import SegmentParameters
+    from unet.engine import _open_output, plan_run
+    from unet.predict import default_tile_size
+
+    work = Path(tempfile.mkdtemp(prefix="unet-profile-"))
+    model = bench._checkpoint_for(work, None, None, None, args.paper, False)
+    parameters = SegmentParameters(
+        model=model, device=args.device, precision=args.precision, overwrite=True
+    )
+    output = str(work / "mask.zarr")
+    started = time.perf_counter()
+    plan = plan_run(args.image, output, parameters)
+    planned = time.perf_counter() - started
+    group = _open_output(
+        output,
+        plan.fingerprint,
+        plan.checkpoint,
+        plan.source.shape[1:],
+        plan.chunks,
+        plan.chunk_counts,
+        parameters,
+    )
+    opened = time.perf_counter() - started - planned
+    tile = default_tile_size(plan.checkpoint.model.geometry, plan.chunks[0])
+    job = worker.ChunkJob(
+        source=plan.source,
+        output=output,
+        checkpoint=plan.checkpoint.path,
+        checkpoint_digest=plan.checkpoint.digest,
+        chunks=plan.chunks,
+        tile_size=tile,
+        batch_size=1,
+        device=args.device,
+        precision=parameters.precision,
+        probabilities=False,
+        nodata=None,
+        torch_threads=None,
+        pyramid_levels=group.attrs["unet"].get("chunk_levels", 0),
+    )
+    times: dict[str, float] = defaultdict(float)
+
+    def timed(name, function):
+        def wrapper(*a, **k):
+            begin = time.perf_counter()
+            result = function(*a, **k)
+            times[name] += time.perf_counter() - begin
+            return result
+
+        return wrapper
+
+    class TimedArray:
+        def __init__(self, array):
+            self.array = array
+
+        def __setitem__(self, key, value):
+            begin = time.perf_counter()
+            self.array[key] = value
+            times["write mask"] += time.perf_counter() - begin
+
+    arrays = worker._output_arrays
+
+    def output_arrays(*a):
+        mask, ledger, probabilities, levels = arrays(*a)
+        return TimedArray(mask), ledger, probabilities, levels
+
+    worker._output_arrays = output_arrays
+    read_window = worker.read_window
+    worker.read_window = timed("read window", worker.read_window)
+    worker._infer = timed("infer (copy in, forward, labels, copy out)", worker._infer)
+    worker.write_chunk_levels = timed("write pyramid levels", worker.write_chunk_levels)
+    worker.mark_finished = timed("ledger", worker.mark_finished)
+    counts = plan.chunk_counts
+    indices = [(i, j) for i in range(counts[0]) for j in range(counts[1])]
+    worker.run_chunk(job, indices[len(indices) // 2])  # warm-up: model load, cuDNN autotune
+    times.clear()
+    chosen = indices[: args.chunks]
+    begin = time.perf_counter()
+    for index in chosen:
+        worker.run_chunk(job, index)
+    total = time.perf_counter() - begin
+    n = len(chosen)
+    print(f"plan_run {planned:.3f} s, open output {opened:.3f} s, tile {tile}")
+    print(f"per chunk {1000 * total / n:.1f} ms over {n} chunks ({args.device}, one thread)")
+    for name, seconds in sorted(times.items(), key=lambda item: -item[1]):
+        print(f"  {name:<45}{1000 * seconds / n:8.1f} ms")
+    geometry = plan.checkpoint.model.geometry
+    for threads in (1, 4, 8):
+        begin = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda index: read_window(job, geometry, *job.bounds(index)), chosen))
+        seconds = time.perf_counter() - begin
+        print(f"reads alone, {threads} threads: {1000 * seconds / n:.1f} ms per chunk")
+
+
+if __name__ == "__main__":
+    main()
