@@ -1,17 +1,7 @@
 #!/usr/bin/env bash
-# The GPU benchmark as run on a lent H100 (see README, Benchmarks): the machine's own python3
-# with CUDA torch, plus the wheels of .whl/ (zarr, dask, distributed, pydantic, monai, ...),
-# which that machine cannot download. Results go to $OUT.
+# The GPU benchmark as run on a lent H100 (see README, Benchmarks). Results go to $OUT.
 set -uo pipefail
-OUT=${OUT:-/tmp/unet-gpu-bench}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
-WORK=/tmp/unet-gpu-work
+source benchmarks/device_setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, zarr, dask, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt" || exit 1
 timeout 90 python3 -m unet.bench --quick --device cuda --precision bf16 --no-monai 2>&1 | tail -4

@@ -2,16 +2,7 @@
 # Second GPU pass (after the zarrs codec pipeline): where a chunk's time goes on the GPU
 # machine, then the pipeline and MONAI again, and chunks in flight per GPU worker.
 set -uo pipefail
-OUT=${OUT:-/tmp/unet-gpu-bench}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
-WORK=/tmp/unet-gpu-work
-mkdir -p "$WORK"
+source benchmarks/device_setup.sh
 python3 -c "import zarrs; from unet import bench; from pathlib import Path; bench._image(Path('$WORK'), 8192, 1024, 1)" || exit 1
 timeout 90 python3 benchmarks/chunk_profile.py "$WORK/nuclei-8192-c1024-ch1.zarr" --device cuda \
     --paper --chunks 48 2>&1 | tee "$OUT/gpu-chunk-profile.log"

@@ -6,10 +6,9 @@ Each GPU worker runs ``GPU_THREADS`` chunks at once: one holds the GPU (see
 :func:`unet.predict.device_lock`) while the others read, decode, encode and write.
 
 On a CPU machine the default is one worker in this very process (threads, no worker process)
-running two chunks at a time: one chunk's forward pass uses every core while the other's
-reading, argmax and writing run beside it, and one process holds torch once. That measured
-the same throughput as two worker processes and half the peak memory (README, Benchmarks).
-``--workers N`` starts N worker processes instead, splitting the cores between them.
+running one chunk at a time with torch on every core: one process holds torch once, which
+halved the pipeline's peak memory (README, Benchmarks). ``--workers N`` starts N worker
+processes instead, splitting the cores between them.
 """
 
 from __future__ import annotations
