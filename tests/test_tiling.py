@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from unet.errors import InvalidInputSize, InvalidTileSize
-from unet.tiling import Geometry, axis_tiles, chunk_grid, mirror_pad, reflect_index
+from unet.tiling import Geometry, axis_tiles, chunk_grid, mirror_pad, reflect_index, strip_order
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
@@ -94,3 +94,13 @@ def test_chunk_grid_ragged_edges():
     assert len(grid) == 6
     assert grid[0] == (slice(0, 2), slice(0, 4))
     assert grid[-1] == (slice(4, 5), slice(4, 7))
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_strip_order_is_a_permutation_by_strips(width):
+    indices = [(i, j) for i in range(3) for j in range(5)]
+    order = strip_order(list(reversed(indices)), width)
+    assert sorted(order) == indices
+    strips = [j // width for _, j in order]
+    assert strips == sorted(strips)
+    assert order[:2] == ([(0, 0), (1, 0)] if width == 1 else [(0, 0), (0, 1)])

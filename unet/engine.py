@@ -27,6 +27,7 @@ from unet.errors import (
     writing,
 )
 from unet.ledger import ATTRIBUTE, Fingerprint, create_ledger, finished_chunks, mark_finished
+from unet.tiling import strip_order
 
 #: Output chunk side when the input is not chunked.
 DEFAULT_CHUNK = 1024
@@ -222,6 +223,8 @@ def _segment(
     finished = finished_chunks(group)
     report.chunks_resumed = int(finished.sum())
     pending = [(int(i), int(j)) for i, j in zip(*np.nonzero(~finished), strict=True)]
+    # In strips, so that consecutive chunks share the input chunks the workers keep decoded.
+    pending = strip_order(pending)
     if parameters.skip_background and pending:
         pending = _skip_background(source, group, pending, shape, chunks, report)
 

@@ -226,3 +226,19 @@ def chunk_grid(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[sl
         for y in range(0, height, ch)
         for x in range(0, width, cw)
     ]
+
+
+#: Output chunks per strip of :func:`strip_order`.
+STRIP_WIDTH = 4
+
+
+def strip_order(indices: list[tuple[int, int]], width: int = STRIP_WIDTH) -> list[tuple[int, int]]:
+    """Chunk indices ``(i, j)`` ordered by vertical strips of ``width`` chunk columns, row-major
+    within each strip.
+
+    Consecutive chunks then share most of their input: the window of chunk ``(i, j)`` overlaps
+    input chunk rows ``i-1 .. i+1`` and columns ``j-1 .. j+1``, so in this order a cache of
+    ``3 * (width + 2)`` decoded input chunks decodes ``(width + 2) / width`` of them per output
+    chunk, however wide the image (row-major order would need two whole rows of the image).
+    """
+    return sorted(indices, key=lambda index: (index[1] // width, index[0], index[1]))

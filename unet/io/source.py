@@ -28,6 +28,8 @@ from unet.errors import InputNotFound, InvalidImage, InvalidParameter, Unsupport
 if TYPE_CHECKING:
     import zarr
 
+    from unet.io.chunkcache import ChunkCache
+
 #: Names given to the channel and the two image axes in :attr:`ImageSource.axes`.
 CHANNEL, ROWS, COLUMNS = "c", "y", "x"
 _INGEST_HINT = "TIFF, SVS, PNG and JPEG files must be converted first with `unet ingest`"
@@ -110,6 +112,7 @@ class ImageSource:
         # The cached open array stays behind: workers reopen the store themselves.
         state = dict(self.__dict__)
         state.pop("_array", None)
+        state.pop("_cache", None)
         return state
 
     @cached_property
@@ -132,6 +135,24 @@ class ImageSource:
         rows = _check_slice(rows, height, "rows")
         cols = _check_slice(cols, width, "cols")
         return _select(self._array, self.axes, rows, cols)
+
+    def read_cached(self, rows: slice, cols: slice) -> np.ndarray:
+        """:meth:`read`, through a cache of decoded chunks kept with this object.
+
+        For callers that read overlapping windows, as the chunk tasks do (see
+        :mod:`unet.io.chunkcache`); the cache stays behind when the source is pickled.
+        """
+        _, height, width = self.shape
+        return self._cache.read(
+            _check_slice(rows, height, "rows"), _check_slice(cols, width, "cols")
+        )
+
+    @cached_property
+    def _cache(self) -> ChunkCache:
+        from unet.io.chunkcache import ChunkCache
+
+        stored = self._array.chunks  # the inner chunks of a sharded array: what is decoded
+        return ChunkCache(self, (stored[self.axes.index(ROWS)], stored[self.axes.index(COLUMNS)]))
 
     def identity(self) -> dict[str, Any]:
         """What identifies this input in a run fingerprint; JSON-serialisable.
