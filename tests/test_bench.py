@@ -40,7 +40,11 @@ def test_quick_bench_returns_results_and_writes_plot(tmp_path):
     for entry in [*results["raw"], *results["pipeline"]]:
         assert entry["mpx_per_s"] > 0 and entry["peak_rss_mib"] > 0
     assert [p["side"] for p in results["pipeline"]] == results["settings"]["sides"]
-    assert "pipeline_over_raw" in results["ratios"]
+    largest = results["pipeline"][-1]
+    before, after = largest["raw_adjacent_mpx_per_s"]
+    assert results["ratios"]["pipeline_over_raw"] == pytest.approx(
+        largest["mpx_per_s"] / ((before + after) / 2), rel=1e-3
+    )
     if has_monai:
         assert results["monai"]["mpx_per_s"] > 0
         assert "pipeline_over_monai_mpx_per_s" in results["ratios"]

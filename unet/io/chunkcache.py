@@ -13,6 +13,7 @@ decoded twice, never stored inconsistently).
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
@@ -89,9 +90,23 @@ class ChunkCache:
         block = self.source.read(
             slice(i * ch, min((i + 1) * ch, height)), slice(j * cw, min((j + 1) * cw, width))
         )
+        block = _off_heap(block)
         with self._lock:
             self.decoded += 1
             self._chunks[(i, j)] = block
             while len(self._chunks) > self.capacity:
                 self._chunks.popitem(last=False)
         return block
+
+
+def _off_heap(block: np.ndarray) -> np.ndarray:
+    """A copy of ``block`` in its own anonymous memory map, unmapped when the copy is freed.
+
+    Cached chunks live across many forward passes: in malloc's heap they would sit between the
+    activations freed after each pass and split that space, so the next pass grew the heap
+    (unet.allocator keeps a process's heap, so every such hole stays resident).
+    """
+    buffer = mmap.mmap(-1, max(block.nbytes, 1))
+    copy = np.frombuffer(buffer, dtype=block.dtype, count=block.size).reshape(block.shape)
+    copy[...] = block
+    return copy
