@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from unet.errors import InvalidInputSize, UNetError
-from unet.model import DoubleConv, UNet, center_crop, max_pool
+from unet.model import UNet, center_crop
 
 
 def test_paper_config_parameter_count_and_shape():
@@ -55,34 +55,3 @@ def test_same_padding_keeps_size_and_rejects_non_multiples():
 def test_center_crop_takes_the_middle():
     x = torch.arange(36.0).reshape(1, 1, 6, 6)
     assert center_crop(x, 2, 2).flatten().tolist() == [14.0, 15.0, 20.0, 21.0]
-
-
-@pytest.mark.parametrize("padding", [0, 1])
-def test_joined_equals_the_double_conv_of_the_concatenation(padding):
-    torch.manual_seed(0)
-    block = DoubleConv(6, 3, padding)
-    skip, up = torch.randn(2, 4, 11, 13), torch.randn(2, 2, 11, 13)
-    expected = block(torch.cat([skip, up], dim=1))
-    torch.testing.assert_close(block.joined(skip, up), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_joined_trains_every_input_channel():
-    torch.manual_seed(0)
-    block = DoubleConv(4, 2, 0)
-    block.joined(torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)).sum().backward()
-    grad = block[0].weight.grad
-    assert grad is not None and bool((grad[:, :2] != 0).any()) and bool((grad[:, 2:] != 0).any())
-
-
-@pytest.mark.parametrize("shape", [(1, 3, 8, 10), (2, 4, 9, 7), (1, 1, 2, 2)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_inference_max_pool_equals_max_pool2d(shape, channels_last):
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    pool = torch.nn.MaxPool2d(2, 2)
-    with torch.inference_mode():
-        pooled = max_pool(x, pool)
-        assert torch.equal(pooled, pool(x))
-    if channels_last:  # the next convolution takes it without a layout conversion
-        assert pooled.is_contiguous(memory_format=torch.channels_last)

@@ -2,8 +2,7 @@
 
 Per level two 3x3 convolutions with ReLU, then 2x2 max-pooling; channels double per level. On the
 way up a 2x2 up-convolution halves the channels, the skip features are centre-cropped to its size
-(copy-and-crop) and concatenated, and two 3x3 convolutions follow (computed without building the
-concatenation, see :meth:`DoubleConv.joined`). A 1x1 convolution maps to the
+(copy-and-crop) and concatenated, and two 3x3 convolutions follow. A 1x1 convolution maps to the
 classes. With ``padding="valid"`` (the paper) the default network has 31,030,658 parameters and
 maps 572x572 to 388x388.
 """
@@ -14,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from unet.tiling import Geometry, Padding
 
@@ -29,36 +27,6 @@ class DoubleConv(nn.Sequential):
             nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=padding),
             nn.ReLU(inplace=True),
         )
-
-    def joined(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """``self(torch.cat([skip, up], dim=1))`` without building the concatenation.
-
-        The first convolution is linear in its input channels, so it is the sum of its skip
-        part over ``skip`` and its other part over ``up``. On a CPU the concatenation of
-        channels-last features took 10% of a forward pass of the bundled model, and at the
-        first level it was the largest tensor of the pass (README, Benchmarks). Equal to the
-        concatenated form up to float rounding.
-        """
-        first, channels = self[0], skip.shape[1]
-        x = functional.conv2d(up, first.weight[:, channels:], first.bias, padding=first.padding)
-        # In place: a convolution's backward needs its input, not its output.
-        x += functional.conv2d(skip, first.weight[:, :channels], None, padding=first.padding)
-        return self[3](self[2](self[1](x)))
-
-
-def max_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
-    """2x2 max-pooling of ``(N, C, H, W)`` features: ``pool(x)``.
-
-    Without gradients on a CPU it is the maximum of the four strided 2x2 phases, which is
-    exactly equal and was twice as fast: PyTorch's CPU max-pooling also writes an int64 index
-    per output value, twice the pooled bf16 features in memory.
-    """
-    if torch.is_grad_enabled() or x.device.type != "cpu":
-        return pool(x)
-    height, width = x.shape[-2] - x.shape[-2] % 2, x.shape[-1] - x.shape[-1] % 2
-    pooled = torch.maximum(x[..., 0:height:2, 0:width:2], x[..., 0:height:2, 1:width:2])
-    torch.maximum(pooled, x[..., 1:height:2, 0:width:2], out=pooled)
-    return torch.maximum(pooled, x[..., 1:height:2, 1:width:2], out=pooled)
 
 
 def center_crop(features: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -147,14 +115,15 @@ class UNet(nn.Module):
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
-            x = max_pool(x, self.pool)
+            x = self.pool(x)
         x = self.bottom(x)
         for upsample, decoder in zip(self.upsamplers, self.decoders, strict=True):
-            up = upsample(x)
-            # Pop each skip once used: at the first level the skip features are the largest
-            # tensors of the pass, and holding them through the decoder raised the inference
-            # peak by about 40% (measured, README Benchmarks).
+            x = upsample(x)
+            # Pop the skip and drop the upsampled features once concatenated: at the first level
+            # these are the largest tensors of the pass, and holding them through the decoder's
+            # convolutions raised the inference peak by about 40% (measured, README Benchmarks).
             skip = skips.pop()
-            x = decoder.joined(center_crop(skip, up.shape[-2], up.shape[-1]), up)
-            del skip, up
+            x = torch.cat([center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1)
+            del skip
+            x = decoder(x)
         return self.head(x)
