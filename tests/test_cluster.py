@@ -118,6 +118,9 @@ def test_in_process_cluster_segments_like_worker_processes(tmp_path, client):
     assert not plan.processes
     with dask_client(plan) as local:
         segment(str(tmp_path / "in.zarr"), str(tmp_path / "b.zarr"), parameters, client=local)
+        (worker,) = local.cluster.workers.values()
+        # unet.cluster.QUIET: no profiler sampling the chunk's thread every 10 ms.
+        assert "profile" not in worker.periodic_callbacks
     a = zarr.open_array(str(tmp_path / "a.zarr" / "0"))[:]
     b = zarr.open_array(str(tmp_path / "b.zarr" / "0"))[:]
     assert a.any() and not a.all()
