@@ -59,6 +59,7 @@ def test_source_read_cached_uses_inner_chunks_and_stays_behind_when_pickled(tmp_
     )
     np.testing.assert_array_equal(source.read_cached(slice(5, 25), slice(0, 40)), data[:, 5:25])
     assert source._cache.cell == (10, 10)
+    assert source._cache.capacity == 18 * 4  # a shard, the engine's output chunk, holds 4
     assert "_cache" not in source.__getstate__()
     clone = pickle.loads(pickle.dumps(source))
     np.testing.assert_array_equal(clone.read_cached(slice(0, 40), slice(0, 40)), data)

@@ -23,8 +23,9 @@ import numpy as np
 if TYPE_CHECKING:
     from unet.io.source import ImageSource
 
-#: Memory a cache may hold, and the stored chunks it holds at most (3 chunk rows of a strip of
-#: 4 output chunks and its 2 neighbours, see unet.tiling.STRIP_WIDTH).
+#: Memory a cache may hold, and the output chunks' worth of stored chunks it holds at most
+#: (3 chunk rows of a strip of 4 output chunks and its 2 neighbours, see
+#: unet.tiling.STRIP_WIDTH; a sharded input's output chunk is a shard of several stored chunks).
 CACHE_BYTES = 64 * 2**20
 CACHE_CHUNKS = 18
 

@@ -149,10 +149,14 @@ class ImageSource:
 
     @cached_property
     def _cache(self) -> ChunkCache:
-        from unet.io.chunkcache import ChunkCache
+        from unet.io.chunkcache import CACHE_CHUNKS, ChunkCache
 
         stored = self._array.chunks  # the inner chunks of a sharded array: what is decoded
-        return ChunkCache(self, (stored[self.axes.index(ROWS)], stored[self.axes.index(COLUMNS)]))
+        cell = (int(stored[self.axes.index(ROWS)]), int(stored[self.axes.index(COLUMNS)]))
+        # The engine's output chunks are self.chunks (a whole shard): size the cache in those.
+        chunk = self.chunks or cell
+        per_chunk = -(-chunk[0] // cell[0]) * -(-chunk[1] // cell[1])
+        return ChunkCache(self, cell, max_chunks=CACHE_CHUNKS * per_chunk)
 
     def identity(self) -> dict[str, Any]:
         """What identifies this input in a run fingerprint; JSON-serialisable.
