@@ -167,9 +167,10 @@ def predict_window(
         while start < len(origins):
             batch = origins[start : start + size]
             try:
-                tiles = np.stack(
-                    [window[:, y : y + rows.tile, x : x + cols.tile] for y, x in batch]
-                )
+                tiles = [window[:, y : y + rows.tile, x : x + cols.tile] for y, x in batch]
+                # One tile (a whole chunk by default) goes as a view: torch copies it once
+                # anyway, into channels-last order or onto the device.
+                tiles = tiles[0][None] if len(tiles) == 1 else np.stack(tiles)
                 with lock:
                     inputs = torch.from_numpy(tiles).to(torch_device, non_blocking=True)
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
