@@ -111,12 +111,11 @@ def plan_run(
     Raises the same errors as :func:`segment` would at its start (missing input or checkpoint,
     channel or band mismatch, invalid tile size, output inside the input).
     """
-    from unet.checkpoint import load_checkpoint
     from unet.io.geo import check_bands, read_georeference
     from unet.io.source import open_image
 
     source = open_image(input, channels_last=parameters.channels_last)
-    checkpoint = checkpoint or _load_in_one_thread(load_checkpoint, parameters.model)
+    checkpoint = checkpoint or _load_in_one_thread(parameters.model)
     model = checkpoint.model
     georeference = read_georeference(source)
     if georeference is not None:
@@ -156,8 +155,9 @@ def plan_run(
     )
 
 
-def _load_in_one_thread(load: Callable[[str], Any], model: str) -> Any:
-    """``load(model)`` with torch on one thread in this thread, then torch's setting restored.
+def _load_in_one_thread(model: str) -> Any:
+    """``load_checkpoint(model)`` with torch on one thread in this thread, then torch's setting
+    restored.
 
     Loading runs a few multi-threaded copies, and OpenMP keeps a team of threads for every
     thread that ever ran one. The driver's team beside the one of the thread running the chunks
@@ -167,10 +167,12 @@ def _load_in_one_thread(load: Callable[[str], Any], model: str) -> Any:
     """
     import torch
 
+    from unet.checkpoint import load_checkpoint
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return load(model)
+        return load_checkpoint(model)
     finally:
         torch.set_num_threads(threads)
 
