@@ -3,7 +3,8 @@
 Three measurements, each in a fresh Python subprocess whose process tree's peak RSS is sampled
 from outside (psutil), so that no measurement inherits another's memory or warm caches:
 
-- **raw**: forward passes over a batch of random tiles; useful output ``(T - 2 halo)^2 x batch``
+- **raw**: forward passes over a batch of random tiles, run as the pipeline runs them
+  (:func:`unet.predict.forward`: in bands of rows on a CPU); useful output ``(T - 2 halo)^2 x batch``
   pixels per forward, 3 warm-up passes excluded, best of ``repeats``; swept over several tile
   sizes, and measured again just before and just after each pipeline run, whose ratio to the
   raw model is taken against the mean of those two (a shared machine's speed drifts over
@@ -361,7 +362,7 @@ def _gpu_peak(device) -> float | None:
 def _measure_raw(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from unet.predict import autocast
+    from unet.predict import autocast, forward
 
     _, model, device = _prepared_model(spec)
     tile, batch = spec["tile_size"], spec["batch_size"]
@@ -377,11 +378,11 @@ def _measure_raw(spec: dict[str, Any]) -> dict[str, Any]:
         # Warm-up: cuDNN's autotuning, and the heap, which takes a few passes to settle (see
         # unet.allocator) and would otherwise be grown inside the timed passes.
         for _ in range(3):
-            model(inputs)
+            forward(model, inputs)
         _sync(device)
         for _ in range(spec["repeats"]):
             started = time.perf_counter()
-            model(inputs)
+            forward(model, inputs)
             _sync(device)
             times.append(time.perf_counter() - started)
     best = min(times)
@@ -392,6 +393,8 @@ def _measure_raw(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds_per_forward": round(best, 4),
         "mpx_per_s": round(keep * keep * batch / best / 1e6, 4),
         "halo_cost": round((tile / keep) ** 2, 4),
+        # What unet.predict.forward ran: the pipeline's pass, banded for a valid model on a CPU.
+        "forward": "banded" if device.type == "cpu" else "module",
         "gpu_peak_mib": _gpu_peak(device),
     }
 

@@ -174,7 +174,7 @@ def predict_window(
                 with lock:
                     inputs = torch.from_numpy(tiles).to(torch_device, non_blocking=True)
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
-                    outputs = model(inputs)
+                    outputs = forward(model, inputs)
                     inputs = None
                     outputs = outputs[..., margin : margin + rows.keep, margin : margin + cols.keep]
                     outputs = _labels(outputs) if labels else outputs.float()
@@ -217,6 +217,20 @@ def _labels(logits: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] == 2:
         return (logits[:, 1] > logits[:, 0]).to(torch.uint8)
     return logits.argmax(dim=1).to(torch.uint8)
+
+
+def forward(model: UNet, inputs: torch.Tensor) -> torch.Tensor:
+    """``model(inputs)`` as inference runs it: on a CPU, a valid-padding model runs in bands of
+    rows (:func:`unet.banded.banded_forward`), which gives the same logits with a fraction of the
+    activation memory; on a GPU, where memory is not what limits, in one piece.
+
+    Call it under ``torch.inference_mode`` with the model in eval mode.
+    """
+    if inputs.device.type == "cpu" and model.geometry.padding == "valid":
+        from unet.banded import banded_forward
+
+        return banded_forward(model, inputs)
+    return model(inputs)
 
 
 def use_channels_last(model: UNet) -> None:

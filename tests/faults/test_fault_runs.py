@@ -271,19 +271,22 @@ def test_names_with_spaces_and_accents(tmp_path, client, model):
 
 @pytest.fixture
 def out_of_memory_model(monkeypatch):
-    """A depth-2 model whose forward pass runs out of memory above ``limit[0]`` tiles."""
+    """A depth-2 model whose forward pass (``unet.predict.forward``, banded on a CPU) runs out
+    of memory above ``limit[0]`` tiles."""
     import torch
 
-    model = make_model(depth=2)
-    forward, limit, calls = model.forward, [1], []
+    import unet.predict
 
-    def limited(inputs):
+    model = make_model(depth=2)
+    forward, limit, calls = unet.predict.forward, [1], []
+
+    def limited(model, inputs):
         calls.append(inputs.shape[0])
         if inputs.shape[0] > limit[0]:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return forward(inputs)
+        return forward(model, inputs)
 
-    monkeypatch.setattr(model, "forward", limited)
+    monkeypatch.setattr(unet.predict, "forward", limited)
     return model, forward, limit, calls
 
 
@@ -293,7 +296,7 @@ def test_out_of_memory_halves_the_batch_with_the_same_result(out_of_memory_model
     model, forward, limit, calls = out_of_memory_model
     image = np.random.default_rng(3).standard_normal((1, 90, 100)).astype(np.float32)
     with pytest.MonkeyPatch.context() as unpatched:
-        unpatched.setattr(model, "forward", forward)
+        unpatched.setattr("unet.predict.forward", forward)
         expected = predict_array(model, image, tile_size=TILE, batch_size=8)
     with caplog.at_level(logging.WARNING, logger="unet.predict"):
         split = predict_array(model, image, tile_size=TILE, batch_size=8)
