@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
     from unet.model import UNet
 
-#: Rows per band, at every level. On 2 CPU cores with the bundled model at tile 1116 (bf16,
-#: alternated in one process): as fast as ``model(x)`` (0.231 against 0.233 s a pass), peak of
-#: the heap 207 against 340-380 MiB; 128 rows at level 0 kept 30 MiB more, 32 rows below level 0
-#: cost 4% more time. With whole levels (``band_rows`` at least the tile) the same code is 6%
-#: faster than ``model(x)`` but no leaner.
+#: Rows per band, at every level. Measured on 2 CPU cores with the bundled model at tile 1116,
+#: bf16 (``benchmarks/banded_ab.py``: passes alternated in one process, peak RSS of a fresh one):
+#: 1.017 of the time of ``model(x)`` at 368 against 532 MiB; 128 rows 1.003 at 399 MiB, 32 rows
+#: 1.122 at 327 MiB. Whole levels (``band_rows`` at least the tile) take 0.926 of the time of
+#: ``model(x)`` but no less memory (523 MiB).
 BAND_ROWS = 64
 #: Rows that two valid 3x3 convolutions take from the rows below them.
 _SHRINK = 4
