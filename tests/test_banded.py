@@ -47,15 +47,16 @@ def test_banded_equals_the_plain_forward_in_fp32(depth, rows, cols, band_rows, c
 
 
 @pytest.mark.parametrize("band_rows", [4, 64])
-def test_banded_equals_the_plain_forward_under_bf16_autocast(band_rows):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_banded_equals_the_plain_forward_under_autocast(band_rows, dtype):
     model = make_model(depth=3).to(memory_format=torch.channels_last)
     inputs = _input(model, 400, 120)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
         reference = model(inputs)
         banded = banded_forward(model, inputs, band_rows)
-    assert banded.dtype == reference.dtype == torch.bfloat16
+    assert banded.dtype == reference.dtype == dtype
     equal = (banded == reference).float().mean().item()
-    assert equal > 0.999, f"only {equal:.4%} of the bf16 logits are equal"
+    assert equal > 0.999, f"only {equal:.4%} of the {dtype} logits are equal"
     torch.testing.assert_close(banded.float(), reference.float(), atol=0.05, rtol=0.02)
 
 
