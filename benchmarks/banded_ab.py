@@ -5,6 +5,9 @@ over minutes), median seconds per pass. Memory: each setting again in a fresh pr
 RSS (VmHWM) after a few passes, with unet's malloc settings as in the pipeline.
 
     .venv/bin/python benchmarks/banded_ab.py --tile 1116 --bands 32,64,128,4096
+
+``--compile`` adds ``torch.compile(model)`` (Inductor) to the speed comparison, with its compile
+time and its largest difference from ``model(x)``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--bands", default="32,64,128,4096", help="band rows, comma-separated")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--model", default="nuclei")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile(model)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -73,15 +77,29 @@ def main() -> None:
 
     settings: list[int | None] = [None, *(int(b) for b in args.bands.split(","))]
     times: dict[int | None, list[float]] = {band: [] for band in settings}
+    compiled_times: list[float] = []
     with torch.inference_mode(), autocast:
         for band in settings:  # warm-up: oneDNN's kernels and the heap
             _pass(model, inputs, band)
+        if args.compile:
+            started = time.perf_counter()
+            compiled = torch.compile(model, dynamic=False)
+            difference = (compiled(inputs).float() - model(inputs).float()).abs().max().item()
+            print(f"torch.compile: {time.perf_counter() - started:.1f} s to compile and run once")
+            print(f"torch.compile: largest logit difference from model(x) {difference:.4g}")
         for _ in range(args.rounds):
             for band in settings:
                 started = time.perf_counter()
                 _pass(model, inputs, band)
                 times[band].append(time.perf_counter() - started)
+            if args.compile:
+                started = time.perf_counter()
+                compiled(inputs)
+                compiled_times.append(time.perf_counter() - started)
     plain = statistics.median(times[None])
+    if compiled_times:
+        median = statistics.median(compiled_times)
+        print(f"{'torch.compile':<20} {median:.4f} s a pass ({median / plain:.3f} of model(x))")
     for band in settings:
         command = [sys.executable, __file__, "--tile", str(args.tile), "--model", args.model]
         peak = subprocess.run(
