@@ -83,26 +83,11 @@ def main() -> None:
 
         return wrapper
 
-    class TimedArray:
-        def __init__(self, array):
-            self.array = array
-
-        def __setitem__(self, key, value):
-            begin = time.perf_counter()
-            self.array[key] = value
-            times["write mask"] += time.perf_counter() - begin
-
-    arrays = worker._output_arrays
-
-    def output_arrays(*a):
-        mask, ledger, probabilities, levels = arrays(*a)
-        return TimedArray(mask), ledger, probabilities, levels
-
-    worker._output_arrays = output_arrays
     read_window = worker.read_window
     worker.read_window = timed("read window", worker.read_window)
     worker._infer = timed("infer (copy in, forward, labels, copy out)", worker._infer)
-    worker.write_chunk_levels = timed("write pyramid levels", worker.write_chunk_levels)
+    # The mask and its pyramid levels go to Zarr in one call (unet.io.pyramid.write_chunk_levels).
+    worker.write_chunk_levels = timed("write mask and levels", worker.write_chunk_levels)
     worker.mark_finished = timed("ledger", worker.mark_finished)
     counts = plan.chunk_counts
     indices = [(i, j) for i in range(counts[0]) for j in range(counts[1])]

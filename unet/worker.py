@@ -124,8 +124,7 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     if nodata_pixels is not None:
         mask[nodata_pixels] = 0
     with writing(f"chunk {index} of {job.output}"):
-        mask_array[rows, cols] = mask
-        write_chunk_levels(levels, mask, rows, cols)
+        write_chunk_levels(levels, mask, rows, cols, level0=mask_array)
         if probabilities_array is not None and logits is not None:
             probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
         mark_finished(ledger, index)

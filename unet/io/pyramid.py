@@ -71,18 +71,42 @@ def create_chunk_levels(group: zarr.Group, levels: int) -> list[zarr.Array]:
 
 
 def write_chunk_levels(
-    arrays: list[zarr.Array], mask: np.ndarray, rows: slice, cols: slice
+    arrays: list[zarr.Array],
+    mask: np.ndarray,
+    rows: slice,
+    cols: slice,
+    level0: zarr.Array | None = None,
 ) -> None:
     """Write one level-0 chunk's ``[::2**k, ::2**k]`` into level ``k`` of ``arrays`` (level 1
-    first), as ``build_pyramid(reduction="nearest")`` would.
+    first), as ``build_pyramid(reduction="nearest")`` would; and the chunk itself into
+    ``level0`` when given.
 
     mask: (h, w), the chunk at ``rows``/``cols`` of level 0, whose starts are chunk origins
+
+    All the writes go to Zarr in one call, so their codecs run at once: a 1024^2 mask chunk and
+    two levels took 5.1 ms instead of 6.5 ms one after the other (2 CPU cores).
     """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    writes = []
+    if level0 is not None:
+        writes.append(level0.async_array.setitem((rows, cols), mask))
     for k, array in enumerate(arrays, start=1):
         step = 2**k
         part = mask[::step, ::step]
         top, left = rows.start // step, cols.start // step
-        array[top : top + part.shape[0], left : left + part.shape[1]] = part
+        region = (slice(top, top + part.shape[0]), slice(left, left + part.shape[1]))
+        writes.append(array.async_array.setitem(region, part))
+
+    async def write_all() -> list[BaseException | None]:
+        # Every write ends before this returns, failed or not; the first failure is raised.
+        return await asyncio.gather(*writes, return_exceptions=True)
+
+    for outcome in sync(write_all()):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def build_pyramid(
