@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -421,6 +422,10 @@ def _measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         plan = plan_cluster(parameters.device, parameters.workers, None)
         client_context = dask_client(plan)
+    # Masks of an earlier bench run in the same --workdir are deleted before the clock starts:
+    # segment(overwrite=True) would delete them inside the timed run (0.1 s at 8192^2).
+    for output in (spec["output"], spec["output"] + ".warmup"):
+        shutil.rmtree(output, ignore_errors=True)
     with client_context as client:
         # Warm-up: the worker imports torch and loads the model (cached by checkpoint digest).
         segment(spec["warmup"], spec["output"] + ".warmup", parameters, client=client)
