@@ -73,7 +73,7 @@ def banded_forward(model: UNet, x: torch.Tensor, band_rows: int = BAND_ROWS) -> 
         if torch.is_autocast_enabled(device)
         else model.head.weight.dtype
     )
-    layers = _Layers(dtype, fused=device == "cpu" and dtype in (torch.float32, torch.bfloat16))
+    layers = _Layers(dtype, device)
     with torch.autocast(device, enabled=False):
         level = _Level.whole(x.to(dtype))
         skips = []
@@ -163,15 +163,16 @@ class _Level:
 
 
 class _Layers:
-    """The model's layers as functions of bands, computed in ``dtype``; ``fused``: with oneDNN's
-    fused convolution and ReLU (CPU, float32 or bfloat16)."""
+    """The model's layers as functions of bands, computed in ``dtype`` on ``device``; on a CPU
+    in float32 or bfloat16 with oneDNN's fused convolution and ReLU where oneDNN is there."""
 
-    def __init__(self, dtype: torch.dtype, fused: bool) -> None:
+    def __init__(self, dtype: torch.dtype, device: str) -> None:
         import torch
 
         self.dtype = dtype
         self.fused = (
-            fused
+            device == "cpu"
+            and dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
         )
