@@ -75,7 +75,7 @@ def test_without_onednn_the_unfused_layers_give_the_same_logits(monkeypatch):
 def test_only_a_window_of_each_level_is_alive(monkeypatch):
     """A tall input streams through: no level ever holds more than a fraction of its rows."""
     held: dict[int, tuple[int, int]] = {}
-    take = _Level.take
+    take = _Level.pieces
 
     def counting_take(self, first, end, consumer="next"):
         band = take(self, first, end, consumer)
@@ -86,7 +86,7 @@ def test_only_a_window_of_each_level_is_alive(monkeypatch):
         held[id(self)] = (max(most, alive), self.rows)
         return band
 
-    monkeypatch.setattr(_Level, "take", counting_take)
+    monkeypatch.setattr(_Level, "pieces", counting_take)
     model = make_model(depth=2)
     inputs = _input(model, 2000, 60, batch=1)
     with torch.inference_mode():
@@ -103,6 +103,10 @@ def test_max_pool_equals_torch_max_pooling():
     for layout in (torch.contiguous_format, torch.channels_last):
         laid_out = features.contiguous(memory_format=layout)
         assert torch.equal(max_pool(laid_out), F.max_pool2d(laid_out, 2, 2))
+        into = torch.full((2, 5, 7, 9), -1.0)
+        max_pool(laid_out[:, :, 2:], out=into[:, :, 2:])  # a view, as banded pooling writes
+        assert torch.equal(into[:, :, 2:], F.max_pool2d(laid_out, 2, 2)[:, :, 1:])
+        assert (into[:, :, :2] == -1).all()
 
 
 def test_bad_arguments_are_refused():

@@ -13,11 +13,12 @@ rows of each level is alive at any time, whatever the tile's height.
 
 Each output pixel is computed from the same inputs by the same operations as in ``model(x)``,
 so the logits are equal (bit for bit with oneDNN on a CPU: ``tests/test_banded.py``). What the
-bands cost is the 2 rows that neighbouring bands of each 3x3 convolution both compute, copies of
-the rows where a band straddles two bands below, and more, smaller operations; what pays for it
-is the ReLU computed inside each convolution (oneDNN's post-op), max-pooling without the int64
-indices PyTorch's CPU pooling writes, and the weights cast to the compute dtype once per pass
-instead of once per convolution by autocast (README, Benchmarks).
+bands cost is the 2 rows that neighbouring bands of each 3x3 convolution both compute, and more,
+smaller operations. Rows that straddle two bands below are not joined by a copy of their own:
+pooling writes them into one tensor, and the decoder copies them into its concatenation. What
+pays for the bands is the ReLU computed inside each convolution (oneDNN's post-op), max-pooling
+without the int64 indices PyTorch's CPU pooling writes, and the weights cast to the compute dtype
+once per pass instead of once per convolution by autocast (README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -89,17 +90,24 @@ def banded_forward(model: UNet, x: torch.Tensor, band_rows: int = BAND_ROWS) -> 
         return bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
 
 
-def max_pool(features: torch.Tensor) -> torch.Tensor:
+def max_pool(features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """2x2 max-pooling with stride 2 of (N, C, H, W) features with even H and W.
 
     The values of ``F.max_pool2d(features, 2)``, as the maximum of four strided views: PyTorch's
     CPU max-pooling also writes the int64 index of each maximum, and took 6.8 ms against 3.8 ms
-    for a 1112^2 x 16 level in bf16 on 2 cores.
+    for a 1112^2 x 16 level in bf16 on 2 cores. ``out``: an (N, C, H / 2, W / 2) tensor, or a
+    view, to write the result into.
     """
     import torch
 
-    top = torch.maximum(features[..., ::2, ::2], features[..., ::2, 1::2])
-    return torch.maximum(top, torch.maximum(features[..., 1::2, ::2], features[..., 1::2, 1::2]))
+    if out is None:
+        top = torch.maximum(features[..., ::2, ::2], features[..., ::2, 1::2])
+        return torch.maximum(
+            top, torch.maximum(features[..., 1::2, ::2], features[..., 1::2, 1::2])
+        )
+    torch.maximum(features[..., ::2, ::2], features[..., ::2, 1::2], out=out)
+    torch.maximum(out, features[..., 1::2, ::2], out=out)
+    return torch.maximum(out, features[..., 1::2, 1::2], out=out)
 
 
 class _Level:
@@ -142,10 +150,9 @@ class _Level:
         """``consumer`` will take no row at or below ``end``."""
         self._last_rows[consumer] = end
 
-    def take(self, first: int, end: int, consumer: str = "next") -> torch.Tensor:
-        """Rows ``first .. end - 1`` for ``consumer``: a view when one band holds them."""
-        import torch
-
+    def pieces(self, first: int, end: int, consumer: str = "next") -> list[torch.Tensor]:
+        """Rows ``first .. end - 1`` for ``consumer``, as views of the bands that hold them, top
+        to bottom: callers that copy the rows anyway take them without a concatenation."""
         pieces = []
         for index in range(first // self.band_rows, (end - 1) // self.band_rows + 1):
             top = index * self.band_rows
@@ -159,7 +166,62 @@ class _Level:
         lowest = min(self._cursors.values())
         for index in [i for i in self._bands if min((i + 1) * self.band_rows, self.rows) <= lowest]:
             del self._bands[index]
+        return pieces
+
+    def take(self, first: int, end: int, consumer: str = "next") -> torch.Tensor:
+        """Rows ``first .. end - 1`` for ``consumer``: a view when one band holds them."""
+        import torch
+
+        pieces = self.pieces(first, end, consumer)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+
+class _Pooled:
+    """2x2 max-pooling of a level, computed for the rows a consumer asks for and not kept.
+
+    Pooling is cheap next to a convolution, so the 2 rows that neighbouring requests share are
+    pooled twice; in exchange each request's rows are written straight into one tensor, band by
+    band below, where cached bands would need a copy to join them.
+    """
+
+    def __init__(self, features: _Level) -> None:
+        self.rows = features.rows // 2
+        self._features = features
+
+    def take(self, first: int, end: int) -> torch.Tensor:
+        """Rows ``first .. end - 1`` of the pooled level, (N, C, end - first, W // 2)."""
+        import torch
+
+        pieces = self._features.pieces(2 * first, 2 * end)
+        n, c, _, w = pieces[0].shape
+        out = torch.empty(
+            (n, c, end - first, w // 2),
+            dtype=pieces[0].dtype,
+            device=pieces[0].device,
+            memory_format=_layout(pieces[0]),
+        )
+        row = 0
+        for piece in pieces:  # every band starts on an even row
+            max_pool(piece, out=out[:, :, row : row + piece.shape[-2] // 2])
+            row += piece.shape[-2] // 2
+        return out
+
+
+def _copy_rows(pieces: list[torch.Tensor], into: torch.Tensor) -> None:
+    """Copy ``pieces`` of (N, C, rows_i, W) one below the other into (N, C, sum rows_i, W)."""
+    row = 0
+    for piece in pieces:
+        into[:, :, row : row + piece.shape[-2]] = piece
+        row += piece.shape[-2]
+
+
+def _layout(features: torch.Tensor) -> torch.memory_format:
+    """The memory format of (N, C, H, W) ``features``: channels_last where channels are
+    innermost, as oneDNN returns them for channels_last inputs."""
+    import torch
+
+    channels_last = features.shape[1] > 1 and features.stride(1) == 1
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 class _Layers:
@@ -212,7 +274,7 @@ class _Layers:
         return double_conv
 
     def encode(
-        self, block: nn.Sequential, source: _Level, band_rows: int, skip: bool = True
+        self, block: nn.Sequential, source: _Level | _Pooled, band_rows: int, skip: bool = True
     ) -> _Level:
         """The level that ``block`` computes from ``source``, 4 rows shorter; ``skip``: the
         decoder reads it too."""
@@ -224,13 +286,9 @@ class _Layers:
             consumers=("next", "skip") if skip else ("next",),
         )
 
-    def pool(self, features: _Level) -> _Level:
-        """2x2 max-pooling of ``features``: a band of the result is one band of ``features``."""
-        return _Level(
-            features.rows // 2,
-            features.band_rows // 2,
-            lambda first, end: max_pool(features.take(2 * first, 2 * end)),
-        )
+    def pool(self, features: _Level) -> _Pooled:
+        """2x2 max-pooling of ``features``, computed as the next level asks for its rows."""
+        return _Pooled(features)
 
     def decode(
         self,
@@ -251,15 +309,29 @@ class _Layers:
         top = (skip.rows - height) // 2
         skip.read_until("skip", top + height)
 
-        def inputs(first: int, end: int) -> list[torch.Tensor]:
+        def inputs(first: int, end: int) -> torch.Tensor:
+            """The centre-cropped skip rows and the up-convolved rows ``first .. end - 1``,
+            concatenated: each piece of either is copied once, into its place."""
             # first and end are even: the up-convolution's rows map to whole rows below.
-            up = F.conv_transpose2d(below.take(first // 2, end // 2), weight, bias, stride=2)
-            cropped = skip.take(top + first, top + end, "skip")
-            left = (cropped.shape[-1] - up.shape[-1]) // 2
-            return [cropped[..., left : left + up.shape[-1]], up]
+            ups = [
+                F.conv_transpose2d(piece, weight, bias, stride=2)
+                for piece in below.pieces(first // 2, end // 2)
+            ]
+            skips = skip.pieces(top + first, top + end, "skip")
+            n, up_channels, _, width = ups[0].shape
+            channels = skips[0].shape[1]
+            left = (skips[0].shape[-1] - width) // 2
+            joined = torch.empty(
+                (n, channels + up_channels, end - first, width),
+                dtype=ups[0].dtype,
+                device=ups[0].device,
+                memory_format=_layout(ups[0]),
+            )
+            _copy_rows([piece[..., left : left + width] for piece in skips], joined[:, :channels])
+            _copy_rows(ups, joined[:, channels:])
+            return joined
 
         def compute(first: int, end: int) -> torch.Tensor:
-            # No name holds the two inputs, so they are freed once concatenated.
-            return double_conv(torch.cat(inputs(first, end + _SHRINK), dim=1))
+            return double_conv(inputs(first, end + _SHRINK))
 
         return _Level(height - _SHRINK, band_rows, compute)
