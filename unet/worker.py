@@ -21,7 +21,6 @@ from unet.io.codecs import use_fast_codecs
 from unet.io.pyramid import write_chunk_levels
 from unet.io.source import ImageSource
 from unet.ledger import LEDGER_PATH, mark_finished
-from unet.tiling import reflect_index
 
 MASK_PATH = "0"
 PROBABILITIES_PATH = "probabilities"
@@ -135,7 +134,7 @@ def read_window(job: ChunkJob, geometry, rows: slice, cols: slice) -> np.ndarray
     """The raw input window for output rows/cols, in padded coordinates on the pooling grid.
 
     Returns (C, h, w) in the stored dtype: image pixels mirrored (numpy "reflect") wherever the
-    window leaves the image. Only the bounding box of the needed pixels is read, through the
+    window leaves the image. Only the part of the window inside the image is read, through the
     source's cache of decoded chunks (:mod:`unet.io.chunkcache`).
     """
     from unet.predict import window_shape
@@ -151,13 +150,17 @@ def read_window(job: ChunkJob, geometry, rows: slice, cols: slice) -> np.ndarray
     if top >= 0 and left >= 0 and top + need_h <= height and left + need_w <= width:
         # Inside the image: nothing to mirror, so no gather copy of the window.
         return job.source.read_cached(slice(top, top + need_h), slice(left, left + need_w))
-    row_index = reflect_index(top, top + need_h, height)
-    col_index = reflect_index(left, left + need_w, width)
-    top, bottom = int(row_index.min()), int(row_index.max()) + 1
-    left, right = int(col_index.min()), int(col_index.max()) + 1
-    block = job.source.read_cached(slice(top, bottom), slice(left, right))
-    # Rows, then columns: 2.1 ms for a 1116^2 window against 5.8 ms for one 2-D fancy index.
-    return block.take(row_index - top, axis=1).take(col_index - left, axis=2)
+    # The part inside the image, mirrored on each side it leaves the image by np.pad: 1.3 ms for
+    # a 1116^2 window at a corner, against 2.5 ms for gathering rows, then columns, by index.
+    inside_y = slice(max(top, 0), min(top + need_h, height))
+    inside_x = slice(max(left, 0), min(left + need_w, width))
+    block = job.source.read_cached(inside_y, inside_x)
+    pads = (
+        (0, 0),
+        (inside_y.start - top, top + need_h - inside_y.stop),
+        (inside_x.start - left, left + need_w - inside_x.stop),
+    )
+    return np.pad(block, pads, mode="reflect")
 
 
 def class_counts(mask: np.ndarray, num_labels: int) -> tuple[int, ...]:
