@@ -64,3 +64,28 @@ def test_quick_bench_returns_results_and_writes_plot(tmp_path):
     assert all(isinstance(t["met"], bool) for t in results["targets"].values())
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "bench.json").is_file()
+
+
+def test_rounds_take_each_ratio_and_target_on_the_median(tmp_path):
+    from unet.bench import run_rounds
+
+    summary = run_rounds(
+        3,
+        device="cpu",
+        precision="fp32",
+        quick=True,
+        monai=False,
+        json_path=tmp_path / "bench.json",
+        workdir=tmp_path / "work",
+        echo=None,
+    )
+
+    assert len(summary["rounds"]) == 3 and summary["settings"]["rounds"] == 3
+    per_round = sorted(r["ratios"]["pipeline_over_raw"] for r in summary["rounds"])
+    assert summary["ratios"]["pipeline_over_raw"] == per_round[1]
+    assert summary["ratio_ranges"]["pipeline_over_raw"] == [per_round[0], per_round[2]]
+    target = summary["targets"]["pipeline >= 0.9 x raw model"]
+    assert target["value"] == pytest.approx(per_round[1], abs=1e-3)
+    assert target["met"] == (target["value"] >= 0.9)
+    assert target["rounds_met"] == sum(v >= 0.9 for v in per_round)
+    assert (tmp_path / "bench.json").is_file()

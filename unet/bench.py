@@ -743,7 +743,13 @@ def _ratios_and_targets(results: dict[str, Any]) -> tuple[dict[str, Any], dict[s
 
 def _target(value: float, target: float, *, higher: bool, **context: Any) -> dict[str, Any]:
     met = value >= target if higher else value <= target
-    return {"value": round(value, 4), "target": target, "met": bool(met), **context}
+    return {
+        "value": round(value, 4),
+        "target": target,
+        "higher": higher,
+        "met": bool(met),
+        **context,
+    }
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -849,6 +855,92 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------
+# Several rounds
+
+
+def run_rounds(
+    rounds: int,
+    *,
+    plot: str | os.PathLike[str] | None = None,
+    json_path: str | os.PathLike[str] | None = None,
+    echo: Callable[[str], None] | None = print,
+    **settings: Any,
+) -> dict[str, Any]:
+    """:func:`run_bench` ``rounds`` times in a row; each ratio and target is taken on the median
+    of the rounds.
+
+    A single round's speed ratios move by about 5% on a shared machine whose speed drifts by
+    10-15% within a minute; the median of a few rounds says what the code does.
+
+    Parameters
+    ----------
+    rounds: how many times to run the whole benchmark (1: just :func:`run_bench`)
+    plot: PNG of the first round
+    json_path: write the summary there: ``rounds`` (each round's results), ``ratios`` (medians),
+        ``ratio_ranges`` (name -> [lowest, highest]) and ``targets`` (on the medians, with
+        ``rounds_met``)
+    settings: the keyword arguments of :func:`run_bench`
+    """
+    import statistics
+
+    from unet.errors import InvalidParameter
+
+    if rounds < 1:
+        raise InvalidParameter(f"rounds must be at least 1, got {rounds}")
+    if rounds == 1:
+        return run_bench(plot=plot, json_path=json_path, echo=echo, **settings)
+    each = []
+    for number in range(rounds):
+        if echo is not None:
+            echo(f"round {number + 1} of {rounds}")
+        each.append(run_bench(plot=plot if number == 0 else None, echo=echo, **settings))
+    names = [name for name in each[0]["ratios"] if all(name in r["ratios"] for r in each)]
+    ratios = {name: round(statistics.median(r["ratios"][name] for r in each), 4) for name in names}
+    ranges = {
+        name: [min(r["ratios"][name] for r in each), max(r["ratios"][name] for r in each)]
+        for name in names
+    }
+    targets = {}
+    for name, first in each[0]["targets"].items():
+        values = [r["targets"][name]["value"] for r in each if name in r["targets"]]
+        targets[name] = {
+            **_target(statistics.median(values), first["target"], higher=first["higher"]),
+            "rounds_met": sum(r["targets"][name]["met"] for r in each if name in r["targets"]),
+            "rounds": len(values),
+        }
+    summary = {
+        "machine": each[0]["machine"],
+        "settings": {**each[0]["settings"], "rounds": rounds},
+        "rounds": each,
+        "ratios": ratios,
+        "ratio_ranges": ranges,
+        "targets": targets,
+    }
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
+    if echo is not None:
+        echo(format_rounds(summary))
+    return summary
+
+
+def format_rounds(summary: dict[str, Any]) -> str:
+    """The medians of several rounds and how many rounds met each target."""
+    rounds = summary["settings"]["rounds"]
+    lines = [f"medians of {rounds} rounds (lowest - highest):"]
+    for name, value in summary["ratios"].items():
+        low, high = summary["ratio_ranges"][name]
+        lines.append(f"{name}: {value} ({low} - {high})")
+    lines.append("")
+    for name, target in summary["targets"].items():
+        verdict = "met" if target["met"] else "MISSED"
+        lines.append(
+            f"target {name}: median {target['value']} -> {verdict} "
+            f"(met in {target['rounds_met']} of {target['rounds']} rounds)"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
 # python -m unet.bench
 
 
@@ -877,11 +969,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plot")
     parser.add_argument("--json")
     parser.add_argument("--workdir")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_child(json.loads(args.child))), flush=True)
         return
-    run_bench(
+    run_rounds(
+        args.rounds,
         device=args.device,
         precision=args.precision,
         tile_size=args.tile_size,

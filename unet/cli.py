@@ -243,14 +243,18 @@ def bench(
     workdir: Annotated[
         Path | None, typer.Option(help="keep generated images here between runs")
     ] = None,
+    rounds: Annotated[
+        int, typer.Option(help="run it all this many times; targets on the medians")
+    ] = 1,
 ) -> None:
     """Benchmark the raw model, the full pipeline and MONAI on the same device and settings."""
-    from unet.bench import run_bench
+    from unet.bench import run_rounds
 
     def numbers(text: str | None) -> tuple[int, ...] | None:
         return None if text is None else tuple(int(v) for v in text.split(",") if v.strip())
 
-    run_bench(
+    run_rounds(
+        rounds,
         device=device,
         precision=precision,
         tile_size=tile_size,
