@@ -89,3 +89,25 @@ def test_rounds_take_each_ratio_and_target_on_the_median(tmp_path):
     assert target["met"] == (target["value"] >= 0.9)
     assert target["rounds_met"] == sum(v >= 0.9 for v in per_round)
     assert (tmp_path / "bench.json").is_file()
+
+
+def test_a_measurement_in_its_own_process_reports_its_high_water_mark(tmp_path):
+    """What the real benchmark runs: a fresh interpreter, its peak RSS from the kernel's VmHWM."""
+    from unet.bench import _checkpoint_for, _measure_in_subprocess
+
+    checkpoint = _checkpoint_for(tmp_path, None, None, None, False, quick=True)
+    spec = {
+        "kind": "raw",
+        "device": "cpu",
+        "precision": "fp32",
+        "batch_size": 1,
+        "checkpoint": checkpoint,
+        "channels_last": True,
+        "tile_size": 92,
+        "repeats": 2,
+    }
+    result = _measure_in_subprocess(spec)
+
+    assert "high_water_mib" not in result and "worker_high_water_mib" not in result
+    assert 50 < result["peak_rss_mib"] < 4096  # torch alone takes more than 50 MiB
+    assert 0 < result["sustained_mpx_per_s"] <= result["mpx_per_s"]
