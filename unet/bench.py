@@ -58,7 +58,6 @@ TISSUE_INSET = 32
 PAPER_CONFIG = {"base_channels": 64, "depth": 4}
 #: Output pixels per side of the tiles of the raw sweep (the tile adds 2 halo).
 SWEEP_OUTPUTS = (128, 256, 512, 1024)
-#: Targets of issue #7.
 #: Timed passes of the raw model just before and after each pipeline run (about 2.5 s on
 #: 2 CPU cores with the bundled model): long enough for a sustained speed to compare with the
 #: pipeline's, short next to the machine's drift.
@@ -66,6 +65,7 @@ ADJACENT_RAW_PASSES = 10
 #: Timed runs of each background-skipping measurement, median kept: at 4096^2 a run with 25 %
 #: tissue takes about a second, and single runs gave 1.10 to 1.35 of proportional time.
 SKIP_RUNS = 3
+#: Targets of issue #7.
 TARGET_PIPELINE_OVER_RAW = 0.9
 TARGET_OVER_MONAI_SPEED = 2.0
 TARGET_MONAI_MEMORY = 0.25
