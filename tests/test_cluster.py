@@ -105,6 +105,28 @@ def test_cpu_default_is_one_in_process_worker_and_workers_n_are_processes(monkey
     assert plan_cluster("cpu", None, "tcp://127.0.0.1:8786").workers == 0
 
 
+def test_gpu_workers_run_unet_gpu_threads_chunks_and_a_bad_value_is_one_line(monkeypatch):
+    import torch
+
+    from unet.cluster import GPU_THREADS, plan_cluster
+    from unet.errors import InvalidParameter
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # no GPU here; only the plan
+    monkeypatch.delenv("UNET_GPU_THREADS", raising=False)
+    default = plan_cluster("auto", None, None)
+    assert (default.workers, default.threads_per_worker, default.torch_threads) == (
+        2,
+        GPU_THREADS,
+        1,
+    )
+    monkeypatch.setenv("UNET_GPU_THREADS", "2")
+    assert plan_cluster("auto", None, None).threads_per_worker == 2
+    for bad in ("four", "0", "-1", "2.5"):
+        monkeypatch.setenv("UNET_GPU_THREADS", bad)
+        with pytest.raises(InvalidParameter, match="UNET_GPU_THREADS must be"):
+            plan_cluster("auto", None, None)
+
+
 def test_in_process_cluster_segments_like_worker_processes(tmp_path, client):
     """The default CPU cluster (threads in this process) writes the same mask as the shared
     cluster of worker processes."""

@@ -79,7 +79,7 @@ def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> Clu
             workers=count,
             torch_threads=1,
             gpus=gpus,
-            threads_per_worker=int(os.environ.get("UNET_GPU_THREADS", GPU_THREADS)),
+            threads_per_worker=_gpu_threads(),
         )
     count = workers or 1
     return ClusterPlan(
@@ -89,6 +89,23 @@ def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> Clu
         threads_per_worker=CPU_THREADS,
         processes=workers is not None,
     )
+
+
+def _gpu_threads() -> int:
+    """Chunks a GPU worker runs at once: ``UNET_GPU_THREADS`` if set, else ``GPU_THREADS``."""
+    from unet.errors import InvalidParameter
+
+    text = os.environ.get("UNET_GPU_THREADS", str(GPU_THREADS))
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise InvalidParameter(
+            f"UNET_GPU_THREADS must be a whole number of chunks per GPU worker, at least 1; "
+            f"got {text!r}: unset it for the default of {GPU_THREADS}"
+        )
+    return threads
 
 
 @contextlib.contextmanager
