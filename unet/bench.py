@@ -12,9 +12,11 @@ and the others wait for it.
   pixels per forward, 3 warm-up passes excluded, best of ``repeats``; swept over several tile
   sizes, and measured again just before and just after each pipeline run, whose ratio to the
   raw model is taken against the mean of those two (a shared machine's speed drifts over
-  minutes). Those two run ``ADJACENT_RAW_PASSES`` passes each, and the ratio takes their
-  sustained speed (all pixels over all seconds), as the pipeline's own speed is: the best single
-  pass of a shared machine is a moment the pipeline's whole run cannot match;
+  minutes). Those two run ``ADJACENT_RAW_PASSES`` passes each on the pipeline's own Dask worker,
+  right before and after the timed run (and once more in processes of their own, for
+  comparison), and the ratio takes their sustained speed (all pixels over all seconds), as the
+  pipeline's own speed is: the best single pass of a shared machine is a moment the pipeline's
+  whole run cannot match;
 - **pipeline**: :func:`unet.engine.segment` from a generated image in OME-Zarr (1024 chunks) to an
   OME-Zarr mask through a Dask LocalCluster. The cluster is started and the worker's model loaded
   on a one-chunk warm-up image first; the timed run is ``report.seconds`` of the real image
