@@ -57,6 +57,9 @@ def test_quick_bench_returns_results_and_writes_plot(tmp_path):
     )
     for raw in results["raw"]:
         assert 0 < raw["sustained_mpx_per_s"] <= raw["mpx_per_s"]
+    # The worker runs in this process: the forward passes' share of the run's wall time is known.
+    assert 0 < largest["forward_share"] < 1
+    assert results["ratios"]["pipeline_forward_share"] == largest["forward_share"]
     if has_monai:
         monai = results["monai"]
         assert monai["mpx_per_s"] > 0

@@ -36,6 +36,7 @@ optionally the time of a background-skipping run on an image with a fraction of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -478,9 +479,11 @@ def _measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         from distributed import Client
 
         client_context = Client(processes=False, n_workers=1, threads_per_worker=1)
+        workers_here = True
     else:
         plan = plan_cluster(parameters.device, parameters.workers, None)
         client_context = dask_client(plan)
+        workers_here = not plan.processes
     # Masks of an earlier bench run in the same --workdir are deleted before the clock starts:
     # segment(overwrite=True) would delete them inside the timed run (0.1 s at 8192^2).
     for output in (spec["output"], spec["output"] + ".warmup"):
@@ -493,10 +496,14 @@ def _measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         if adjacent:  # the raw model on the pipeline's worker, right before the timed run
             raw.append(client.submit(_measure_raw, adjacent, pure=False).result())
         reports = []
-        for run in range(spec.get("runs", 1)):
-            if run:
-                shutil.rmtree(spec["output"], ignore_errors=True)
-            reports.append(segment(spec["image"], spec["output"], parameters, client=client))
+        with _forward_seconds() as spent:
+            for run in range(spec.get("runs", 1)):
+                if run:
+                    shutil.rmtree(spec["output"], ignore_errors=True)
+                reports.append(segment(spec["image"], spec["output"], parameters, client=client))
+        # The forward passes' share of the wall time: the pipeline against its own model, free
+        # of the machine's drift (known where the worker runs in this process).
+        share = spent[0] / sum(r.seconds for r in reports) if workers_here else None
         if adjacent:  # ... and right after it
             raw.append(client.submit(_measure_raw, adjacent, pure=False).result())
         report = sorted(reports, key=lambda r: r.seconds)[len(reports) // 2]
@@ -518,12 +525,35 @@ def _measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(report.seconds, 3),
         "cold_seconds": round(time.perf_counter() - started, 3),
         "runs_seconds": [round(r.seconds, 3) for r in reports],
+        "forward_share": None if share is None else round(share, 4),
         "mpx_per_s": round(report.megapixels_per_second, 4),
         "chunks_computed": report.chunks_computed,
         "chunks_skipped": report.chunks_skipped,
         "tissue_fraction": spec.get("tissue_fraction"),
         "gpu_peak_mib": gpu,
     }
+
+
+@contextlib.contextmanager
+def _forward_seconds() -> Iterator[list[float]]:
+    """Sum the seconds of :func:`unet.predict.forward` in this process while inside."""
+    import unet.predict
+
+    spent = [0.0]
+    forward = unet.predict.forward
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        begin = time.perf_counter()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - begin
+
+    unet.predict.forward = timed
+    try:
+        yield spent
+    finally:
+        unet.predict.forward = forward
 
 
 def _worker_gpu_peak() -> float:
@@ -742,6 +772,8 @@ def _ratios_and_targets(results: dict[str, Any]) -> tuple[dict[str, Any], dict[s
             ratios["pipeline_over_raw_best_pass"] = best["over_adjacent_raw_best"]
         if "over_separate_raw" in best:
             ratios["pipeline_over_raw_separate"] = best["over_separate_raw"]
+        if best.get("forward_share") is not None:
+            ratios["pipeline_forward_share"] = best["forward_share"]
         targets["pipeline >= 0.9 x raw model"] = _target(
             ratios["pipeline_over_raw"], TARGET_PIPELINE_OVER_RAW, higher=True, side=best["side"]
         )
@@ -839,6 +871,11 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{pipe['over_adjacent_raw']:.3f} / {pipe.get('over_adjacent_raw_best', 0):.3f}"
                 " of their means)"
             )
+            if pipe.get("forward_share") is not None:
+                lines.append(
+                    f"  forward passes: {pipe['forward_share']:.3f} of its wall time (the "
+                    "pipeline against its own model, free of the machine's drift)"
+                )
             if "raw_separate_sustained_mpx_per_s" in pipe:
                 before, after = pipe["raw_separate_sustained_mpx_per_s"]
                 lines.append(
