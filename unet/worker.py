@@ -21,6 +21,7 @@ from unet.io.codecs import use_fast_codecs
 from unet.io.pyramid import write_chunk_levels
 from unet.io.source import ImageSource
 from unet.ledger import LEDGER_PATH, mark_finished
+from unet.tiling import mirror_pad
 
 MASK_PATH = "0"
 PROBABILITIES_PATH = "probabilities"
@@ -147,20 +148,15 @@ def read_window(job: ChunkJob, geometry, rows: slice, cols: slice) -> np.ndarray
     )
     context = geometry.context
     top, left = start_y - context, start_x - context
-    if top >= 0 and left >= 0 and top + need_h <= height and left + need_w <= width:
-        # Inside the image: nothing to mirror, so no gather copy of the window.
-        return job.source.read_cached(slice(top, top + need_h), slice(left, left + need_w))
-    # The part inside the image, mirrored on each side it leaves the image by np.pad: 1.3 ms for
-    # a 1116^2 window at a corner, against 2.5 ms for gathering rows, then columns, by index.
+    # Only the part inside the image is read; mirrored on each side where the window leaves it.
     inside_y = slice(max(top, 0), min(top + need_h, height))
     inside_x = slice(max(left, 0), min(left + need_w, width))
     block = job.source.read_cached(inside_y, inside_x)
-    pads = (
-        (0, 0),
-        (inside_y.start - top, top + need_h - inside_y.stop),
-        (inside_x.start - left, left + need_w - inside_x.stop),
-    )
-    return np.pad(block, pads, mode="reflect")
+    before = (inside_y.start - top, inside_x.start - left)
+    after = (top + need_h - inside_y.stop, left + need_w - inside_x.stop)
+    if before == after == (0, 0):
+        return block  # inside the image: no copy of the window
+    return mirror_pad(block, before, after)
 
 
 def class_counts(mask: np.ndarray, num_labels: int) -> tuple[int, ...]:
