@@ -232,9 +232,12 @@ class _Layers:
         import torch
 
         self.dtype = dtype
+        # oneDNN's bf16 convolutions need AVX512 (or AVX-NE-CONVERT); elsewhere, e.g. on AVX2
+        # CPUs, the bands run through F.conv2d, which computes bf16 without them.
+        bf16_fused = dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         self.fused = (
             device == "cpu"
-            and dtype in (torch.float32, torch.bfloat16)
+            and (dtype == torch.float32 or bf16_fused)
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
         )
