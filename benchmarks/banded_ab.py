@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _setup(model_name: str, tile: int):
-    from unet.allocator import reuse_freed_memory
+    from unet.engine.allocator import reuse_freed_memory
 
     reuse_freed_memory()
     import torch
 
-    from unet.checkpoint import load_checkpoint, resolve_checkpoint
-    from unet.predict import use_channels_last
+    from unet.network.checkpoint import load_checkpoint, resolve_checkpoint
+    from unet.predict.step import use_channels_last
 
     model = load_checkpoint(resolve_checkpoint(model_name)).model.eval()
     use_channels_last(model)
@@ -41,7 +41,7 @@ def _setup(model_name: str, tile: int):
 
 
 def _pass(model, inputs, band: int | None):
-    from unet.banded import banded_forward
+    from unet.network.banded import banded_forward
 
     return model(inputs) if band is None else banded_forward(model, inputs, band)
 

@@ -1,4 +1,4 @@
-"""Where one chunk's time goes: each stage of :func:`unet.worker.run_chunk`, timed in one thread.
+"""Where one chunk's time goes: each stage of :func:`unet.engine.worker.run_chunk`, timed in one thread.
 
 Then the input reads alone with 1, 4 and 8 threads, to see whether reading scales with threads
 (Zarr's sync API funnels every thread's I/O through one event loop).
@@ -28,14 +28,15 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=16)
     args = parser.parse_args()
 
-    from unet.allocator import reuse_freed_memory
+    from unet.engine.allocator import reuse_freed_memory
 
     reuse_freed_memory()
-    import unet.worker as worker
+    import unet.engine.worker as worker
     from unet import bench
     from unet.config import SegmentParameters
-    from unet.engine import _open_output, plan_run
-    from unet.predict import default_tile_size
+    from unet.engine.output import open_output
+    from unet.engine.plan import plan_run
+    from unet.tiling import default_tile_size
 
     work = Path(tempfile.mkdtemp(prefix="unet-profile-"))
     model = bench._checkpoint_for(work, None, None, None, args.paper, False)
@@ -46,7 +47,7 @@ def main() -> None:
     started = time.perf_counter()
     plan = plan_run(args.image, output, parameters)
     planned = time.perf_counter() - started
-    group = _open_output(
+    group = open_output(
         output,
         plan.fingerprint,
         plan.checkpoint,

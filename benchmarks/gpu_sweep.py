@@ -32,8 +32,8 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = bench._checkpoint_for(work, None, args.base_channels, None, True, False)
-    from unet.checkpoint import load_checkpoint
-    from unet.predict import default_tile_size
+    from unet.network.checkpoint import load_checkpoint
+    from unet.tiling import default_tile_size
 
     geometry = load_checkpoint(checkpoint).model.geometry
     tile = default_tile_size(geometry, bench.BENCH_CHUNK)

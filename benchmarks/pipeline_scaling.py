@@ -38,8 +38,8 @@ def write_image(path: Path, side: int, chunk: int = 1024) -> None:
 def small_checkpoint(path: Path, base_channels: int, depth: int) -> str:
     import torch
 
-    from unet.checkpoint import save_checkpoint
-    from unet.model import UNet
+    from unet.network.checkpoint import save_checkpoint
+    from unet.network.model import UNet
 
     torch.manual_seed(0)
     return str(
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from unet.config import SegmentParameters
-    from unet.engine import segment
+    from unet.engine.run import segment
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

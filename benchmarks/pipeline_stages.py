@@ -33,12 +33,12 @@ def main() -> None:
     parser.add_argument("--model", default="nuclei")
     args = parser.parse_args()
 
+    import unet.engine.worker as worker
     import unet.predict as predict
-    import unet.worker as worker
-    from unet.checkpoint import Checkpoint
-    from unet.cluster import dask_client, plan_cluster
     from unet.config import SegmentParameters
-    from unet.engine import segment
+    from unet.engine.cluster import dask_client, plan_cluster
+    from unet.engine.run import segment
+    from unet.network.checkpoint import Checkpoint
 
     seconds: dict[str, float] = defaultdict(float)
     calls: Counter[str] = Counter()

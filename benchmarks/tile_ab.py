@@ -29,13 +29,13 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
 
-    from unet.allocator import reuse_freed_memory
+    from unet.engine.allocator import reuse_freed_memory
 
     reuse_freed_memory()
-    from unet.checkpoint import resolve_checkpoint
-    from unet.cluster import dask_client, plan_cluster
     from unet.config import SegmentParameters
-    from unet.engine import segment
+    from unet.engine.cluster import dask_client, plan_cluster
+    from unet.engine.run import segment
+    from unet.network.checkpoint import resolve_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="unet-tile-ab-"))
     model = str(resolve_checkpoint(args.model))

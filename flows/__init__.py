@@ -1,9 +1,9 @@
 """Prefect flows over the ``unet`` engine: when images are segmented, and what is recorded.
 
-Importing this package sets Prefect's environment defaults (see :mod:`flows._settings`) before
+Importing this package sets Prefect's environment defaults (see :mod:`flows.settings`) before
 any of its modules imports ``prefect``.
 """
 
-from flows._settings import apply_defaults
+from flows.settings import apply_defaults
 
 apply_defaults()

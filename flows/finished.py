@@ -10,40 +10,35 @@ resumes, refuses or overwrites as it always does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from unet.config import SegmentParameters
-from unet.engine import SegmentReport
+from unet.engine.report import SegmentReport
 
 
 def finished_report(
     input: str,
     output: str,
     parameters: SegmentParameters,
-    checkpoint: Callable[[], Any],
 ) -> SegmentReport | None:
     """A report of ``output`` with every chunk resumed when it is finished, else None.
 
-    ``checkpoint`` returns the loaded checkpoint of ``parameters.model``; it is called only for an
-    output whose attributes say it is complete, so a folder of new images loads nothing.
+    The run is planned (and the checkpoint loaded) only for an output whose attributes say it is
+    complete, so a folder of new images loads nothing here.
     """
     state = _state(output)
     if not state or not state.get("complete"):
         return None
-    from unet.engine import plan_run
+    from unet.engine.plan import plan_run
 
-    plan = plan_run(input, output, parameters, checkpoint=checkpoint())
-    source, fingerprint = plan.source, plan.fingerprint
-    if state.get("digest") != fingerprint.digest:
+    plan = plan_run(input, output, parameters)
+    if state.get("digest") != plan.fingerprint.digest:
         return None
-    chunks = state.get("chunks") or source.chunks
-    height, width = source.shape[1:]
-    total = -(-height // chunks[0]) * -(-width // chunks[1])
+    total = plan.grid.total
     return SegmentReport(
         input=input,
         output=output,
-        shape=tuple(source.shape),
+        shape=tuple(plan.source.shape),
         chunks_total=total,
         chunks_resumed=total,
     )
@@ -53,7 +48,7 @@ def _state(output: str) -> dict[str, Any] | None:
     """The ``unet`` attribute of the output group, or None when there is no such group."""
     import zarr
 
-    from unet.ledger import ATTRIBUTE
+    from unet.engine.ledger import ATTRIBUTE
 
     try:
         group = zarr.open_group(output, mode="r")

@@ -1,45 +1,17 @@
-"""Chunk progress of a running image: a Prefect progress artifact, and the terminal's bar.
+"""Chunk progress of a running image as a Prefect progress artifact.
 
 The engine calls back with (chunks done, chunks total) as chunks finish, possibly hundreds of
 times a second. The artifact is updated at most once per ``interval`` seconds (and always at the
 end), so a run costs the API a request a second at most.
-
-``unet segment`` draws a progress bar on a terminal. Flow parameters must stay plain data (they
-are stored on the server and form the UI's form), so the bar reaches the segment task through a
-context variable that the runner sets around the flow call, not through a parameter.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
 from uuid import UUID
 
 ProgressCallback = Callable[[int, int], None]
-#: Given an output's name, a callback drawing its bar (or None).
-ProgressFactory = Callable[[str], ProgressCallback | None]
-
-_terminal_progress: ContextVar[ProgressFactory | None] = ContextVar(
-    "unet_terminal_progress", default=None
-)
-
-
-@contextlib.contextmanager
-def terminal_progress(factory: ProgressFactory) -> Iterator[None]:
-    """Within this block, segment tasks also report to ``factory(output name)``."""
-    token = _terminal_progress.set(factory)
-    try:
-        yield
-    finally:
-        _terminal_progress.reset(token)
-
-
-def terminal_callback(name: str) -> ProgressCallback | None:
-    """The terminal's callback for output ``name``, when a runner installed one."""
-    factory = _terminal_progress.get()
-    return factory(name) if factory else None
 
 
 class Throttle:

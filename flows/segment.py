@@ -10,7 +10,6 @@ serves every image of a run, started at the first image that needs it.
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ from flows.tasks import (
     segment_chunks,
 )
 from unet.config import SegmentParameters
-from unet.engine import SegmentReport
+from unet.engine.report import SegmentReport
 from unet.errors import InvalidParameter, UNetError, UnsupportedInput
-from unet.folder import INGEST_SUFFIXES, INGESTED_DIR, is_zarr_store, list_images
+from unet.io.folder import INGEST_SUFFIXES, INGESTED_DIR, is_zarr_store, list_images
 
 #: The defaults of every field (the model is frozen, so one instance serves every call).
 DEFAULT_PARAMETERS = SegmentParameters()
@@ -129,11 +128,9 @@ def _segment_images(
     jobs: list[ImageJob], parameters: SegmentParameters
 ) -> list[SegmentReport | Exception]:
     """Per job, in order, its report or the error that stopped it; one failure stops no other."""
-    from unet.checkpoint import load_checkpoint
-    from unet.cluster import dask_client, plan_cluster
+    from unet.engine.cluster import dask_client, plan_cluster
 
     logger = get_run_logger()
-    checkpoint = functools.cache(lambda: load_checkpoint(parameters.model))
     outcomes: list[SegmentReport | Exception] = []
     with contextlib.ExitStack() as cluster:
         client: Any = None
@@ -141,7 +138,7 @@ def _segment_images(
             try:
                 if job.needs_ingest and (parameters.overwrite or not _is_zarr(job.zarr_input)):
                     ingest_image(job.source, job.zarr_input, overwrite=True)
-                finished = finished_report(job.zarr_input, job.output, parameters, checkpoint)
+                finished = finished_report(job.zarr_input, job.output, parameters)
                 if finished is not None:
                     logger.info("%s is complete with these settings: skipped", job.output)
                     outcomes.append(finished)

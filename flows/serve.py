@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flows.pipelines import Deployment, load_pipelines
 from unet.errors import ServerUnreachable, UNetError
-from unet.pipelines import Deployment, load_pipelines
 
 
 def serve(path: Path) -> None:

@@ -19,9 +19,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.progress import ProgressArtifact, combine, terminal_callback
+from flows.handoff import plan_for, terminal_callback
+from flows.progress import ProgressArtifact, combine
 from unet.config import SegmentParameters
-from unet.engine import SegmentReport
+from unet.engine.report import SegmentReport
 from unet.errors import UNetError
 
 #: Logger whose worker-side records (WARNING and above) reach the run's log.
@@ -66,7 +67,7 @@ def segment_chunks(
     image at the end. Worker log records of the ``unet`` loggers (WARNING and above) are
     forwarded into this task's log when the cluster is this run's own.
     """
-    from unet.engine import segment
+    from unet.engine.run import segment
 
     logger = get_run_logger()
     name = output_name(output)
@@ -85,6 +86,7 @@ def segment_chunks(
             parameters,
             client=client,
             progress=combine(progress, terminal_callback(name)),
+            plan=plan_for(input, output, parameters),
         )
     logger.info(summary_line(report))
     create_table_artifact(
@@ -103,7 +105,7 @@ def check_pyramid(output: str) -> list[list[int]]:
     """
     import zarr
 
-    from unet.ledger import ATTRIBUTE
+    from unet.engine.ledger import ATTRIBUTE
 
     group = zarr.open_group(output, mode="r")
     if not dict(group.attrs.get(ATTRIBUTE, {})).get("complete"):
@@ -117,7 +119,7 @@ def check_pyramid(output: str) -> list[list[int]]:
 @task(name="preview", retries=1, **_task_options)
 def make_preview(input: str, output: str, parameters: SegmentParameters) -> str:
     """Write ``<name>.preview.png`` next to the mask and show it in a markdown artifact."""
-    from unet.preview import data_uri, preview_path, render_preview, write_bytes
+    from unet.results.preview import data_uri, preview_path, render_preview, write_bytes
 
     png = render_preview(input, output, channels_last=parameters.channels_last)
     path = preview_path(output)

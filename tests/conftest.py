@@ -17,7 +17,7 @@ def make_model(seed: int = 0, **config):
     """A small random U-Net (base 4 channels unless given) with reproducible weights."""
     import torch
 
-    from unet.model import UNet
+    from unet.network.model import UNet
 
     torch.manual_seed(seed)
     config.setdefault("base_channels", 4)

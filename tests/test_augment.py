@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from unet.augment import augment, elastic_deform, elastic_field, flip_rotate, warp
 from unet.errors import InvalidParameter
-from unet.synthetic import nuclei_image
+from unet.training.augment import augment, elastic_deform, elastic_field, flip_rotate, warp
+from unet.training.synthetic import nuclei_image
 
 
 def test_elastic_field_interpolates_the_coarse_grid():

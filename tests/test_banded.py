@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import make_model
-from unet.banded import _Level, banded_forward, max_pool
 from unet.errors import InvalidParameter
+from unet.network.banded import _Level, banded_forward, max_pool
 
 
 def _input(model, rows: int, cols: int, batch: int = 2, channels_last: bool = True):
@@ -119,12 +119,12 @@ def test_bad_arguments_are_refused():
 
 def test_predict_runs_valid_models_in_bands_on_a_cpu(monkeypatch):
     """``predict.forward``: banded for a valid model on a CPU, the module for same padding."""
-    import unet.banded
+    import unet.network.banded
     from unet.predict import forward
 
     calls = []
     monkeypatch.setattr(
-        unet.banded, "banded_forward", lambda model, x: calls.append(x.shape) or model(x)
+        unet.network.banded, "banded_forward", lambda model, x: calls.append(x.shape) or model(x)
     )
     valid, same = make_model(depth=1), make_model(depth=1, padding="same")
     with torch.inference_mode():

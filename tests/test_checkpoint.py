@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import make_model
 
-from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.errors import CheckpointError
+from unet.network.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_round_trip_is_bit_identical(tmp_path):

@@ -78,7 +78,7 @@ def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
     from test_engine import write_checkpoint as checkpoint
 
     from unet.config import SegmentParameters
-    from unet.engine import segment
+    from unet.engine.run import segment
 
     model = checkpoint(tmp_path / "m.safetensors", base_channels=8)
     write_image(tmp_path / "in.zarr", (160, 160), (32, 32))

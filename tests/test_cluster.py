@@ -15,7 +15,7 @@ import zarr
 from test_engine import write_checkpoint, write_image
 
 from unet.config import SegmentParameters
-from unet.engine import segment
+from unet.engine.run import segment
 
 
 def free_port() -> int:
@@ -95,7 +95,7 @@ def test_local_cluster_and_external_cluster_give_identical_masks(tmp_path, exter
 
 
 def test_cpu_default_is_one_in_process_worker_and_workers_n_are_processes(monkeypatch):
-    from unet.cluster import plan_cluster
+    from unet.engine.cluster import plan_cluster
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     default = plan_cluster("cpu", None, None)
@@ -108,7 +108,7 @@ def test_cpu_default_is_one_in_process_worker_and_workers_n_are_processes(monkey
 def test_gpu_workers_run_unet_gpu_threads_chunks_and_a_bad_value_is_one_line(monkeypatch):
     import torch
 
-    from unet.cluster import GPU_THREADS, plan_cluster
+    from unet.engine.cluster import GPU_THREADS, plan_cluster
     from unet.errors import InvalidParameter
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # no GPU here; only the plan
@@ -130,7 +130,7 @@ def test_gpu_workers_run_unet_gpu_threads_chunks_and_a_bad_value_is_one_line(mon
 def test_in_process_cluster_segments_like_worker_processes(tmp_path, client):
     """The default CPU cluster (threads in this process) writes the same mask as the shared
     cluster of worker processes."""
-    from unet.cluster import dask_client, plan_cluster
+    from unet.engine.cluster import dask_client, plan_cluster
 
     checkpoint = write_checkpoint(tmp_path / "model.safetensors", depth=2)
     write_image(tmp_path / "in.zarr", (1, 80, 72), (1, 32, 32), seed=3)
@@ -141,7 +141,7 @@ def test_in_process_cluster_segments_like_worker_processes(tmp_path, client):
     with dask_client(plan) as local:
         segment(str(tmp_path / "in.zarr"), str(tmp_path / "b.zarr"), parameters, client=local)
         (worker,) = local.cluster.workers.values()
-        # unet.cluster.QUIET: no profiler sampling the chunk's thread every 10 ms.
+        # unet.engine.cluster.QUIET: no profiler sampling the chunk's thread every 10 ms.
         assert "profile" not in worker.periodic_callbacks
     a = zarr.open_array(str(tmp_path / "a.zarr" / "0"))[:]
     b = zarr.open_array(str(tmp_path / "b.zarr" / "0"))[:]

@@ -9,11 +9,11 @@ import pytest
 import zarr
 from conftest import make_model
 
-from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.config import SegmentParameters
-from unet.engine import segment
+from unet.engine.ledger import LEDGER_PATH
+from unet.engine.run import segment
 from unet.errors import ChannelMismatch, FingerprintMismatch, InvalidTileSize, OutputExists
-from unet.ledger import LEDGER_PATH
+from unet.network.checkpoint import load_checkpoint, save_checkpoint
 from unet.predict import predict_array
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from unet.errors import InvalidImage, UnsupportedInput
-from unet.evaluate import evaluate, evaluate_paths, match_objects, read_array, read_labels
+from unet.io.files import read_array, read_labels
+from unet.results.evaluate import evaluate, evaluate_paths, match_objects
 
 PRED = np.array([[0, 1, 1], [0, 1, 0]])
 GT = np.array([[0, 1, 0], [1, 1, 0]])

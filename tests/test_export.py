@@ -13,12 +13,13 @@ from shapely.geometry import box, shape
 from test_geo import CHUNK, EPSG, NODATA, TRANSFORM, write_geotiff, write_model
 
 from unet.config import SegmentParameters
-from unet.engine import segment
+from unet.engine.run import segment
 from unet.errors import InvalidImage, InvalidParameter, OutputExists
-from unet.export import export, merge_across_borders, open_mask
 from unet.io.geo import Georeference, write_georeference
 from unet.io.ingest import ingest
 from unet.io.omezarr import create_label_image
+from unet.results.export import export, open_mask
+from unet.results.polygons import merge_across_borders
 
 CLASSES = ["other", "field", "building"]
 COLOURS = [(0, 0, 0), (60, 180, 75), (230, 25, 75)]
@@ -77,9 +78,9 @@ def test_cog_has_crs_transform_overviews_colours_and_labels(mask_url, tmp_path):
 
 
 def test_cog_without_the_cog_driver_still_gets_overviews(mask_url, tmp_path, monkeypatch):
-    import unet.export
+    import unet.results.export
 
-    monkeypatch.setattr(unet.export, "has_cog_driver", lambda: False)
+    monkeypatch.setattr(unet.results.export, "has_cog_driver", lambda: False)
     result = export(mask_url, tmp_path / "mask.tif", blocksize=128)
     with rasterio.open(result.cog) as dataset:
         assert dataset.overviews(1) == [2]

@@ -13,12 +13,13 @@ from PIL import Image
 from test_engine import write_checkpoint, write_image
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
-from flows.progress import Throttle, combine, percent, terminal_progress
+from flows.handoff import terminal_progress
+from flows.progress import Throttle, combine, percent
 from flows.tasks import artifact_key, output_name, report_table
 from unet.config import SegmentParameters
-from unet.engine import SegmentReport
+from unet.engine.report import SegmentReport
 from unet.errors import ChannelMismatch, InvalidParameter
-from unet.preview import (
+from unet.results.preview import (
     blend,
     display_image,
     label_colours,
@@ -116,7 +117,7 @@ def test_blend_colours_labels_only_and_keeps_background():
 
 
 def test_label_colours_come_from_the_ome_label_metadata():
-    from unet.checkpoint import default_colours
+    from unet.network.checkpoint import default_colours
 
     attributes = {
         "ome": {
@@ -241,7 +242,7 @@ def test_segment_image_records_artifacts_preview_and_terminal_progress(
 def test_a_finished_output_is_skipped_without_starting_dask(
     prefect_server, scheduler, model, tmp_path, monkeypatch
 ):
-    import unet.cluster
+    import unet.engine.cluster
     from flows.segment import segment_image
 
     write_image(tmp_path / "in.zarr", (64, 64), (32, 32))
@@ -252,7 +253,7 @@ def test_a_finished_output_is_skipped_without_starting_dask(
     def no_cluster(*_, **__):
         raise AssertionError("a finished output must not start Dask")
 
-    monkeypatch.setattr(unet.cluster, "dask_client", no_cluster)
+    monkeypatch.setattr(unet.engine.cluster, "dask_client", no_cluster)
     again = segment_image(*args, parameters(model, scheduler))
     assert (again.chunks_resumed, again.chunks_computed) == (4, 0)
 
@@ -288,7 +289,7 @@ def test_run_segment_goes_on_locally_when_the_server_does_not_answer(
 ):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from unet.runner import run_segment
+    from flows.runner import run_segment
 
     write_image(tmp_path / "in.zarr", (32, 32), (32, 32))
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):

@@ -8,15 +8,15 @@ import tifffile
 import zarr
 from conftest import make_model
 
-from unet.checkpoint import save_checkpoint
 from unet.config import SegmentParameters
-from unet.engine import segment
+from unet.engine.run import segment
 from unet.errors import ChannelMismatch, InvalidImage
 from unet.io.geo import Georeference, check_bands, read_georeference, write_georeference
 from unet.io.ingest import ingest
 from unet.io.pyramid import build_pyramid
 from unet.io.source import open_image
-from unet.synthetic import SatelliteScene
+from unet.network.checkpoint import save_checkpoint
+from unet.training.synthetic import SatelliteScene
 
 EPSG = 32633
 #: 10 m pixels, upper-left corner at (500000 E, 5000000 N).

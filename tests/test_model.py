@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from unet.errors import InvalidInputSize, UNetError
-from unet.model import UNet, center_crop
+from unet.network.model import UNet, center_crop
 
 
 def test_paper_config_parameter_count_and_shape():

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
+from flows.pipelines import load_pipelines
 from unet.errors import ConfigError
-from unet.pipelines import load_pipelines
 
 REPO = Path(__file__).resolve().parents[1]
 

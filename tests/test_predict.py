@@ -116,7 +116,7 @@ def test_cuda_matches_cpu(rng):
 @pytest.mark.parametrize("num_classes", [1, 2, 3])
 def test_labels_on_the_device_equal_labels_of_the_logits(num_classes):
     from unet.predict import predict_window
-    from unet.worker import labels_from_logits
+    from unet.predict.labels import labels_from_logits
 
     model = make_model(depth=2, num_classes=num_classes)
     window = np.random.default_rng(num_classes).normal(size=(1, 200, 180)).astype(np.float32)
@@ -131,6 +131,6 @@ def test_labels_on_the_device_equal_labels_of_the_logits(num_classes):
 def test_reuse_freed_memory_takes_on_glibc():
     import platform
 
-    from unet.allocator import reuse_freed_memory
+    from unet.engine.allocator import reuse_freed_memory
 
     assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")

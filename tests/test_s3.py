@@ -71,9 +71,8 @@ def test_segment_from_s3_to_s3_equals_a_local_run(s3, client, tmp_path):
 
     from flows.finished import finished_report
     from flows.tasks import check_pyramid
-    from unet.checkpoint import load_checkpoint
-    from unet.engine import segment
-    from unet.preview import preview_path, render_preview, write_bytes
+    from unet.engine.run import segment
+    from unet.results.preview import preview_path, render_preview, write_bytes
 
     model = write_checkpoint(tmp_path / "m.safetensors")
     data = np.random.default_rng(3).integers(0, 255, (80, 72)).astype("uint8")
@@ -94,8 +93,7 @@ def test_segment_from_s3_to_s3_equals_a_local_run(s3, client, tmp_path):
 
     with disable_run_logger():
         assert check_pyramid.fn(f"{s3}/out.zarr")[0] == [80, 72]
-    checkpoint = load_checkpoint(model)
-    again = finished_report(f"{s3}/in.zarr", f"{s3}/out.zarr", parameters, lambda: checkpoint)
+    again = finished_report(f"{s3}/in.zarr", f"{s3}/out.zarr", parameters)
     assert again is not None and again.chunks_resumed == 9
 
     png = render_preview(f"{s3}/in.zarr", f"{s3}/out.zarr")

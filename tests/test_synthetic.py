@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unet.errors import InvalidParameter
-from unet.synthetic import (
+from unet.training.synthetic import (
     NucleiScene,
     SatelliteScene,
     TissueScene,

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from unet.errors import InvalidInputSize, InvalidTileSize
-from unet.tiling import Geometry, axis_tiles, chunk_grid, mirror_pad, reflect_index, strip_order
+from unet.tiling import (
+    ChunkGrid,
+    Geometry,
+    axis_tiles,
+    input_window,
+    mirror_pad,
+    reflect_index,
+    strip_order,
+)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
@@ -90,10 +98,47 @@ def test_small_axis_gets_one_small_tile():
 
 
 def test_chunk_grid_ragged_edges():
-    grid = chunk_grid((5, 7), (2, 4))
-    assert len(grid) == 6
-    assert grid[0] == (slice(0, 2), slice(0, 4))
-    assert grid[-1] == (slice(4, 5), slice(4, 7))
+    grid = ChunkGrid((5, 7), (2, 4))
+    regions = grid.regions()
+    assert grid.counts == (3, 2) and grid.total == len(regions) == 6
+    assert regions[0] == (slice(0, 2), slice(0, 4))
+    assert regions[-1] == grid.bounds((2, 1)) == (slice(4, 5), slice(4, 7))
+
+
+def test_input_window_of_an_unaligned_chunk_inside_the_image():
+    """Depth 1: align 2, halo 8, a 20-pixel tile keeps 4 output pixels."""
+    geometry = Geometry(1)
+    window = input_window(slice(3, 9), slice(10, 16), (40, 40), 20, geometry)
+    # Rows 3..9 start off the grid: the output starts at row 2, offset 1, 7 rows; columns at 10.
+    assert window.offset == (1, 0) and window.out_shape == (7, 6)
+    # 7 rows take tiles at 0 and 4 (window 24), 6 columns at 0 and 2 (window 22); the window
+    # starts a halo before the grid point: row 2 - 8 = -6 (6 rows mirrored), column 10 - 8 = 2.
+    assert window.read_rows == slice(0, 18) and window.read_cols == slice(2, 24)
+    assert window.pad_before == (6, 0) and window.pad_after == (0, 0)
+    assert window.shape == (24, 22)
+    assert window.centre(geometry.context) == (slice(9, 15), slice(8, 14))
+    assert window.crop() == (slice(1, None), slice(0, None))
+
+
+def test_input_window_mirrors_where_it_leaves_the_image_and_equals_np_pad():
+    geometry = Geometry(1)
+    image = np.arange(9 * 11).reshape(1, 9, 11)
+    window = input_window(slice(0, 9), slice(0, 11), (9, 11), 20, geometry)
+    assert window.offset == (0, 0) and window.pad_before == (8, 8)
+    read = image[:, window.read_rows, window.read_cols]
+    padded = mirror_pad(read, window.pad_before, window.pad_after)
+    assert padded.shape[1:] == window.shape
+    expected = np.pad(
+        image, [(0, 0), (8, window.pad_after[0]), (8, window.pad_after[1])], "reflect"
+    )
+    np.testing.assert_array_equal(padded, expected)
+    rows, cols = window.centre(geometry.context)
+    np.testing.assert_array_equal(padded[:, rows, cols], image)
+
+
+def test_input_window_refuses_a_region_outside_the_image():
+    with pytest.raises(ValueError, match="outside the 8x8 image"):
+        input_window(slice(4, 10), slice(0, 4), (8, 8), 20, Geometry(1))
 
 
 @pytest.mark.parametrize("width", [1, 2, 4])

@@ -5,7 +5,6 @@ import pytest
 import tifffile
 import torch
 
-from unet.checkpoint import load_checkpoint
 from unet.errors import (
     InputNotFound,
     InvalidImage,
@@ -14,10 +13,12 @@ from unet.errors import (
     OutputExists,
     UnsupportedInput,
 )
+from unet.network.checkpoint import load_checkpoint
 from unet.predict import predict_array
-from unet.synthetic import nuclei_image, write_nuclei_dataset
 from unet.tiling import Geometry
-from unet.train import TileSampler, load_dataset, parse_class_map, train
+from unet.training.data import TileSampler, load_dataset, parse_class_map
+from unet.training.synthetic import nuclei_image, write_nuclei_dataset
+from unet.training.train import train
 
 # A tiny network: depth 2 has a halo of 20, so a 60-pixel tile gives 20 output pixels.
 TINY = dict(base_channels=4, depth=2, tile_size=60, batch_size=2, progress=False)

@@ -5,8 +5,8 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from unet.errors import InvalidImage, InvalidParameter
-from unet.synthetic import nuclei_image
-from unet.weightmap import class_balance, weight_map
+from unet.training.synthetic import nuclei_image
+from unet.training.weightmap import class_balance, weight_map
 
 
 def border(distance_sum, w0=10.0, sigma=5.0):

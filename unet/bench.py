@@ -140,7 +140,7 @@ def run_bench(
     one per side), ``monai`` (dict or None), ``agreement`` (dict or None), ``background`` (dict
     or None), ``ratios`` and ``targets`` (name -> {value, target, met}).
     """
-    from unet.predict import resolve_device, resolve_precision
+    from unet.predict.device import resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
@@ -153,8 +153,8 @@ def run_bench(
         work = Path(workdir) if workdir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         checkpoint_path = _checkpoint_for(work, model, base_channels, depth, paper, quick)
-        from unet.checkpoint import load_checkpoint
-        from unet.predict import default_tile_size
+        from unet.network.checkpoint import load_checkpoint
+        from unet.tiling.tiles import default_tile_size
 
         checkpoint = load_checkpoint(checkpoint_path)
         geometry = checkpoint.model.geometry
@@ -348,10 +348,10 @@ def _measure_here(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    from unet.allocator import reuse_freed_memory
+    from unet.engine.allocator import reuse_freed_memory
 
     # Every measurement runs with the malloc settings the pipeline's workers use (see
-    # unet.allocator), so that none gains or loses by the allocator alone.
+    # unet.engine.allocator), so that none gains or loses by the allocator alone.
     reuse_freed_memory()
     kind = spec["kind"]
     result = {
@@ -386,8 +386,8 @@ def _other_process_high_water() -> tuple[int, float]:
 def _prepared_model(spec: dict[str, Any], padding: str = "valid"):
     import torch
 
-    from unet.checkpoint import load_checkpoint
-    from unet.model import UNet
+    from unet.network.checkpoint import load_checkpoint
+    from unet.network.model import UNet
 
     checkpoint = load_checkpoint(spec["checkpoint"])
     model = checkpoint.model
@@ -421,7 +421,8 @@ def _gpu_peak(device) -> float | None:
 def _measure_raw(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from unet.predict import autocast, forward
+    from unet.predict.device import autocast
+    from unet.predict.step import forward
 
     _, model, device = _prepared_model(spec)
     tile, batch = spec["tile_size"], spec["batch_size"]
@@ -435,7 +436,7 @@ def _measure_raw(spec: dict[str, Any]) -> dict[str, Any]:
     times = []
     with torch.inference_mode(), autocast(device, spec["precision"]):
         # Warm-up: cuDNN's autotuning, and the heap, which takes a few passes to settle (see
-        # unet.allocator) and would otherwise be grown inside the timed passes.
+        # unet.engine.allocator) and would otherwise be grown inside the timed passes.
         for _ in range(3):
             forward(model, inputs)
         _sync(device)
@@ -462,9 +463,9 @@ def _measure_raw(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
-    from unet.cluster import dask_client, plan_cluster
     from unet.config import SegmentParameters
-    from unet.engine import segment
+    from unet.engine.cluster import dask_client, plan_cluster
+    from unet.engine.run import segment
 
     parameters = SegmentParameters(
         model=spec["checkpoint"],
@@ -567,7 +568,7 @@ def _measure_monai(spec: dict[str, Any]) -> dict[str, Any]:
     from monai.inferers import sliding_window_inference
 
     from unet.io.source import open_image
-    from unet.predict import autocast
+    from unet.predict.device import autocast
 
     checkpoint, model, device = _prepared_model(spec, padding="same")
     align = spec["align"]
@@ -613,8 +614,8 @@ def _measure_monai(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure_agreement(spec: dict[str, Any]) -> dict[str, Any]:
-    from unet.predict import predict_array
-    from unet.synthetic import NucleiScene, render
+    from unet.predict.window import predict_array
+    from unet.training.synthetic import NucleiScene, render
 
     checkpoint, model, device = _prepared_model(spec)
     side = spec["side"]
@@ -642,8 +643,8 @@ def _measure_agreement(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checkpoint_for(work: Path, model, base_channels, depth, paper, quick) -> str:
-    from unet.checkpoint import resolve_checkpoint, save_checkpoint
-    from unet.model import UNet
+    from unet.network.checkpoint import resolve_checkpoint, save_checkpoint
+    from unet.network.model import UNet
 
     if model is not None and not (base_channels or depth or paper):
         return str(resolve_checkpoint(model))
@@ -678,7 +679,7 @@ def _image(work: Path, side: int, chunk: int, channels: int, tissue: float | Non
     stays 0.
     """
     from unet.io.omezarr import create_image
-    from unet.synthetic import NucleiScene
+    from unet.training.synthetic import NucleiScene
 
     name = f"nuclei-{side}-c{chunk}-ch{channels}" + (
         f"-t{tissue}-i{TISSUE_INSET}" if tissue is not None else ""

@@ -68,8 +68,8 @@ def segment(
         channels_last=channels_last,
         overwrite=overwrite,
     )
+    from flows.runner import run_segment
     from unet.errors import ChunksFailed
-    from unet.runner import run_segment
 
     try:
         reports = run_segment(input, output, parameters, progress=_show_progress())
@@ -117,7 +117,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
     """Write a label mask as a Cloud-Optimized GeoTIFF (and polygons) for GIS tools."""
-    from unet.export import export as run_export
+    from unet.results.export import export as run_export
 
     result = run_export(mask, output, vector=vector, label=label, overwrite=overwrite)
     typer.echo(f"{result.cog}: Cloud-Optimized GeoTIFF")
@@ -149,7 +149,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="replace an existing checkpoint")] = False,
 ) -> None:
     """Train the U-Net the paper's way on annotated images."""
-    from unet.train import train as run_train
+    from unet.training.train import train as run_train
 
     result = run_train(
         data_dir,
@@ -185,7 +185,7 @@ def evaluate(
     num_classes: Annotated[int | None, typer.Option(help="number of classes")] = None,
 ) -> None:
     """Dice and IoU per class (and object F1) of a predicted mask against ground truth."""
-    from unet.evaluate import evaluate_paths
+    from unet.results.evaluate import evaluate_paths
 
     typer.echo(
         json.dumps(evaluate_paths(pred, gt, num_classes=num_classes, instances=instances), indent=2)
@@ -281,7 +281,7 @@ def demo(
     output: Annotated[Path, typer.Option(help="where the demo writes")] = Path("demo-output"),
 ) -> None:
     """Segment generated images with the bundled model and show where the results are."""
-    from unet.demo import run_demo
+    from flows.demo import run_demo
 
     run_demo(output, progress=_show_progress())
 

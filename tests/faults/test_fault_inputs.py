@@ -21,7 +21,8 @@ import zarr
 from test_engine import write_checkpoint, write_image
 
 from unet.config import SegmentParameters
-from unet.engine import segment
+from unet.engine.lock import lock_location
+from unet.engine.run import segment
 from unet.errors import (
     ChannelMismatch,
     InputNotFound,
@@ -31,8 +32,7 @@ from unet.errors import (
     OutputWriteError,
     UnsupportedInput,
 )
-from unet.folder import list_images
-from unet.lock import lock_location
+from unet.io.folder import list_images
 
 UNET = str(Path(sys.executable).with_name("unet"))
 

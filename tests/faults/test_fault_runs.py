@@ -1,6 +1,6 @@
 """Runs that meet faults: bad pixels, corrupt chunks, a full disk, a second run, lost workers.
 
-One Dask cluster, made by ``unet.cluster.dask_client`` as ``unet segment`` makes it, serves the
+One Dask cluster, made by ``unet.engine.cluster.dask_client`` as ``unet segment`` makes it, serves the
 module; models are depth 2 and images a few chunks, so each run takes about a second.
 """
 
@@ -21,10 +21,10 @@ from conftest import make_model
 from test_engine import assert_same_mask, reference_mask, write_checkpoint, write_image
 
 from unet.config import SegmentParameters
-from unet.engine import segment
+from unet.engine.ledger import ATTRIBUTE, finished_chunks
+from unet.engine.lock import lock_location
+from unet.engine.run import segment
 from unet.errors import ChunksFailed, DeviceOutOfMemory, OutputLocked, OutputWriteError
-from unet.ledger import ATTRIBUTE, finished_chunks
-from unet.lock import lock_location
 
 UNET = str(Path(sys.executable).with_name("unet"))
 #: The engine's default tile for 32-pixel chunks and a depth-2 model (one tile per chunk).
@@ -33,7 +33,7 @@ TILE = 72
 
 @pytest.fixture(scope="module")
 def client():
-    from unet.cluster import ClusterPlan, dask_client
+    from unet.engine.cluster import ClusterPlan, dask_client
 
     with dask_client(ClusterPlan(workers=1, torch_threads=1, gpus=0)) as dask:
         yield dask
@@ -118,9 +118,9 @@ def test_corrupt_input_chunk_fails_only_its_chunks_and_the_rerun_completes(tmp_p
 def test_cli_writes_the_failed_chunks_to_the_report_and_exits_2(tmp_path, monkeypatch, capsys):
     import json
 
-    import unet.runner
+    import flows.runner
     from unet.cli import main
-    from unet.engine import SegmentReport
+    from unet.engine.report import SegmentReport
 
     report = SegmentReport("in.zarr", "out.zarr", (1, 64, 64), 4, 3, chunks_failed=[[0, 1]])
     error = ChunksFailed("1 of 4 chunks of out.zarr could not be computed (chunks (0, 1); ...)")
@@ -129,7 +129,7 @@ def test_cli_writes_the_failed_chunks_to_the_report_and_exits_2(tmp_path, monkey
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(unet.runner, "run_segment", fail)
+    monkeypatch.setattr(flows.runner, "run_segment", fail)
     arguments = ["segment", "in.zarr", "out.zarr", "--report", str(tmp_path / "r.json")]
     monkeypatch.setattr(sys, "argv", ["unet", *arguments])
     with pytest.raises(SystemExit) as exit:
@@ -142,7 +142,7 @@ def test_cli_writes_the_failed_chunks_to_the_report_and_exits_2(tmp_path, monkey
 
 
 def test_nan_pixels_are_never_tissue():
-    from unet.background import tissue_mask
+    from unet.engine.background import tissue_mask
 
     image = np.full((1, 40, 40), 240.0, np.float32)  # bright background
     image[0, 10:20, 10:20] = 60.0  # dark tissue
@@ -271,32 +271,32 @@ def test_names_with_spaces_and_accents(tmp_path, client, model):
 
 @pytest.fixture
 def out_of_memory_model(monkeypatch):
-    """A depth-2 model whose forward pass (``unet.predict.forward``, banded on a CPU) runs out
-    of memory above ``limit[0]`` tiles."""
+    """A depth-2 model whose device step (``unet.predict.device_step``) runs out of memory above
+    ``limit[0]`` tiles."""
     import torch
 
     import unet.predict
 
     model = make_model(depth=2)
-    forward, limit, calls = unet.predict.forward, [1], []
+    device_step, limit, calls = unet.predict.device_step, [1], []
 
-    def limited(model, inputs):
-        calls.append(inputs.shape[0])
-        if inputs.shape[0] > limit[0]:
+    def limited(model, tiles, **options):
+        calls.append(tiles.shape[0])
+        if tiles.shape[0] > limit[0]:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return forward(model, inputs)
+        return device_step(model, tiles, **options)
 
-    monkeypatch.setattr(unet.predict, "forward", limited)
-    return model, forward, limit, calls
+    monkeypatch.setattr(unet.predict, "device_step", limited)
+    return model, device_step, limit, calls
 
 
 def test_out_of_memory_halves_the_batch_with_the_same_result(out_of_memory_model, caplog):
     from unet.predict import predict_array
 
-    model, forward, limit, calls = out_of_memory_model
+    model, device_step, limit, calls = out_of_memory_model
     image = np.random.default_rng(3).standard_normal((1, 90, 100)).astype(np.float32)
     with pytest.MonkeyPatch.context() as unpatched:
-        unpatched.setattr("unet.predict.forward", forward)
+        unpatched.setattr("unet.predict.device_step", device_step)
         expected = predict_array(model, image, tile_size=TILE, batch_size=8)
     with caplog.at_level(logging.WARNING, logger="unet.predict"):
         split = predict_array(model, image, tile_size=TILE, batch_size=8)

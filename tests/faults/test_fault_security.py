@@ -62,8 +62,8 @@ def test_source_has_no_shell_pickle_or_unsafe_yaml():
 
 
 def test_yaml_with_a_python_tag_is_refused_without_running_it(tmp_path):
+    from flows.pipelines import load_pipelines
     from unet.errors import ConfigError
-    from unet.pipelines import load_pipelines
 
     marker = tmp_path / "ran"
     config = tmp_path / "pipelines.yaml"
@@ -84,7 +84,7 @@ def test_prefect_server_defaults_to_localhost():
     """The server `prefect server start` and the ephemeral mode start, unless told otherwise."""
     from prefect.settings import PREFECT_SERVER_API_HOST
 
-    from flows._settings import DEFAULTS
+    from flows.settings import DEFAULTS
 
     assert PREFECT_SERVER_API_HOST.default() == "127.0.0.1"
     assert "PREFECT_SERVER_API_HOST" not in DEFAULTS  # the project does not widen it

@@ -105,7 +105,7 @@ def _off_heap(block: np.ndarray) -> np.ndarray:
 
     Cached chunks live across many forward passes: in malloc's heap they would sit between the
     activations freed after each pass and split that space, so the next pass grew the heap
-    (unet.allocator keeps a process's heap, so every such hole stays resident).
+    (unet.engine.allocator keeps a process's heap, so every such hole stays resident).
     """
     buffer = mmap.mmap(-1, max(block.nbytes, 1))
     copy = np.frombuffer(buffer, dtype=block.dtype, count=block.size).reshape(block.shape)

@@ -200,7 +200,7 @@ def write_georeference(url: str | os.PathLike[str], georeference: Georeference) 
     """
     import zarr
 
-    from unet.io.source import resolve_location
+    from unet.io.locations import resolve_location
 
     group = zarr.open_group(store=resolve_location(url), mode="r+")
     group.update_attributes(georeference.to_attributes())

@@ -32,16 +32,10 @@ from unet.errors import (
     UnsupportedInput,
 )
 from unet.io.geo import is_geotiff, open_geotiff, write_georeference
+from unet.io.locations import is_url, location_exists, remove_location, resolve_location
 from unet.io.omezarr import create_image
 from unet.io.pyramid import build_pyramid
-from unet.io.source import (
-    ImageSource,
-    is_url,
-    location_exists,
-    open_image,
-    remove_location,
-    resolve_location,
-)
+from unet.io.source import ImageSource, open_image
 
 if TYPE_CHECKING:
     import zarr

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet.errors import InvalidImage, InvalidParameter, OutputExists
-from unet.io.source import location_exists, remove_location, resolve_location
+from unet.io.locations import location_exists, remove_location, resolve_location
 
 if TYPE_CHECKING:
     import zarr

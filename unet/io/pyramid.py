@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from unet.errors import InvalidParameter, UnsupportedInput
+from unet.io.locations import resolve_location
 from unet.io.omezarr import LEVEL0, set_multiscales
-from unet.io.source import resolve_location
 
 if TYPE_CHECKING:
     import zarr

@@ -24,58 +24,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet.errors import InputNotFound, InvalidImage, InvalidParameter, UnsupportedInput
+from unet.io.locations import is_url, resolve_location
 
 if TYPE_CHECKING:
     import zarr
 
     from unet.io.chunkcache import ChunkCache
 
+
 #: Names given to the channel and the two image axes in :attr:`ImageSource.axes`.
 CHANNEL, ROWS, COLUMNS = "c", "y", "x"
+
+
 _INGEST_HINT = "TIFF, SVS, PNG and JPEG files must be converted first with `unet ingest`"
+
+
 #: A third axis at most this long, behind a longer first axis, is taken for colour samples.
 _MAX_TRAILING_CHANNELS = 4
-
-
-def is_url(location: str) -> bool:
-    """Whether ``location`` is an fsspec URL (``scheme://...``) rather than a local path."""
-    return "://" in location and not location.startswith("file://")
-
-
-def resolve_location(location: str | os.PathLike[str]) -> str:
-    """A local path made absolute (``~`` and ``file://`` handled); a URL unchanged."""
-    text = os.fspath(location)
-    if is_url(text):
-        return text.rstrip("/")
-    text = text.removeprefix("file://")
-    return str(Path(text).expanduser().absolute())
-
-
-def location_exists(location: str) -> bool:
-    """Whether anything (file, folder, Zarr node) exists at a resolved path or URL."""
-    if not is_url(location):
-        return os.path.lexists(location)
-    import fsspec
-
-    filesystem, path = fsspec.core.url_to_fs(location)
-    return bool(filesystem.exists(path))
-
-
-def remove_location(location: str) -> None:
-    """Delete whatever exists at a resolved path or URL (a store, a folder or a file)."""
-    if not is_url(location):
-        import shutil
-
-        if os.path.isdir(location) and not os.path.islink(location):
-            shutil.rmtree(location)
-        elif os.path.lexists(location):
-            os.unlink(location)
-        return
-    import fsspec
-
-    filesystem, path = fsspec.core.url_to_fs(location)
-    if filesystem.exists(path):
-        filesystem.rm(path, recursive=True)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from unet.tiling import ChunkGrid
+
 
 def tissue_mask(low_resolution: np.ndarray, dilation: int = 1) -> np.ndarray:
     """bool (h, w) tissue mask of a (C, h, w) low-resolution image.
@@ -34,20 +36,15 @@ def tissue_mask(low_resolution: np.ndarray, dilation: int = 1) -> np.ndarray:
     return tissue
 
 
-def chunks_with_tissue(
-    tissue: np.ndarray, factor: int, shape: tuple[int, int], chunks: tuple[int, int]
-) -> np.ndarray:
-    """bool (chunks_y, chunks_x): whether each output chunk overlaps the tissue mask.
+def chunks_with_tissue(tissue: np.ndarray, factor: int, grid: ChunkGrid) -> np.ndarray:
+    """bool (chunks_y, chunks_x): whether each chunk of ``grid`` overlaps the tissue mask.
 
     ``tissue`` pixel (i, j) covers level-0 rows ``i*factor .. (i+1)*factor - 1`` (same for columns).
     """
-    (height, width), (ch, cw) = shape, chunks
-    counts = (-(-height // ch), -(-width // cw))
-    result = np.zeros(counts, bool)
-    for i in range(counts[0]):
-        for j in range(counts[1]):
-            top, left = i * ch // factor, j * cw // factor
-            bottom = -(-min((i + 1) * ch, height) // factor)
-            right = -(-min((j + 1) * cw, width) // factor)
-            result[i, j] = bool(tissue[top:bottom, left:right].any())
+    result = np.zeros(grid.counts, bool)
+    for index in grid.indices():
+        rows, cols = grid.bounds(index)
+        top, left = rows.start // factor, cols.start // factor
+        bottom, right = -(-rows.stop // factor), -(-cols.stop // factor)
+        result[index] = bool(tissue[top:bottom, left:right].any())
     return result

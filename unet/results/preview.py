@@ -51,7 +51,7 @@ def render_preview(
 
 def label_colours(attributes: dict) -> list[tuple[int, int, int]]:
     """RGB per label value from OME ``image-label`` ``colors``; default colours where missing."""
-    from unet.checkpoint import default_colours
+    from unet.network.checkpoint import default_colours
 
     colours = default_colours(256)
     for entry in attributes.get("ome", {}).get("image-label", {}).get("colors", []):

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from unet.config import SegmentParameters
-from unet.engine import SegmentReport
-from unet.folder import INGEST_SUFFIXES, is_zarr_store
+from unet.engine.plan import RunPlan
+from unet.engine.report import SegmentReport
+from unet.io.folder import INGEST_SUFFIXES, is_zarr_store
 
 #: Seconds to wait for the configured Prefect server's health check.
 HEALTH_TIMEOUT = 5.0
@@ -27,16 +28,21 @@ def run_segment(
     input: str, output: str, parameters: SegmentParameters, *, progress: bool = False
 ) -> list[SegmentReport]:
     """Segment ``input`` (an image or a folder of images) into ``output``; one report per image."""
-    from flows._settings import QUIET_CONSOLE, apply_defaults
+    from flows.settings import QUIET_CONSOLE, apply_defaults
 
     apply_defaults(QUIET_CONSOLE)
     folder = _is_folder(input)
-    _check_early(input, output, parameters, folder)
-    from flows.progress import terminal_progress
+    plans = _check_early(input, output, parameters, folder)
+    from flows.handoff import planned, terminal_progress
     from flows.segment import segment_folder, segment_image
 
     run_flow = segment_folder if folder else segment_image
-    with _prefect_api() as server, _progress_bar(progress) as bar, terminal_progress(bar):
+    with (
+        _prefect_api() as server,
+        _progress_bar(progress) as bar,
+        terminal_progress(bar),
+        planned(plans, parameters),
+    ):
         state = run_flow(input, output, parameters, return_state=True)
     if server:
         _say(f"recorded on Prefect: {_flow_run_url(state.state_details.flow_run_id)}")
@@ -49,28 +55,31 @@ def _is_folder(input: str) -> bool:
     return "://" not in input and path.is_dir() and not is_zarr_store(path)
 
 
-def _check_early(input: str, output: str, parameters: SegmentParameters, folder: bool) -> None:
-    """Refuse in a second what the engine would refuse at its start, before Prefect starts.
+def _check_early(
+    input: str, output: str, parameters: SegmentParameters, folder: bool
+) -> list[RunPlan]:
+    """Refuse in a second what the engine would refuse at its start, before Prefect starts;
+    return the plan of a Zarr image, which the flow's segment task then runs.
 
     A missing input or checkpoint, an invalid tile size, an output inside the input or locked by
-    another run then cost no server start-up (ephemeral mode takes several seconds); the engine
-    checks them again.
+    another run then cost no server start-up. The checkpoint is loaded once per process
+    (:func:`unet.engine.plan.driver_checkpoint`), here for the whole run.
     """
-    from unet.checkpoint import load_checkpoint
-    from unet.engine import plan_run
+    from unet.engine.lock import check_unlocked
+    from unet.engine.plan import driver_checkpoint, plan_run
     from unet.errors import InputNotFound
-    from unet.lock import check_unlocked
 
     image_file = "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES
     if image_file and not Path(input).is_file():
         raise InputNotFound(f"input {input} does not exist: check the path")
-    checkpoint = load_checkpoint(parameters.model)
     if folder or image_file:
+        checkpoint = driver_checkpoint(parameters.model)
         if parameters.tile_size is not None:
             checkpoint.model.geometry.check_tile_size(parameters.tile_size)
-    else:
-        plan_run(input, output, parameters, checkpoint=checkpoint)
-        check_unlocked(output)
+        return []
+    plan = plan_run(input, output, parameters)
+    check_unlocked(output)
+    return [plan]
 
 
 @contextlib.contextmanager

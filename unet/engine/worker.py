@@ -15,13 +15,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from unet.allocator import reuse_freed_memory
+from unet.engine.allocator import reuse_freed_memory
+from unet.engine.ledger import LEDGER_PATH, mark_finished
 from unet.errors import InputReadError, writing
 from unet.io.codecs import use_fast_codecs
 from unet.io.pyramid import write_chunk_levels
 from unet.io.source import ImageSource
-from unet.ledger import LEDGER_PATH, mark_finished
-from unet.tiling import mirror_pad
+from unet.predict.labels import labels_from_logits, probabilities_from_logits
+from unet.tiling import ChunkGrid, Geometry, Window, input_window, mirror_pad
 
 MASK_PATH = "0"
 PROBABILITIES_PATH = "probabilities"
@@ -46,11 +47,15 @@ class ChunkJob:
     #: Pyramid levels each chunk writes itself (see unet.io.pyramid.chunk_levels).
     pyramid_levels: int = 0
 
-    def bounds(self, index: tuple[int, int]) -> tuple[slice, slice]:
-        """Rows and columns of output chunk ``index``."""
-        (height, width), (ch, cw) = self.source.shape[1:], self.chunks
-        y, x = index[0] * ch, index[1] * cw
-        return slice(y, min(y + ch, height)), slice(x, min(x + cw, width))
+    @property
+    def grid(self) -> ChunkGrid:
+        """The output chunks."""
+        return ChunkGrid(self.source.shape[1:], self.chunks)
+
+    def window(self, index: tuple[int, int], geometry: Geometry) -> Window:
+        """The input window of output chunk ``index`` (see :func:`unet.tiling.input_window`)."""
+        rows, cols = self.grid.bounds(index)
+        return input_window(rows, cols, self.source.shape[1:], self.tile_size, geometry)
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,10 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     use_fast_codecs()
     _use_threads(job.torch_threads)
     checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device)
-    rows, cols = job.bounds(index)
+    geometry = checkpoint.model.geometry
+    window = job.window(index, geometry)
     try:
-        raw = read_window(job, checkpoint.model.geometry, rows, cols)
+        raw = read_window(job.source, window)
     except Exception as error:
         raise InputReadError(
             f"reading the input of chunk {index} failed ({type(error).__name__}: {error})"
@@ -91,22 +97,21 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
         job.output, job.probabilities, job.pyramid_levels
     )
     num_labels = max(checkpoint.model.num_classes, 2)
-    align = checkpoint.model.geometry.align
-    offset_y, offset_x = rows.start % align, cols.start % align
+    rows, cols = window.rows, window.cols
     out_h, out_w = rows.stop - rows.start, cols.stop - cols.start
-    context = checkpoint.model.geometry.context
-    top, left = context + offset_y, context + offset_x
+    centre = window.centre(geometry.context)
+    crop = window.crop()
 
     image = checkpoint.normalize(raw)
     nodata_pixels = None
     if job.nodata is not None:
-        centre = raw[:, top : top + out_h, left : left + out_w]
-        nodata_pixels = np.all(centre == job.nodata, axis=0)
+        nodata_pixels = np.all(raw[(slice(None), *centre)] == job.nodata, axis=0)
     nonfinite = _nonfinite_pixels(image) if raw.dtype.kind == "f" else None
     if nonfinite is not None:
         image[:, nonfinite] = 0.0
-        centre = nonfinite[top : top + out_h, left : left + out_w]
-        nodata_pixels = centre if nodata_pixels is None else nodata_pixels | centre
+        nodata_pixels = (
+            nonfinite[centre] if nodata_pixels is None else nodata_pixels | nonfinite[centre]
+        )
     if nodata_pixels is not None and nodata_pixels.all():
         with writing(f"chunk {index} of {job.output}"):
             mark_finished(ledger, index)
@@ -114,13 +119,12 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
         counts[0] = out_h * out_w
         return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, True)
 
-    out_shape = (offset_y + out_h, offset_x + out_w)
     logits = None
     if job.probabilities:
-        logits = _infer(job, checkpoint, image, out_shape)[:, offset_y:, offset_x:]
+        logits = _infer(job, checkpoint, image, window.out_shape)[(slice(None), *crop)]
         mask = labels_from_logits(logits)
     else:
-        mask = _infer(job, checkpoint, image, out_shape, labels=True)[offset_y:, offset_x:]
+        mask = _infer(job, checkpoint, image, window.out_shape, labels=True)[crop]
     if nodata_pixels is not None:
         mask[nodata_pixels] = 0
     with writing(f"chunk {index} of {job.output}"):
@@ -131,32 +135,17 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     return ChunkResult(index, class_counts(mask, num_labels), time.perf_counter() - started, False)
 
 
-def read_window(job: ChunkJob, geometry, rows: slice, cols: slice) -> np.ndarray:
-    """The raw input window for output rows/cols, in padded coordinates on the pooling grid.
+def read_window(source: ImageSource, window: Window) -> np.ndarray:
+    """The raw input of ``window``: (C, h, w) in the stored dtype, image pixels mirrored (numpy
+    "reflect") wherever the window leaves the image.
 
-    Returns (C, h, w) in the stored dtype: image pixels mirrored (numpy "reflect") wherever the
-    window leaves the image. Only the part of the window inside the image is read, through the
-    source's cache of decoded chunks (:mod:`unet.io.chunkcache`).
+    Only the part inside the image is read, through the source's cache of decoded chunks
+    (:mod:`unet.io.chunkcache`); a window inside the image comes back without a copy.
     """
-    from unet.predict import window_shape
-
-    height, width = job.source.shape[1:]
-    start_y = rows.start - rows.start % geometry.align
-    start_x = cols.start - cols.start % geometry.align
-    need_h, need_w = window_shape(
-        (rows.stop - start_y, cols.stop - start_x), job.tile_size, geometry
-    )
-    context = geometry.context
-    top, left = start_y - context, start_x - context
-    # Only the part inside the image is read; mirrored on each side where the window leaves it.
-    inside_y = slice(max(top, 0), min(top + need_h, height))
-    inside_x = slice(max(left, 0), min(left + need_w, width))
-    block = job.source.read_cached(inside_y, inside_x)
-    before = (inside_y.start - top, inside_x.start - left)
-    after = (top + need_h - inside_y.stop, left + need_w - inside_x.stop)
-    if before == after == (0, 0):
-        return block  # inside the image: no copy of the window
-    return mirror_pad(block, before, after)
+    block = source.read_cached(window.read_rows, window.read_cols)
+    if window.pad_before == window.pad_after == (0, 0):
+        return block
+    return mirror_pad(block, window.pad_before, window.pad_after)
 
 
 def class_counts(mask: np.ndarray, num_labels: int) -> tuple[int, ...]:
@@ -168,21 +157,6 @@ def class_counts(mask: np.ndarray, num_labels: int) -> tuple[int, ...]:
         ones = int(np.count_nonzero(mask))
         return (mask.size - ones, ones)
     return tuple(np.bincount(mask.ravel(), minlength=num_labels).tolist())
-
-
-def labels_from_logits(logits: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) labels from float32 (K, H, W) logits: argmax, or sigmoid > 0.5 when K = 1."""
-    if logits.shape[0] == 1:
-        return (logits[0] > 0).astype(np.uint8)
-    return np.argmax(logits, axis=0).astype(np.uint8)
-
-
-def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
-    """float16 (K, H, W) softmax (sigmoid when K = 1) of float32 logits."""
-    if logits.shape[0] == 1:
-        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float16)
-    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
-    return (shifted / shifted.sum(axis=0, keepdims=True)).astype(np.float16)
 
 
 def _nonfinite_pixels(image: np.ndarray) -> np.ndarray | None:
@@ -201,7 +175,7 @@ def _infer(
 ) -> np.ndarray:
     """float32 (K, h, w) logits, or uint8 (h, w) labels, of a normalized float32 (C, H, W)
     window (see :func:`unet.predict.predict_window`)."""
-    from unet.predict import predict_window
+    from unet.predict.window import predict_window
 
     return predict_window(
         checkpoint.model,
@@ -218,7 +192,7 @@ def _infer(
 @lru_cache(maxsize=2)
 def _checkpoint(path: str, digest: str, device: str):
     """The checkpoint, loaded once per worker process (the digest keys the cache)."""
-    from unet.checkpoint import load_checkpoint
+    from unet.network.checkpoint import load_checkpoint
 
     resolved = _worker_device(device)
     if resolved.startswith("cuda"):
@@ -255,7 +229,7 @@ def _output_arrays(output: str, probabilities: bool, pyramid_levels: int):
 
 
 def _worker_device(device: str) -> str:
-    """``auto`` resolved in the worker: each GPU worker sees only its own GPU (see unet.cluster)."""
-    from unet.predict import resolve_device
+    """``auto`` resolved in the worker: each GPU worker sees only its own GPU (see unet.engine.cluster)."""
+    from unet.predict.device import resolve_device
 
     return str(resolve_device(device))

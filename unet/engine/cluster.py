@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from unet.allocator import ENVIRONMENT, reuse_freed_memory
+from unet.engine.allocator import ENVIRONMENT, reuse_freed_memory
 from unet.io.codecs import ENVIRONMENT as CODEC_ENVIRONMENT
 from unet.io.codecs import use_fast_codecs
 
@@ -126,7 +126,7 @@ def dask_client(plan: ClusterPlan, scheduler: str | None = None) -> Iterator[obj
         return
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which also freezes glibc's
     # mmap threshold: every large tensor is then mmapped and unmapped again, and a 1024^2 chunk
-    # of the bundled model took 0.62 s instead of 0.42 s. Workers get unet.allocator's settings
+    # of the bundled model took 0.62 s instead of 0.42 s. Workers get unet.engine.allocator's settings
     # instead, and an in-process worker gets them here, before its threads start.
     environ = {
         f"{SPAWN_KEY}.{name}": value for name, value in {**ENVIRONMENT, **CODEC_ENVIRONMENT}.items()

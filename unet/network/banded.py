@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from unet.model import UNet
+    from unet.network.model import UNet
 
 #: Rows per band, at every level. Measured on 2 CPU cores with the bundled model at tile 1116,
 #: bf16 (``benchmarks/banded_ab.py``: passes alternated in one process, peak RSS of a fresh one):
@@ -49,7 +49,7 @@ def banded_forward(model: UNet, x: torch.Tensor, band_rows: int = BAND_ROWS) -> 
 
     Parameters
     ----------
-    model: a :class:`~unet.model.UNet` with ``padding="valid"``
+    model: a :class:`~unet.network.model.UNet` with ``padding="valid"``
     x: float (N, in_channels, H, W) input of valid sides (see ``model.output_size``), on the
         model's device. Under ``torch.autocast`` the bands are computed in its dtype, as
         autocast computes the convolutions of ``model(x)``.

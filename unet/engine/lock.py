@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from unet.errors import OutputLocked, OutputWriteError
-from unet.io.source import is_url, resolve_location
+from unet.io.locations import is_url, resolve_location
 
 LOCK_SUFFIX = ".lock"
 

@@ -21,12 +21,12 @@ import numpy as np
 from unet.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from unet.model import UNet
+    from unet.network.model import UNet
 
 FORMAT = "unet-tiles/1"
 METADATA_KEY = "unet"
 #: Checkpoints shipped inside the package, addressable by name (``--model nuclei``).
-BUNDLED_DIR = Path(__file__).parent / "models"
+BUNDLED_DIR = Path(__file__).parent.parent / "models"
 
 _DEFAULT_COLOURS = [
     (0, 0, 0),
@@ -159,7 +159,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Checkp
     """
     from safetensors import SafetensorError, safe_open
 
-    from unet.model import UNet
+    from unet.network.model import UNet
 
     file = resolve_checkpoint(path)
     data = file.read_bytes()

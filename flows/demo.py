@@ -21,8 +21,8 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
 
     Returns the foreground Dice of each image against its generated ground truth.
     """
+    from flows.runner import run_segment
     from unet.config import SegmentParameters
-    from unet.runner import run_segment
 
     images, truth, masks = output / "images", output / "truth", output / "masks"
     for folder in (images, truth, masks):
@@ -70,7 +70,7 @@ def _write_slide(image_url: Path, truth_url: Path, side: int) -> None:
 
     from unet.io.omezarr import create_image
     from unet.io.pyramid import build_pyramid
-    from unet.synthetic import NucleiScene, write_to_zarr
+    from unet.training.synthetic import NucleiScene, write_to_zarr
 
     scene = NucleiScene(shape=(side, side), seed=2026)
     image = create_image(str(image_url), (1, side, side), "uint8", name="slide")
@@ -85,7 +85,7 @@ def _write_small(path: Path, truth_url: Path, shape: tuple[int, int], seed: int)
     import zarr
     from PIL import Image
 
-    from unet.synthetic import nuclei_image
+    from unet.training.synthetic import nuclei_image
 
     image, labels = nuclei_image(shape, seed=seed)
     if path.suffix == ".tif":

@@ -1,0 +1,146 @@
+"""Plan a run: open the input and the checkpoint, check everything the run depends on, and
+compute the result's fingerprint, before anything is written."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from unet.config import SegmentParameters
+from unet.engine.ledger import Fingerprint
+from unet.errors import ChannelMismatch, InvalidParameter
+from unet.tiling import ChunkGrid, Geometry, default_tile_size
+
+if TYPE_CHECKING:
+    from unet.io.geo import Georeference
+    from unet.io.source import ImageSource
+    from unet.network.checkpoint import Checkpoint
+
+#: Output chunk side when the input is not chunked.
+DEFAULT_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run: what segment() will read, with which model, and the result's identity."""
+
+    input: str
+    output: str
+    source: ImageSource
+    checkpoint: Checkpoint
+    parameters: SegmentParameters
+    tile_size: int
+    chunks: tuple[int, int]
+    fingerprint: Fingerprint
+    georeference: Georeference | None = None
+
+    @property
+    def grid(self) -> ChunkGrid:
+        """The output chunks (the input's chunking, or ``DEFAULT_CHUNK`` when it has none)."""
+        return ChunkGrid(self.source.shape[1:], self.chunks)
+
+
+def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
+    """Open the input and the checkpoint and check everything a run depends on; write nothing.
+
+    The checkpoint is loaded once per process (:func:`driver_checkpoint`), so planning the images
+    of a folder one after the other loads it once.
+
+    Raises the same errors as :func:`unet.engine.run.segment` would at its start (missing input
+    or checkpoint, channel or band mismatch, invalid tile size, output inside the input).
+    """
+    from unet.io.geo import check_bands, read_georeference
+    from unet.io.source import open_image
+
+    source = open_image(input, channels_last=parameters.channels_last)
+    checkpoint = driver_checkpoint(parameters.model)
+    model = checkpoint.model
+    georeference = read_georeference(source)
+    if georeference is not None:
+        check_bands(
+            input, source.shape[0], georeference.band_names, checkpoint.metadata.get("band_names")
+        )
+        if parameters.nodata is None and georeference.nodata is not None:
+            # The input's own nodata value changes the mask: it enters the fingerprint as if given.
+            parameters = parameters.model_copy(update={"nodata": georeference.nodata})
+    if source.shape[0] != model.in_channels:
+        raise ChannelMismatch(
+            f"{input} has {source.shape[0]} channels but model {parameters.model!r} takes "
+            f"{model.in_channels}: use a model trained on {source.shape[0]}-channel images"
+            + ("" if parameters.channels_last else " (or --channels-last for (Y, X, C) arrays)")
+        )
+    chunks = source.chunks or (DEFAULT_CHUNK, DEFAULT_CHUNK)
+    tile_size = _tile_size(parameters, model.geometry, chunks)
+    if parameters.precision == "auto":
+        from unet.predict.device import resolve_precision
+
+        # Resolved on the driver, so that the fingerprint names the precision actually used.
+        parameters = parameters.model_copy(
+            update={"precision": resolve_precision("auto", parameters.device)}
+        )
+    _check_output_location(source.url, output)
+    fingerprint = Fingerprint.of(
+        source.identity(), checkpoint.digest, parameters.result_fields(tile_size)
+    )
+    return RunPlan(
+        input=input,
+        output=output,
+        source=source,
+        checkpoint=checkpoint,
+        parameters=parameters,
+        tile_size=tile_size,
+        chunks=chunks,
+        fingerprint=fingerprint,
+        georeference=georeference,
+    )
+
+
+def driver_checkpoint(model: str) -> Checkpoint:
+    """The checkpoint ``model`` (a path or a bundled name) as the driver uses it: loaded once per
+    process and file version (path, size and modification time), with torch on one thread.
+
+    Loading runs a few multi-threaded copies, and OpenMP keeps a team of threads for every
+    thread that ever ran one. The driver's team beside the one of the thread running the chunks
+    made one more thread than cores on a 2-core machine, so libgomp stopped letting idle threads
+    spin between operations and chunk forward passes took 5% longer.
+    """
+    from unet.network.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(model)
+    status = os.stat(path)
+    return _load_in_one_thread(str(path), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_in_one_thread(path: str, size: int, modified: int) -> Checkpoint:
+    import torch
+
+    from unet.network.checkpoint import load_checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return load_checkpoint(path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _tile_size(parameters: SegmentParameters, geometry: Geometry, chunks: tuple[int, int]) -> int:
+    if parameters.tile_size is None:
+        return default_tile_size(geometry, max(chunks))
+    return geometry.check_tile_size(parameters.tile_size)
+
+
+def _check_output_location(input_url: str, output: str) -> None:
+    from unet.io.locations import is_url, resolve_location
+
+    if is_url(output) or is_url(input_url):
+        return
+    source, target = Path(input_url), Path(resolve_location(output))
+    if target == source or source in target.parents:
+        raise InvalidParameter(
+            f"output {output} lies inside the input {input_url}: choose an output outside it"
+        )

@@ -1,0 +1,61 @@
+"""What a run did: the report ``--report`` writes, and what a chunk that failed tells the driver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class SegmentReport:
+    """What a run did; ``to_dict`` gives the JSON written by ``--report``."""
+
+    input: str
+    output: str
+    shape: tuple[int, int, int]
+    chunks_total: int
+    chunks_computed: int = 0
+    chunks_skipped: int = 0
+    chunks_resumed: int = 0
+    chunks_failed: list[list[int]] = field(default_factory=list)
+    seconds: float = 0.0
+    class_names: list[str] = field(default_factory=list)
+    class_pixels: list[int] = field(default_factory=list)
+
+    @property
+    def megapixels(self) -> float:
+        return self.shape[1] * self.shape[2] / 1e6
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def class_fractions(self) -> dict[str, float]:
+        """Fraction of the pixels of the chunks counted this run, per class."""
+        total = sum(self.class_pixels)
+        return {
+            name: (count / total if total else 0.0)
+            for name, count in zip(self.class_names, self.class_pixels, strict=False)
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            megapixels=round(self.megapixels, 6),
+            megapixels_per_second=round(self.megapixels_per_second, 6),
+            seconds=round(self.seconds, 6),
+            class_fractions=self.class_fractions,
+        )
+        return data
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    """A chunk whose input could not be read, even after retries: reported, never marked done."""
+
+    index: tuple[int, int]
+    reason: str

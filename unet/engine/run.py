@@ -1,0 +1,265 @@
+"""The driver of a run: plan, take the output's lock, submit one task per pending chunk, gather
+small statistics.
+
+The driver plans (chunk grid, fingerprint, which chunks are finished or background), submits one
+task per pending output chunk and gathers small statistics; workers read, infer and write
+(:mod:`unet.engine.worker`). The driver never holds the image or the mask, so its memory does not
+grow with the image. The data flow is drawn in the README's "Architecture" section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.config import SegmentParameters
+from unet.engine.ledger import ATTRIBUTE, finished_chunks, mark_finished
+from unet.engine.output import finish_output, open_output
+from unet.engine.plan import RunPlan, plan_run
+from unet.engine.report import ChunkFailure, ProgressCallback, SegmentReport
+from unet.errors import (
+    ChunksFailed,
+    InputReadError,
+    writing,
+)
+from unet.tiling import ChunkGrid, strip_order
+
+if TYPE_CHECKING:
+    from unet.io.source import ImageSource
+
+#: Tasks in flight per worker: enough to keep workers busy, few enough to keep the driver flat.
+IN_FLIGHT_PER_WORKER = 4
+
+
+#: A chunk task that fails (a worker died, a read timed out) is retried this many times.
+TASK_RETRIES = 3
+
+
+#: After a failure, seconds to wait at most for the chunks in flight to end.
+DRAIN_SECONDS = 300
+
+
+def segment(
+    input: str,
+    output: str,
+    parameters: SegmentParameters,
+    *,
+    client: Any = None,
+    progress: ProgressCallback | None = None,
+    plan: RunPlan | None = None,
+) -> SegmentReport:
+    """Segment the image at ``input`` into an OME-Zarr label image at ``output``.
+
+    Parameters
+    ----------
+    input: Zarr array or OME-Zarr image (path or fsspec URL)
+    output: path or URL of the OME-Zarr 0.5 group to write; resumed when it holds an unfinished
+        run with the same fingerprint
+    parameters: the run's settings
+    client: a ``distributed.Client`` to use; when None one is made from ``parameters``
+    progress: called with (chunks done, chunks total) as chunks finish
+    plan: the run's plan when the caller made it already (:func:`unet.engine.plan.plan_run` of
+        the same input, output and parameters): the run is then not planned again
+
+    Returns
+    -------
+    SegmentReport
+
+    Raises
+    ------
+    OutputLocked: another run is writing ``output``
+    ChunksFailed: some chunks' input could not be read; the others are written, the output is
+        left incomplete and the error's ``report`` lists ``chunks_failed``
+    OutputWriteError: the output cannot be written (read-only, disk full)
+    """
+    from unet.engine.lock import output_lock
+    from unet.io.codecs import use_fast_codecs
+
+    started = time.perf_counter()
+    use_fast_codecs()
+    if plan is None:
+        plan = plan_run(input, output, parameters)
+    with output_lock(output):
+        return _segment(plan, client, progress, started)
+
+
+def _segment(
+    plan: RunPlan, client: Any, progress: ProgressCallback | None, started: float
+) -> SegmentReport:
+    """The body of :func:`segment`, run while this process holds the output's lock."""
+    source, checkpoint, parameters, output = (
+        plan.source,
+        plan.checkpoint,
+        plan.parameters,
+        plan.output,
+    )
+    with writing(output):
+        group = open_output(plan)
+
+    report = SegmentReport(
+        input=plan.input,
+        output=output,
+        shape=source.shape,
+        chunks_total=plan.grid.total,
+        class_names=list(checkpoint.class_names),
+        class_pixels=[0] * len(checkpoint.class_names),
+    )
+    finished = finished_chunks(group)
+    report.chunks_resumed = int(finished.sum())
+    pending = [(int(i), int(j)) for i, j in zip(*np.nonzero(~finished), strict=True)]
+    # In strips, so that consecutive chunks share the input chunks the workers keep decoded.
+    pending = strip_order(pending)
+    if parameters.skip_background and pending:
+        pending = _skip_background(source, group, pending, plan.grid, report)
+
+    from unet.engine.cluster import plan_cluster
+    from unet.engine.worker import ChunkJob
+
+    cluster_plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
+    job = ChunkJob(
+        source=source,
+        output=output,
+        checkpoint=checkpoint.path,
+        checkpoint_digest=checkpoint.digest,
+        chunks=plan.chunks,
+        tile_size=plan.tile_size,
+        batch_size=parameters.batch_size,
+        device=parameters.device,
+        precision=parameters.precision,
+        probabilities=parameters.probabilities,
+        nodata=parameters.nodata,
+        torch_threads=cluster_plan.torch_threads,
+        pyramid_levels=group.attrs[ATTRIBUTE].get("chunk_levels", 0),
+    )
+    done = report.chunks_resumed + report.chunks_skipped
+    reasons: list[str] = []
+    if progress:
+        progress(done, report.chunks_total)
+    if pending:
+        with _client_or(client, cluster_plan, parameters.scheduler) as active:
+            for result in run_chunks(active, job, pending):
+                if isinstance(result, ChunkFailure):
+                    report.chunks_failed.append(list(result.index))
+                    reasons.append(result.reason)
+                    continue
+                done += 1
+                if result.skipped:
+                    report.chunks_skipped += 1
+                else:
+                    report.chunks_computed += 1
+                report.class_pixels = [
+                    a + b for a, b in zip(report.class_pixels, result.class_counts, strict=False)
+                ]
+                if progress:
+                    progress(done, report.chunks_total)
+    if report.chunks_failed:
+        report.chunks_failed.sort()
+        report.seconds = time.perf_counter() - started
+        raise _chunks_failed(report, reasons[0])
+    if pending or not group.attrs[ATTRIBUTE].get("complete"):
+        with writing(output):
+            finish_output(output)
+    if plan.georeference is not None:
+        from unet.io.geo import write_georeference
+
+        write_georeference(output, plan.georeference.for_labels(parameters.nodata is not None))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterator[Any]:
+    """Results of ``run_chunk`` for every pending chunk, as they complete (retried on failure).
+
+    A chunk whose input cannot be read yields a :class:`ChunkFailure` and the others go on; any
+    other failure (the output cannot be written, the device fails) ends the run, once the chunks
+    in flight have ended: a task still running after the run released the output's lock could
+    write into the output of the next run.
+    """
+    from distributed import as_completed, wait
+
+    from unet.engine.worker import run_chunk
+
+    if not pending:
+        return
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    limit = IN_FLIGHT_PER_WORKER * workers
+    job_future = client.scatter(job, broadcast=True)
+    queue = iter(pending)
+
+    in_flight: dict[str, tuple[Any, tuple[int, int]]] = {}
+
+    def submit(index: tuple[int, int]) -> Any:
+        future = client.submit(run_chunk, job_future, index, retries=TASK_RETRIES, pure=False)
+        in_flight[future.key] = (future, index)
+        return future
+
+    futures = as_completed([submit(index) for _, index in zip(range(limit), queue, strict=False)])
+    try:
+        for future in futures:
+            _, index = in_flight.pop(future.key)
+            try:
+                result = future.result()
+            except InputReadError as error:
+                result = ChunkFailure(index, str(error))
+            yield result
+            following = next(queue, None)
+            if following is not None:
+                futures.add(submit(following))
+    except BaseException as error:
+        if not isinstance(error, KeyboardInterrupt):
+            with contextlib.suppress(TimeoutError):
+                wait([future for future, _ in in_flight.values()], timeout=DRAIN_SECONDS)
+        raise
+
+
+def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:
+    failed = report.chunks_failed
+    listed = ", ".join(f"({i}, {j})" for i, j in failed[:8]) + (", ..." if len(failed) > 8 else "")
+    error = ChunksFailed(
+        f"{len(failed)} of {report.chunks_total} chunks of {report.output} could not be computed "
+        f"and are not marked done (chunks {listed}; first error: {first_reason}): the output is "
+        "incomplete; repair the input and rerun the same command to compute only these chunks"
+    )
+    error.report = report
+    return error
+
+
+def _client_or(client: Any, plan: Any, scheduler: str | None):
+    import contextlib
+
+    from unet.engine.cluster import dask_client
+
+    if client is not None:
+        return contextlib.nullcontext(client)
+    return dask_client(plan, scheduler)
+
+
+def _skip_background(
+    source: ImageSource,
+    group: Any,
+    pending: list[tuple[int, int]],
+    grid: ChunkGrid,
+    report: SegmentReport,
+) -> list[tuple[int, int]]:
+    """Mark chunks without tissue finished (label 0 is the fill value); return the rest."""
+    from unet.engine.background import chunks_with_tissue, tissue_mask
+    from unet.engine.ledger import LEDGER_PATH
+
+    low, factor = source.low_resolution()
+    # One low-resolution pixel of margin: tissue seen only between the strided samples still counts.
+    tissue = chunks_with_tissue(tissue_mask(low, dilation=1), factor, grid)
+    ledger = group[LEDGER_PATH]
+    remaining = []
+    for index in pending:
+        if tissue[index]:
+            remaining.append(index)
+        else:
+            mark_finished(ledger, index)
+            report.chunks_skipped += 1
+            rows, cols = grid.bounds(index)
+            report.class_pixels[0] += (rows.stop - rows.start) * (cols.stop - cols.start)
+    return remaining

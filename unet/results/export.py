@@ -1,0 +1,210 @@
+"""Export a label mask to GIS formats: a Cloud-Optimized GeoTIFF, and polygons per class.
+
+Both read the mask chunk by chunk, so memory stays at a few chunks whatever the mask's size:
+
+- the GeoTIFF is first written tile-aligned window by window into a temporary tiled GTiff,
+  then copied by GDAL's COG driver, which adds nearest-neighbour overviews (label values stay
+  exact) and lays the file out as a COG. Where GDAL has no COG driver (before 3.1), overviews
+  are built in the temporary file and copied with ``COPY_SRC_OVERVIEWS``, the older recipe for
+  the same layout. The class colours become the band's colour table;
+- polygons come from ``rasterio.features.shapes`` (4-connected regions of one label) per chunk.
+  A polygon that does not touch an inner chunk border is complete and written at once; the
+  others are kept, and those that share an edge (not just a corner) are merged with
+  ``shapely.unary_union``, so a region crossing chunk borders comes out as one polygon. Only
+  the border-touching polygons are held in memory.
+
+Coordinates are map coordinates in the mask's CRS (the input's, copied by ``unet segment``);
+a mask without georeferencing is exported in pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.errors import InvalidParameter
+from unet.results.masks import LabelMask, check_target, open_mask, resolve_label, sibling
+from unet.results.polygons import check_vector_format, write_polygons
+
+if TYPE_CHECKING:
+    pass
+
+
+#: Tile side of the exported GeoTIFF and the size its smallest overview fits in.
+COG_BLOCKSIZE = 512
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export` wrote."""
+
+    cog: Path
+    vector: Path | None = None
+    polygons: int | None = None
+
+
+def export(
+    mask: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    vector: str | os.PathLike[str] | None = None,
+    label: str | int | None = None,
+    overwrite: bool = False,
+    blocksize: int = COG_BLOCKSIZE,
+) -> ExportResult:
+    """Write a label mask as a Cloud-Optimized GeoTIFF and, optionally, as polygons.
+
+    Everything is checked (mask, class, formats, existing outputs) before anything is written.
+
+    Parameters
+    ----------
+    mask: OME-Zarr label image written by ``unet segment`` (path or URL)
+    output: the GeoTIFF to write (local path)
+    vector: polygons to write too: ``.gpkg``, ``.geojson`` or ``.parquet`` (needs geopandas)
+    label: polygonize only this class, by name or label value; every class but 0 otherwise
+    overwrite: replace existing outputs
+    blocksize: tile side of the GeoTIFF (a multiple of 16, at least 128, as GDAL's COG driver
+        takes); overviews are added until the smallest fits in one tile
+    """
+    labels = open_mask(mask)
+    value = resolve_label(labels, label) if label is not None else None
+    if value is not None and vector is None:
+        raise InvalidParameter(
+            f"class {label!r} selects what to polygonize: give --vector OUT.gpkg as well"
+        )
+    if not isinstance(blocksize, int) or blocksize < 128 or blocksize % 16:
+        raise InvalidParameter(
+            f"blocksize {blocksize} is not a COG tile size: use a multiple of 16, at least 128"
+        )
+    targets = [Path(output)] + ([Path(vector)] if vector is not None else [])
+    if vector is not None:
+        check_vector_format(Path(vector))
+    for target in targets:
+        check_target(target, overwrite)
+    cog = write_cog(labels, output, overwrite=overwrite, blocksize=blocksize)
+    if vector is None:
+        return ExportResult(cog)
+    count = write_polygons(labels, vector, label=value, overwrite=overwrite)
+    return ExportResult(cog, Path(vector), count)
+
+
+def write_cog(
+    mask: LabelMask,
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    blocksize: int = COG_BLOCKSIZE,
+) -> Path:
+    """Write ``mask`` as a Cloud-Optimized GeoTIFF with nearest-neighbour overviews.
+
+    The file gets the mask's CRS, transform and nodata, DEFLATE compression, ``blocksize``
+    tiles, the class colours as colour table and the class names as the band's ``class_names``
+    tag (JSON). It is written next to ``output`` and renamed into place when complete.
+    """
+    import rasterio
+    import rasterio.shutil
+
+    target = Path(output)
+    check_target(target, overwrite)
+    temporary, staging = sibling(target, "tiles"), sibling(target, "partial")
+    try:
+        _write_tiled(mask, temporary, blocksize)
+        options = {"COMPRESS": "DEFLATE", "BLOCKSIZE": blocksize, "BIGTIFF": "IF_SAFER"}
+        if has_cog_driver():
+            rasterio.shutil.copy(
+                temporary, staging, driver="COG", RESAMPLING="NEAREST", OVERVIEWS="AUTO", **options
+            )
+        else:
+            _copy_as_cog_layout(temporary, staging, blocksize)
+        os.replace(staging, target)
+    finally:
+        for leftover in (temporary, staging):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+    return target
+
+
+def has_cog_driver() -> bool:
+    """Whether the installed GDAL has the COG driver (GDAL >= 3.1)."""
+    import rasterio
+
+    with rasterio.Env() as env:
+        return "COG" in env.drivers()
+
+
+def _write_tiled(mask: LabelMask, path: Path, blocksize: int) -> None:
+    """Copy the mask into a tiled GTiff, one tile-aligned window (about a chunk) at a time."""
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
+    from unet.tiling import ChunkGrid
+
+    _, height, width = mask.source.shape
+    georeference = mask.georeference
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": mask.source.dtype,
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        "compress": "DEFLATE",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if georeference is not None:
+        profile["transform"] = Affine(*georeference.transform)
+        if georeference.crs_wkt is not None:
+            profile["crs"] = CRS.from_wkt(georeference.crs_wkt)
+        if georeference.nodata is not None:
+            profile["nodata"] = georeference.nodata
+    chunk_rows, chunk_cols = mask.source.chunks or (blocksize, blocksize)
+    # Windows of whole tiles (about a chunk), so GDAL compresses each tile once.
+    window_shape = (
+        blocksize * math.ceil(chunk_rows / blocksize),
+        blocksize * math.ceil(chunk_cols / blocksize),
+    )
+    with rasterio.open(path, "w", **profile) as sink:
+        for rows, cols in ChunkGrid((height, width), window_shape).regions():
+            window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            sink.write(mask.source.read(rows, cols), window=window)
+        if mask.colours and np.dtype(mask.source.dtype) in (np.uint8, np.uint16):
+            sink.write_colormap(1, mask.colours)
+        sink.set_band_description(1, "labels")
+        if mask.class_names:
+            sink.update_tags(1, class_names=json.dumps(mask.class_names))
+
+
+def _copy_as_cog_layout(source: Path, target: Path, blocksize: int) -> None:
+    """The pre-COG-driver recipe: overviews in the source, then ``COPY_SRC_OVERVIEWS``."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.enums import Resampling
+
+    with rasterio.open(source, "r+") as dataset:
+        factors = []
+        while max(dataset.width, dataset.height) / 2 ** len(factors) > blocksize:
+            factors.append(2 ** (len(factors) + 1))
+        if factors:
+            dataset.build_overviews(factors, Resampling.nearest)
+    rasterio.shutil.copy(
+        source,
+        target,
+        driver="GTiff",
+        TILED="YES",
+        BLOCKXSIZE=blocksize,
+        BLOCKYSIZE=blocksize,
+        COMPRESS="DEFLATE",
+        COPY_SRC_OVERVIEWS="YES",
+        BIGTIFF="IF_SAFER",
+    )

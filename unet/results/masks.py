@@ -1,0 +1,113 @@
+"""A finished label mask opened for export: level 0, class names and colours, georeferencing;
+and the checks every exported file gets before anything is written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.errors import InvalidImage, InvalidParameter, OutputExists
+
+if TYPE_CHECKING:
+    from unet.io.geo import Georeference
+    from unet.io.source import ImageSource
+
+
+@dataclass(frozen=True)
+class LabelMask:
+    """A label mask opened for export.
+
+    Attributes
+    ----------
+    source: level 0, ``(1, Y, X)`` integer labels
+    georeference: CRS, transform and nodata copied from the segmented image, if any
+    class_names: name of each label value (index = value), from the image-label metadata
+    colours: RGBA per label value, from the image-label metadata
+    """
+
+    source: ImageSource
+    georeference: Georeference | None
+    class_names: list[str]
+    colours: dict[int, tuple[int, int, int, int]]
+
+
+def open_mask(url: str | os.PathLike[str]) -> LabelMask:
+    """Open a label mask and its class names, colours and georeferencing.
+
+    Raises
+    ------
+    InvalidImage
+        Not a single-channel integer array, or an unfinished ``unet segment`` run.
+    """
+    import zarr
+
+    from unet.engine.ledger import ATTRIBUTE
+    from unet.io.geo import read_georeference
+    from unet.io.source import open_image
+
+    source = open_image(url)
+    if source.shape[0] != 1 or np.dtype(source.dtype).kind not in "ui":
+        raise InvalidImage(
+            f"{source.url} holds {source.shape[0]} channel(s) of {source.dtype}, not a label "
+            "mask: give the output of unet segment"
+        )
+    attributes: dict[str, Any] = {}
+    if source.array_path:
+        attributes = zarr.open_group(store=source.url, mode="r").attrs.asdict()
+    run = attributes.get(ATTRIBUTE)
+    if isinstance(run, dict) and not run.get("complete", True):
+        raise InvalidImage(
+            f"{source.url} is an unfinished unet segment run: rerun the same segment command "
+            "to finish it, then export"
+        )
+    image_label = attributes.get("ome", {}).get("image-label", {})
+    names = {
+        int(item["label-value"]): str(item["class"])
+        for item in image_label.get("properties", [])
+        if "label-value" in item and "class" in item
+    }
+    colours = {
+        int(item["label-value"]): tuple(int(v) for v in item["rgba"])
+        for item in image_label.get("colors", [])
+        if "label-value" in item and len(item.get("rgba", [])) == 4
+    }
+    count = max(names, default=-1) + 1
+    return LabelMask(
+        source=source,
+        georeference=read_georeference(source),
+        class_names=[names.get(v, str(v)) for v in range(count)],
+        colours=colours,
+    )
+
+
+def resolve_label(mask: LabelMask, label: str | int) -> int:
+    """The label value of a class given by name or value (``"building"``, ``3`` or ``"3"``)."""
+    if isinstance(label, str) and label in mask.class_names:
+        return mask.class_names.index(label)
+    with contextlib.suppress(ValueError):
+        value = int(label)
+        if 0 <= value <= np.iinfo(np.dtype(mask.source.dtype)).max:
+            return value
+    known = ", ".join(f"{v} {n}" for v, n in enumerate(mask.class_names)) or "none stored"
+    raise InvalidParameter(f"class {label!r} is not in this mask: give a name or value ({known})")
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    if "://" in str(target):
+        raise InvalidParameter(f"{target} is a URL: export writes local files")
+    if target.exists() and not overwrite:
+        raise OutputExists(
+            f"output {target} exists: choose another path or pass overwrite=True (--overwrite)"
+        )
+    if not target.parent.is_dir():
+        raise InvalidParameter(f"folder {target.parent} does not exist: create it first")
+
+
+def sibling(target: Path, purpose: str) -> Path:
+    return target.with_name(f".{target.stem}.{purpose}-{uuid.uuid4().hex[:8]}{target.suffix}")

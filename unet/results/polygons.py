@@ -1,0 +1,241 @@
+"""Polygons of a label mask, chunk by chunk: one polygon per 4-connected region of one label,
+regions cut by chunk borders merged back with their pieces in the neighbouring chunks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.errors import InvalidImage, InvalidParameter
+from unet.results.masks import LabelMask, check_target, sibling
+
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
+
+
+#: Output suffix -> OGR driver written through fiona; ``.parquet`` goes through geopandas.
+VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+
+
+_PARQUET = ".parquet"
+
+
+#: Features handed to the vector writer at once.
+_BATCH = 1024
+
+
+def write_polygons(
+    mask: LabelMask,
+    output: str | os.PathLike[str],
+    *,
+    label: int | None = None,
+    overwrite: bool = False,
+) -> int:
+    """Polygonize ``mask`` chunk by chunk into a vector file; returns the number of polygons.
+
+    Each polygon is one 4-connected region of one label value (label 0 is never polygonized),
+    whole even where it crosses chunk borders, with the attributes ``value`` (the label) and
+    ``class`` (its name), in the mask's CRS.
+    """
+    import rasterio.features
+    from affine import Affine
+    from shapely.geometry import shape
+
+    from unet.tiling import ChunkGrid
+
+    target = Path(output)
+    check_vector_format(target)
+    check_target(target, overwrite)
+    _, height, width = mask.source.shape
+    pending: dict[int, list[Polygon]] = {}
+    staging = sibling(target, "partial")
+    try:
+        with _vector_writer(mask, staging, _layer_name(target)) as features:
+            for rows, cols in ChunkGrid(
+                (height, width), mask.source.chunks or (height, width)
+            ).regions():
+                block = mask.source.read(rows, cols)[0]
+                wanted = block != 0 if label is None else block == label
+                if not wanted.any():
+                    continue
+                regions = rasterio.features.shapes(
+                    _shapes_dtype(block),
+                    mask=wanted,
+                    connectivity=4,
+                    transform=Affine.translation(cols.start, rows.start),
+                )
+                for geometry, value in regions:
+                    polygon = shape(geometry)
+                    if _on_inner_border(polygon.bounds, rows, cols, height, width):
+                        pending.setdefault(int(value), []).append(polygon)
+                    else:
+                        features.write(polygon, int(value))
+            for value, polygons in pending.items():
+                for merged in merge_across_borders(polygons):
+                    features.write(merged, value)
+        count = features.count
+        os.replace(staging, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+    return count
+
+
+def merge_across_borders(polygons: list[Polygon]) -> list[Polygon]:
+    """Union the polygons that share an edge, transitively; corner contacts stay apart.
+
+    Pieces of one 4-connected region cut by chunk borders share border segments, while two
+    regions of the same label in neighbouring chunks meet at most in a corner (4-connectivity).
+    """
+    import shapely
+
+    if not polygons:
+        return []
+    tree = shapely.STRtree(polygons)
+    first, second = tree.query(polygons, predicate="touches")
+    keep = first < second
+    first, second = first[keep], second[keep]
+    # DE-9IM: the boundaries meet in a line (dimension 1), not only in points.
+    shares_edge = shapely.relate_pattern(
+        np.asarray(polygons, dtype=object)[first],
+        np.asarray(polygons, dtype=object)[second],
+        "****1****",
+    )
+    parent = list(range(len(polygons)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    for a, b in zip(first[shares_edge], second[shares_edge], strict=True):
+        parent[root(int(a))] = root(int(b))
+    groups: dict[int, list[Polygon]] = {}
+    for index, polygon in enumerate(polygons):
+        groups.setdefault(root(index), []).append(polygon)
+    merged = []
+    for members in groups.values():
+        union = members[0] if len(members) == 1 else shapely.unary_union(members)
+        merged.extend(getattr(union, "geoms", [union]))
+    return merged
+
+
+def _on_inner_border(
+    bounds: tuple[float, float, float, float], rows: slice, cols: slice, height: int, width: int
+) -> bool:
+    """Whether a polygon (pixel coordinates) touches a chunk edge that is not the image edge."""
+    min_x, min_y, max_x, max_y = bounds
+    return (
+        (min_x == cols.start and cols.start > 0)
+        or (max_x == cols.stop and cols.stop < width)
+        or (min_y == rows.start and rows.start > 0)
+        or (max_y == rows.stop and rows.stop < height)
+    )
+
+
+def _shapes_dtype(block: np.ndarray) -> np.ndarray:
+    """``rasterio.features.shapes`` takes uint8, (u)int16, int32 and float32, not wider integers."""
+    if block.dtype in (np.uint8, np.uint16, np.int16, np.int32):
+        return block
+    if block.size and (block.min() < np.iinfo(np.int32).min or block.max() > 2**31 - 1):
+        raise InvalidImage("labels beyond the int32 range cannot be polygonized")
+    return block.astype(np.int32)
+
+
+class _Features:
+    """Polygons in pixel coordinates in, features in map coordinates out, in batches."""
+
+    def __init__(self, mask: LabelMask, flush: Callable[[list[dict[str, Any]]], None]) -> None:
+        georeference = mask.georeference
+        a, b, c, d, e, f = (
+            georeference.transform if georeference is not None else (1, 0, 0, 0, 1, 0)
+        )
+        self._matrix = [a, b, d, e, c, f]  # shapely's order: [a, b, d, e, xoff, yoff]
+        self._names = mask.class_names
+        self._flush = flush
+        self._batch: list[dict[str, Any]] = []
+        self.count = 0
+
+    def write(self, polygon: Polygon, value: int) -> None:
+        from shapely.affinity import affine_transform
+
+        self._batch.append(
+            {
+                "geometry": affine_transform(polygon, self._matrix),
+                "properties": {
+                    "value": value,
+                    "class": self._names[value] if value < len(self._names) else str(value),
+                },
+            }
+        )
+        self.count += 1
+        if len(self._batch) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._batch:
+            self._flush(self._batch)
+            self._batch = []
+
+
+@contextlib.contextmanager
+def _vector_writer(mask: LabelMask, path: Path, layer: str) -> Iterator[_Features]:
+    """Features written to ``path``: GPKG / GeoJSON through fiona, GeoParquet through geopandas."""
+    crs_wkt = mask.georeference.crs_wkt if mask.georeference is not None else None
+    if path.suffix.lower() == _PARQUET:
+        import geopandas
+
+        # GeoParquet is written in one go, so these features are held in memory.
+        collected: list[dict[str, Any]] = []
+        features = _Features(mask, collected.extend)
+        yield features
+        features.flush()
+        geopandas.GeoDataFrame(
+            [item["properties"] for item in collected],
+            geometry=[item["geometry"] for item in collected],
+            crs=crs_wkt,
+        ).to_parquet(path)
+        return
+    import fiona
+    from shapely.geometry import mapping
+
+    schema = {"geometry": "Polygon", "properties": {"value": "int", "class": "str"}}
+    driver = VECTOR_DRIVERS[path.suffix.lower()]
+    with fiona.open(path, "w", driver=driver, schema=schema, crs_wkt=crs_wkt, layer=layer) as sink:
+
+        def flush(batch: list[dict[str, Any]]) -> None:
+            sink.writerecords({**item, "geometry": mapping(item["geometry"])} for item in batch)
+
+        features = _Features(mask, flush)
+        yield features
+        features.flush()
+
+
+def _layer_name(target: Path) -> str:
+    """The output's stem as a layer name GeoPackage accepts (letters, digits, underscores)."""
+    return re.sub(r"\W", "_", target.stem, flags=re.ASCII) or "polygons"
+
+
+def check_vector_format(path: Path) -> None:
+    suffix = path.suffix.lower()
+    if suffix == _PARQUET:
+        try:
+            import geopandas  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise InvalidParameter(
+                f"writing {path} (GeoParquet) needs geopandas and pyarrow: "
+                "pip install geopandas pyarrow, or write .gpkg or .geojson"
+            ) from None
+        return
+    if suffix not in VECTOR_DRIVERS:
+        raise InvalidParameter(
+            f"vector output {path} has an unknown suffix: use .gpkg, .geojson or .parquet"
+        )
