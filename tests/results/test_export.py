@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from geodata import CHUNK, EPSG, NODATA, TRANSFORM, write_geotiff, write_model
 from rasterio.crs import CRS
 from shapely.geometry import box, shape
-from test_geo import CHUNK, EPSG, NODATA, TRANSFORM, write_geotiff, write_model
 
 from unet.config import SegmentParameters
 from unet.engine.run import segment

@@ -12,7 +12,7 @@ import flows  # noqa: F401  (Prefect's environment defaults, before prefect is i
 from flows.pipelines import load_pipelines
 from unet.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 VALID = """
 deployments:
