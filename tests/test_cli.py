@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from test_engine import write_checkpoint, write_image
+from testdata import write_checkpoint, write_image
 
 UNET = str(Path(sys.executable).with_name("unet"))
 
@@ -75,7 +75,7 @@ def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path, args, message):
 
 @pytest.mark.timeout(400)
 def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
-    from test_engine import write_checkpoint as checkpoint
+    from testdata import write_checkpoint as checkpoint
 
     from unet.config import SegmentParameters
     from unet.engine.run import segment

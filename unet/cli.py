@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from unet.config import SegmentParameters
+from unet.options import with_options
+from unet.training.config import TrainParameters
 
 app = typer.Typer(
     add_completion=False,
@@ -30,47 +34,19 @@ def _options(
 
 
 @app.command()
+@with_options(SegmentParameters)
 def segment(
     input: Annotated[str, typer.Argument(help="Zarr/OME-Zarr image, TIFF/PNG/JPEG, or a folder")],
     output: Annotated[str, typer.Argument(help="output OME-Zarr (a folder when INPUT is one)")],
-    model: Annotated[str, typer.Option(help="checkpoint .safetensors or bundled name")] = "nuclei",
-    tile_size: Annotated[int | None, typer.Option(help="model tile side (valid size)")] = None,
-    batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16, fp16 or auto")] = "fp32",
-    workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes")] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="existing Dask scheduler, tcp://HOST:PORT")
-    ] = None,
-    skip_background: Annotated[
-        bool, typer.Option(help="label 0 for chunks without tissue")
-    ] = False,
-    nodata: Annotated[float | None, typer.Option(help="pixel value meaning no data")] = None,
-    probabilities: Annotated[bool, typer.Option(help="also write float16 softmax")] = False,
-    channels_last: Annotated[bool, typer.Option(help="input array is (Y, X, C)")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace outputs of other runs")] = False,
     report: Annotated[Path | None, typer.Option(help="write a JSON report here")] = None,
+    **options: Any,
 ) -> None:
     """Segment an image, or every image of a folder, into OME-Zarr label masks."""
-    from unet.config import SegmentParameters
-
-    parameters = SegmentParameters(
-        model=model,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        workers=workers,
-        scheduler=scheduler,
-        skip_background=skip_background,
-        nodata=nodata,
-        probabilities=probabilities,
-        channels_last=channels_last,
-        overwrite=overwrite,
-    )
     from flows.runner import run_segment
+    from unet.config import validated
     from unet.errors import ChunksFailed
 
+    parameters = validated(SegmentParameters, options)
     try:
         reports = run_segment(input, output, parameters, progress=_show_progress())
     except ChunksFailed as error:
@@ -126,50 +102,16 @@ def export(
 
 
 @app.command()
+@with_options(TrainParameters)
 def train(
     data_dir: Annotated[Path, typer.Argument(help="folder with images/ and masks/ (same stems)")],
     out: Annotated[Path, typer.Option("--out", help="checkpoint to write (.safetensors)")],
-    base_channels: Annotated[int, typer.Option(help="channels of the first level")] = 64,
-    depth: Annotated[int, typer.Option(help="number of poolings")] = 4,
-    steps: Annotated[int, typer.Option(help="optimizer steps")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="tiles per step")] = 4,
-    tile_size: Annotated[int | None, typer.Option(help="input tile side (valid size)")] = None,
-    lr: Annotated[float | None, typer.Option(help="learning rate (SGD 0.01, Adam 0.001)")] = None,
-    seed: Annotated[int, typer.Option(help="random seed (deterministic on CPU)")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16")] = "fp32",
-    val_fraction: Annotated[float, typer.Option(help="share of images held out")] = 0.2,
-    optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.99, the paper) or adam")] = "sgd",
-    class_map: Annotated[
-        str | None, typer.Option(help="mask value to class, e.g. 10:1,20:2")
-    ] = None,
-    class_names: Annotated[
-        str | None, typer.Option(help="comma-separated names, label 0 first")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing checkpoint")] = False,
+    **options: Any,
 ) -> None:
     """Train the U-Net the paper's way on annotated images."""
     from unet.training.train import train as run_train
 
-    result = run_train(
-        data_dir,
-        out,
-        base_channels=base_channels,
-        depth=depth,
-        steps=steps,
-        batch_size=batch_size,
-        tile_size=tile_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        precision=precision,
-        val_fraction=val_fraction,
-        optimizer=optimizer,
-        class_map=class_map,
-        class_names=class_names.split(",") if class_names else None,
-        overwrite=overwrite,
-        progress=_show_progress(),
-    )
+    result = run_train(data_dir, out, progress=_show_progress(), **options)
     dice = "n/a" if result.val_dice is None else f"{result.val_dice:.3f}"
     typer.echo(
         f"{result.path}: {result.steps} steps in {result.seconds:.0f} s, "
@@ -212,68 +154,24 @@ def serve(
         typer.echo(f"registered {len(ids)} deployment(s) with work pool {pool}")
 
 
-@app.command()
-def bench(
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16, fp16 or auto")] = "auto",
-    tile_size: Annotated[int | None, typer.Option(help="model tile side (valid size)")] = None,
-    batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
-    model: Annotated[
-        str | None, typer.Option(help="checkpoint (default the bundled nuclei model)")
-    ] = None,
-    base_channels: Annotated[
-        int | None, typer.Option(help="random model of this width instead")
-    ] = None,
-    depth: Annotated[int | None, typer.Option(help="random model of this depth instead")] = None,
-    paper: Annotated[bool, typer.Option(help="random paper U-Net (base 64, depth 4)")] = False,
-    sides: Annotated[str, typer.Option(help="pipeline image sides, comma-separated")] = "2048,4096",
-    monai: Annotated[bool, typer.Option(help="compare with MONAI sliding_window_inference")] = True,
-    monai_side: Annotated[
-        int | None, typer.Option(help="MONAI image side (default the largest side)")
-    ] = None,
-    tile_sweep: Annotated[
-        str | None, typer.Option(help="raw-model tile sizes, comma-separated")
-    ] = None,
-    tissue_fraction: Annotated[
-        float | None, typer.Option(help="also time --skip-background at this tissue share")
-    ] = None,
-    quick: Annotated[bool, typer.Option(help="tiny sizes, in-process (smoke test)")] = False,
-    plot: Annotated[Path | None, typer.Option(help="write a PNG plot here")] = None,
-    json_file: Annotated[Path | None, typer.Option("--json", help="write JSON here")] = None,
-    workdir: Annotated[
-        Path | None, typer.Option(help="keep generated images here between runs")
-    ] = None,
-    rounds: Annotated[
-        int, typer.Option(help="run it all this many times; targets on the medians")
-    ] = 1,
-) -> None:
-    """Benchmark the raw model, the full pipeline and MONAI on the same device and settings."""
-    from unet.bench import run_rounds
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(context: typer.Context) -> None:
+    """Benchmark the raw model, the full pipeline and MONAI (the harness in benchmarks/)."""
+    import subprocess
 
-    def numbers(text: str | None) -> tuple[int, ...] | None:
-        return None if text is None else tuple(int(v) for v in text.split(",") if v.strip())
+    harness = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not harness.is_file():
+        from unet.errors import InputNotFound
 
-    run_rounds(
-        rounds,
-        device=device,
-        precision=precision,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        model=model,
-        base_channels=base_channels,
-        depth=depth,
-        paper=paper,
-        sides=numbers(sides) or (2048, 4096),
-        monai=monai,
-        monai_side=monai_side,
-        tile_sweep=numbers(tile_sweep),
-        tissue_fraction=tissue_fraction,
-        quick=quick,
-        plot=plot,
-        json_path=json_file,
-        workdir=workdir,
-        echo=typer.echo,
-    )
+        raise InputNotFound(
+            f"unet bench runs {harness}, which this installation lacks: run it from a clone of "
+            "the repository installed with pip install -e"
+        )
+    finished = subprocess.run([sys.executable, str(harness), *context.args], check=False)
+    raise typer.Exit(finished.returncode)
 
 
 @app.command()
@@ -306,40 +204,54 @@ def main() -> None:
 
     from unet.errors import UNetError
 
+    usage_error, click_error = _click_errors()
     try:
-        app(standalone_mode=False)
-    except (UNetError, ValidationError) as error:
+        # Without standalone mode click returns an Exit's code instead of raising it.
+        code = app(standalone_mode=False)
+    except (UNetError, ValidationError, click_error) as error:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {_one_line(error)}", err=True)
+        typer.echo(f"error: {_one_line(error, usage_error)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)
-    except Exception as error:  # click's usage errors and the unexpected
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Exit):
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
-            sys.exit(1)
+    except typer.Exit as error:
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as error:  # the unexpected
         if _state["debug"]:
             raise
         typer.echo(
-            f"error: {type(error).__name__}: {_one_line(error)} (rerun with --debug)", err=True
+            f"error: {type(error).__name__}: {_one_line(error, usage_error)} (rerun with --debug)",
+            err=True,
         )
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
-def _one_line(error: Exception) -> str:
+def _click_errors() -> tuple[type[Exception], type[Exception]]:
+    """The usage error and base exception classes of the click that typer runs on (typer 0.2x
+    carries its own copy of click, earlier versions use click itself)."""
+    lineage = typer.BadParameter.__mro__
+    usage = next(kind for kind in lineage if kind.__name__ == "UsageError")
+    base = next(kind for kind in lineage if kind.__name__ == "ClickException")
+    return usage, base
+
+
+def _one_line(error: Exception, usage_error: type[Exception]) -> str:
     from pydantic import ValidationError
 
+    from unet.config import describe
+
     if isinstance(error, ValidationError):
-        parts = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors()
-        ]
-        return "; ".join(parts)
+        return describe(error)
+    if hasattr(error, "format_message"):  # click's errors
+        text = " ".join(error.format_message().split())
+        context = getattr(error, "ctx", None)
+        if isinstance(error, usage_error) and context is not None:
+            return f"{text} (see {context.command_path} --help)"
+        return text
     return " ".join(str(error).split())

@@ -6,9 +6,13 @@ The CLI options, the Prefect flow parameters and ``pipelines.yaml`` all validate
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from unet.errors import InvalidParameter, UNetError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
@@ -69,3 +73,28 @@ class SegmentParameters(BaseModel):
             "probabilities": self.probabilities,
             "channels_last": self.channels_last,
         }
+
+
+def validated(model: type[Model], values: dict[str, Any]) -> Model:
+    """``model(**values)``, with a validation failure raised as this project's error: the
+    :class:`~unet.errors.UNetError` a validator raised (e.g. ``InvalidInputSize`` naming the
+    nearest valid sizes), else :class:`~unet.errors.InvalidParameter` naming every field that is
+    wrong and what was expected, in one line."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        for item in error.errors():
+            cause = (item.get("ctx") or {}).get("error")
+            if isinstance(cause, UNetError):
+                raise cause from None
+        raise InvalidParameter(describe(error)) from None
+
+
+def describe(error: ValidationError) -> str:
+    """Every problem of ``error`` on one line: ``field: what was expected; ...``."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "value"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where.replace('_', ' ')}: {message}")
+    return "; ".join(parts)

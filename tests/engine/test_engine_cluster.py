@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from test_engine import write_checkpoint, write_image
+from testdata import write_checkpoint, write_image
 
 from unet.config import SegmentParameters
 from unet.engine.run import segment

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from test_engine import write_checkpoint, write_image
+from testdata import write_checkpoint, write_image
 
 from unet.config import SegmentParameters
 from unet.engine.lock import lock_location
@@ -244,7 +244,7 @@ def test_folder_symlink_leading_outside_is_refused(tmp_path):
 
 
 def test_nan_is_refused_by_predict_array_with_the_fix(small_model):
-    from unet.predict import predict_array
+    from unet.predict.window import predict_array
 
     image = np.zeros((1, 8, 8), np.float32)
     image[0, 3, 3] = np.nan

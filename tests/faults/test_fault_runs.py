@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import make_model
-from test_engine import assert_same_mask, reference_mask, write_checkpoint, write_image
+from testdata import assert_same_mask, reference_mask, write_checkpoint, write_image
 
 from unet.config import SegmentParameters
 from unet.engine.ledger import ATTRIBUTE, finished_chunks
@@ -291,7 +291,7 @@ def out_of_memory_model(monkeypatch):
 
 
 def test_out_of_memory_halves_the_batch_with_the_same_result(out_of_memory_model, caplog):
-    from unet.predict import predict_array
+    from unet.predict.window import predict_array
 
     model, device_step, limit, calls = out_of_memory_model
     image = np.random.default_rng(3).standard_normal((1, 90, 100)).astype(np.float32)
@@ -306,7 +306,7 @@ def test_out_of_memory_halves_the_batch_with_the_same_result(out_of_memory_model
 
 
 def test_out_of_memory_with_one_tile_is_one_line(out_of_memory_model):
-    from unet.predict import predict_array
+    from unet.predict.window import predict_array
 
     model, _, limit, _ = out_of_memory_model
     limit[0] = 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 from PIL import Image
-from test_engine import write_checkpoint, write_image
+from testdata import write_checkpoint, write_image
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
 from flows.handoff import terminal_progress

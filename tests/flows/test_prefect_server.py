@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_engine import write_checkpoint, write_image
+from testdata import write_checkpoint, write_image
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
 

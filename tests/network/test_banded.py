@@ -120,7 +120,7 @@ def test_bad_arguments_are_refused():
 def test_predict_runs_valid_models_in_bands_on_a_cpu(monkeypatch):
     """``predict.forward``: banded for a valid model on a CPU, the module for same padding."""
     import unet.network.banded
-    from unet.predict import forward
+    from unet.predict.step import forward
 
     calls = []
     monkeypatch.setattr(
@@ -135,7 +135,7 @@ def test_predict_runs_valid_models_in_bands_on_a_cpu(monkeypatch):
 
 def test_banded_predictions_keep_tiles_equal_to_the_whole_image():
     """The pipeline's path (predict_array on a CPU) still equals one plain pass."""
-    from unet.predict import predict_array
+    from unet.predict.window import predict_array
     from unet.tiling import mirror_pad
 
     model = make_model(depth=2)

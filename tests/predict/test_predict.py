@@ -4,7 +4,7 @@ import torch
 from conftest import make_model
 
 from unet.errors import ChannelMismatch, InvalidImage, InvalidParameter, InvalidTileSize
-from unet.predict import predict_array
+from unet.predict.window import predict_array
 
 
 def whole_image_reference(model, image):
@@ -115,7 +115,7 @@ def test_cuda_matches_cpu(rng):
 
 @pytest.mark.parametrize("num_classes", [1, 2, 3])
 def test_labels_on_the_device_equal_labels_of_the_logits(num_classes):
-    from unet.predict import predict_window
+    from unet.predict.window import predict_window
     from unet.predict.labels import labels_from_logits
 
     model = make_model(depth=2, num_classes=num_classes)

@@ -14,7 +14,7 @@ from unet.errors import (
     UnsupportedInput,
 )
 from unet.network.checkpoint import load_checkpoint
-from unet.predict import predict_array
+from unet.predict.window import predict_array
 from unet.tiling import Geometry
 from unet.training.data import TileSampler, load_dataset, parse_class_map
 from unet.training.synthetic import nuclei_image, write_nuclei_dataset

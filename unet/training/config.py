@@ -1,93 +1,97 @@
-"""Validated training settings, stored in the checkpoint's metadata."""
+"""The settings of a training run, typed once: the ``unet train`` options, :func:`train`'s
+keywords and what the checkpoint records all come from :class:`TrainParameters`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
-from unet.errors import (
-    InvalidParameter,
-)
-from unet.predict.device import PRECISIONS, Precision
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from unet.tiling import Geometry, Padding
 
-if TYPE_CHECKING:
-    pass
-
-
 Optimizer = Literal["sgd", "adam"]
-
-
 OPTIMIZERS = ("sgd", "adam")
-
-
 #: Learning rate per optimizer when none is given.
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
-
-
 #: Output pixels per tile side aimed at by the default training tile.
 DEFAULT_TRAIN_OUTPUT = 128
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Validated training settings (see :func:`train` for their meaning); stored in the
-    checkpoint's metadata. ``tile_size`` and ``lr`` given as None are resolved to their
-    defaults."""
+class TrainParameters(BaseModel):
+    """How to train; every field has the ``unet train`` option of the same name.
 
-    base_channels: int = 64
-    depth: int = 4
-    padding: Padding = "valid"
-    steps: int = 1000
-    batch_size: int = 4
-    tile_size: int | None = None
-    lr: float | None = None
-    optimizer: Optimizer = "sgd"
-    momentum: float = 0.99
-    seed: int = 0
-    precision: Precision = "fp32"
-    val_fraction: float = 0.2
-    val_every: int | None = None
-    w0: float = 10.0
-    sigma: float = 5.0
-    elastic: bool = True
+    ``tile_size`` and ``lr`` left unset are resolved to their defaults when validated.
+    """
 
-    def __post_init__(self) -> None:
-        if self.depth < 1 or self.base_channels < 1:
-            raise InvalidParameter(
-                f"need depth >= 1 and base channels >= 1, got {self.depth}, {self.base_channels}"
-            )
-        if self.steps < 1 or self.batch_size < 1:
-            raise InvalidParameter(
-                f"need steps >= 1 and batch size >= 1, got {self.steps}, {self.batch_size}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise InvalidParameter(
-                f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
-            )
-        if self.precision not in PRECISIONS:
-            raise InvalidParameter(
-                f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise InvalidParameter(f"val fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.momentum < 1:
-            raise InvalidParameter(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.val_every is not None and self.val_every < 1:
-            raise InvalidParameter(f"val every must be >= 1, got {self.val_every}")
-        if self.w0 < 0 or self.sigma <= 0:
-            raise InvalidParameter(f"need w0 >= 0 and sigma > 0, got {self.w0}, {self.sigma}")
-        lr = DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
-        if not lr > 0:
-            raise InvalidParameter(f"learning rate must be > 0, got {lr}")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_channels: int = Field(
+        64, ge=1, description="channels of the first level (64 in the paper)"
+    )
+    depth: int = Field(4, ge=1, description="number of poolings (4 in the paper)")
+    padding: Padding = Field("valid", description="valid (the paper, exact tiling) or same")
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(4, ge=1, description="tiles per step")
+    tile_size: int | None = Field(
+        None, gt=0, description="input tile side (a valid size); default 128 output pixels"
+    )
+    lr: float | None = Field(None, gt=0, description="learning rate (SGD 0.01, Adam 0.001)")
+    optimizer: Optimizer = Field("sgd", description="sgd (momentum 0.99, the paper) or adam")
+    momentum: float = Field(0.99, ge=0, lt=1, description="SGD momentum")
+    seed: int = Field(0, ge=0, description="random seed (deterministic on CPU)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32, or bf16/fp16 autocast"
+    )
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of images held out")
+    val_every: int | None = Field(
+        None, ge=1, description="steps between validations; default a tenth of the run"
+    )
+    w0: float = Field(10.0, ge=0, description="weight map: border weight w0")
+    sigma: float = Field(5.0, gt=0, description="weight map: border width sigma, pixels")
+    elastic: bool = Field(True, description="elastic deformations (flips and rotations always)")
+    class_map: dict[int, int] | None = Field(
+        None, description="mask value to class, e.g. 10:1,20:2; default every non-zero value is 1"
+    )
+    class_names: list[str] | None = Field(
+        None, description="comma-separated class names, label 0 first"
+    )
+    overwrite: bool = Field(False, description="replace an existing checkpoint")
+
+    @field_validator("class_map", mode="before")
+    @classmethod
+    def _parse_class_map(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from unet.training.data import parse_class_map
+
+            return parse_class_map(value)
+        return value
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> TrainParameters:
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
         geometry = self.geometry
-        tile_size = self.tile_size
-        if tile_size is None:
-            tile_size = geometry.valid_at_least(DEFAULT_TRAIN_OUTPUT + 2 * geometry.halo)
-        geometry.output_size(tile_size)  # raises InvalidInputSize naming the nearest valid sides
-        object.__setattr__(self, "lr", float(lr))
-        object.__setattr__(self, "tile_size", int(tile_size))
+        if self.tile_size is None:
+            side = geometry.valid_at_least(DEFAULT_TRAIN_OUTPUT + 2 * geometry.halo)
+            object.__setattr__(self, "tile_size", side)
+        geometry.output_size(self.tile_size)  # InvalidInputSize naming the nearest valid sides
+        return self
 
     @property
     def geometry(self) -> Geometry:
         return Geometry(depth=self.depth, padding=self.padding)
+
+    def recorded(self) -> dict[str, Any]:
+        """What the checkpoint records of these settings (JSON-serialisable)."""
+        data = self.model_dump(mode="json", exclude={"overwrite", "device", "class_names"})
+        if self.class_map is not None:
+            data["class_map"] = sorted([int(k), int(v)] for k, v in self.class_map.items())
+        return data

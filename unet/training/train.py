@@ -21,28 +21,27 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unet.config import validated
 from unet.errors import (
     InvalidParameter,
     OutputExists,
 )
 from unet.predict.device import Precision
 from unet.results.evaluate import confusion_matrix, dice_iou
-from unet.tiling import Padding
-from unet.training.config import Optimizer, TrainConfig
+from unet.training.config import TrainParameters
 from unet.training.data import (
     LabelledImage,
     TileSampler,
     load_dataset,
     normalization,
-    parse_class_map,
     split,
 )
 
@@ -79,28 +78,10 @@ class TrainResult:
 def train(
     data_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
+    parameters: TrainParameters | None = None,
     *,
-    base_channels: int = 64,
-    depth: int = 4,
-    steps: int = 1000,
-    batch_size: int = 4,
-    tile_size: int | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    precision: Precision = "fp32",
-    val_fraction: float = 0.2,
-    optimizer: Optimizer = "sgd",
-    momentum: float = 0.99,
-    class_map: str | Mapping[int, int] | None = None,
-    class_names: list[str] | None = None,
-    padding: Padding = "valid",
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    elastic: bool = True,
-    val_every: int | None = None,
-    overwrite: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> TrainResult:
     """Train a U-Net on a data directory and save it as a checkpoint.
 
@@ -108,26 +89,13 @@ def train(
     ----------
     data_dir: directory with ``images/`` and ``masks/`` (matching stems; TIFF, PNG or Zarr)
     out: checkpoint file to write (``.safetensors``)
-    base_channels, depth, padding: architecture (64, 4, "valid" in the paper)
-    steps: optimisation steps
-    batch_size: tiles per step
-    tile_size: input tile side, a valid size for the architecture; default the smallest valid
-        side giving at least 128 output pixels
-    lr: learning rate; default 0.01 for SGD, 0.001 for Adam
-    seed: seeds weights, validation split, tile positions and augmentation
-    device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``
-    precision: ``fp32``, or ``bf16``/``fp16`` autocast
-    val_fraction: share of the images held out for validation (at least one image when > 0
-        and there are two or more)
-    optimizer: ``sgd`` (momentum ``momentum``, 0.99 in the paper) or ``adam``
-    class_map: mask value -> class, as a mapping or text ``"1:1,2:1,3:2"``; default every
-        non-zero value is class 1
-    class_names: one name per class, stored in the checkpoint
-    w0, sigma: the weight map's border term
-    elastic: elastic deformations (flips and rotations always apply)
-    val_every: steps between validations shown in the progress bar; default a tenth of the run
-    overwrite: replace an existing ``out``
+    parameters: the settings (:class:`~unet.training.config.TrainParameters`); or give its fields
+        as keywords (``steps=300, depth=3, ...``)
     progress: show a progress bar (rich, on stderr) with loss and validation Dice
+
+    Everything random derives from ``seed``: on the CPU two runs with one seed and one thread
+    count give identical weights. The validation split holds out ``round(n * val_fraction)``
+    images (at least one when > 0 and there are two or more).
 
     Raises
     ------
@@ -143,28 +111,15 @@ def train(
     from unet.network.model import UNet
     from unet.predict.device import autocast, resolve_device
 
-    config = TrainConfig(
-        base_channels=base_channels,
-        depth=depth,
-        padding=padding,
-        steps=steps,
-        batch_size=batch_size,
-        tile_size=tile_size,
-        lr=lr,
-        optimizer=optimizer,
-        momentum=momentum,
-        seed=seed,
-        precision=precision,
-        val_fraction=val_fraction,
-        val_every=val_every,
-        w0=w0,
-        sigma=sigma,
-        elastic=elastic,
-    )
+    if parameters is None:
+        parameters = validated(TrainParameters, options)
+    elif options:
+        parameters = validated(TrainParameters, {**parameters.model_dump(), **options})
+    config = parameters
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() and not config.overwrite:
         raise OutputExists(f"{out} exists: choose another path or pass --overwrite")
-    mapping = parse_class_map(class_map) if isinstance(class_map, str) else class_map
+    mapping, class_names = config.class_map, config.class_names
     dataset = load_dataset(data_dir, class_map=mapping, w0=config.w0, sigma=config.sigma)
     num_classes = max(max(int(item.classes.max()) for item in dataset) + 1, 2)
     if mapping:
@@ -178,7 +133,7 @@ def train(
     for item in dataset:
         item.image = ((item.image - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
 
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = UNet(
@@ -238,8 +193,7 @@ def train(
         std=std,
         class_names=class_names,
         trainer="unet.train",
-        **asdict(config),
-        class_map=sorted(mapping.items()) if mapping else None,
+        **config.recorded(),
         train_images=train_names,
         val_images=val_names,
         final_loss=final_loss,
@@ -297,7 +251,7 @@ def _he_init(model: UNet) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def _optimiser(model: UNet, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimiser(model: UNet, config: TrainParameters) -> torch.optim.Optimizer:
     import torch
 
     if config.optimizer == "adam":

@@ -1,16 +1,23 @@
-"""Smoke test of ``unet bench --quick``: the keys of the result and the plot, never timings."""
+"""Smoke test of the benchmark harness (``unet bench --quick``): the keys of the result and the
+plot, never timings."""
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("matplotlib")
 
+HARNESS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(HARNESS))
+
 
 def test_quick_bench_returns_results_and_writes_plot(tmp_path):
-    from unet.bench import run_bench
+    from bench import run_bench
 
     has_monai = importlib.util.find_spec("monai") is not None
     results = run_bench(
@@ -75,7 +82,7 @@ def test_quick_bench_returns_results_and_writes_plot(tmp_path):
 
 
 def test_rounds_take_each_ratio_and_target_on_the_median(tmp_path):
-    from unet.bench import run_rounds
+    from bench import run_rounds
 
     summary = run_rounds(
         3,
@@ -101,9 +108,11 @@ def test_rounds_take_each_ratio_and_target_on_the_median(tmp_path):
 
 def test_a_measurement_in_its_own_process_reports_its_high_water_mark(tmp_path):
     """What the real benchmark runs: a fresh interpreter, its peak RSS from the kernel's VmHWM."""
-    from unet.bench import _checkpoint_for, _measure_in_subprocess
+    from bench import measure_in_subprocess
 
-    checkpoint = _checkpoint_for(tmp_path, None, None, None, False, quick=True)
+    from unet.bench.inputs import bench_checkpoint
+
+    checkpoint = bench_checkpoint(tmp_path, quick=True)
     spec = {
         "kind": "raw",
         "device": "cpu",
@@ -114,8 +123,18 @@ def test_a_measurement_in_its_own_process_reports_its_high_water_mark(tmp_path):
         "tile_size": 92,
         "repeats": 2,
     }
-    result = _measure_in_subprocess(spec)
+    result = measure_in_subprocess(spec)
 
     assert "high_water_mib" not in result and "worker_high_water_mib" not in result
     assert 50 < result["peak_rss_mib"] < 4096  # torch alone takes more than 50 MiB
     assert 0 < result["sustained_mpx_per_s"] <= result["mpx_per_s"]
+
+
+def test_unet_bench_runs_the_harness_with_its_options():
+    """``unet bench`` is the harness's command line: one set of options, one help."""
+    unet = Path(sys.executable).with_name("unet")
+    shown = subprocess.run([str(unet), "bench", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "--rounds" in shown.stdout and "--tile-sweep" in shown.stdout
+    wrong = subprocess.run([str(unet), "bench", "--sides", "a,b"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "comma-separated list of integers" in wrong.stderr

@@ -1,0 +1,277 @@
+"""Measurements of the benchmark, each a function of a small JSON-able ``spec``.
+
+- :func:`measure_raw`: forward passes over a batch of random tiles, as the pipeline runs them
+  (:func:`unet.predict.forward`: in bands of rows on a CPU);
+- :func:`measure_pipeline`: :func:`unet.engine.run.segment` of a generated image, timed after a
+  one-chunk warm-up that starts the cluster and loads the model; optionally the raw model on the
+  pipeline's own worker right before and after, and the device steps' share of the wall time;
+- :func:`measure_agreement`: how many mask pixels bf16/fp16 changes against fp32.
+
+:func:`measure` runs one by its ``kind``; the harness in the repository's ``benchmarks/`` runs
+each in a fresh process, compares them with MONAI and prints the targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def high_water_mib() -> float:
+    """This process's peak RSS (``VmHWM``) in MiB; 0 where /proc has no such line.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries the forking parent's high-water mark into an
+    exec'd child's.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker_high_water() -> tuple[int, float]:
+    """(pid, VmHWM in MiB) of the Dask worker this runs in."""
+    return os.getpid(), high_water_mib()
+
+
+def prepared_model(spec: dict[str, Any], padding: str = "valid"):
+    """``(checkpoint, model, device)`` of ``spec["checkpoint"]`` on ``spec["device"]``, in eval mode
+    and (with ``spec["channels_last"]``) channels-last; ``padding="same"`` copies the weights into
+    a same-padding U-Net (the network MONAI's sliding window runs)."""
+    import torch
+
+    from unet.network.checkpoint import load_checkpoint
+    from unet.network.model import UNet
+
+    checkpoint = load_checkpoint(spec["checkpoint"])
+    model = checkpoint.model
+    if padding != "valid":
+        model = UNet(**{**model.config, "padding": padding})
+        model.load_state_dict(checkpoint.model.state_dict())
+    device = torch.device(spec["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the pipeline's workers do
+    model = model.eval().to(device)
+    if spec["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    return checkpoint, model, device
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gpu_peak_mib(device) -> float | None:
+    """Peak GPU memory torch allocated on ``device`` in this process, MiB; None on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return None
+
+
+def measure_raw(spec: dict[str, Any]) -> dict[str, Any]:
+    """Forward passes over a batch of random tiles (``tile_size``, ``batch_size``): 3 warm-up
+    passes, then ``repeats`` timed ones; ``mpx_per_s`` is the best pass, ``sustained_mpx_per_s``
+    all of them, in useful output pixels ``(T - 2 halo)^2 x batch``."""
+    import torch
+
+    from unet.predict.device import autocast
+    from unet.predict.step import forward
+
+    _, model, device = prepared_model(spec)
+    tile, batch = spec["tile_size"], spec["batch_size"]
+    keep = tile - 2 * model.geometry.context
+    inputs = torch.randn(
+        batch, model.in_channels, tile, tile, generator=torch.Generator().manual_seed(0)
+    )
+    inputs = inputs.to(device)
+    if spec["channels_last"]:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode(), autocast(device, spec["precision"]):
+        # Warm-up: cuDNN's autotuning, and the heap, which takes a few passes to settle (see
+        # unet.engine.allocator) and would otherwise be grown inside the timed passes.
+        for _ in range(3):
+            forward(model, inputs)
+        synchronize(device)
+        for _ in range(spec["repeats"]):
+            started = time.perf_counter()
+            forward(model, inputs)
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+    best = min(times)
+    return {
+        "tile_size": tile,
+        "output_side": keep,
+        "batch_size": batch,
+        "seconds_per_forward": round(best, 4),
+        "mpx_per_s": round(keep * keep * batch / best / 1e6, 4),
+        # All the timed passes' pixels over all their seconds, as the pipeline's speed is taken.
+        "sustained_mpx_per_s": round(keep * keep * batch * len(times) / sum(times) / 1e6, 4),
+        "halo_cost": round((tile / keep) ** 2, 4),
+        # What unet.predict.forward ran: the pipeline's pass, banded for a valid model on a CPU.
+        "forward": "banded" if device.type == "cpu" else "module",
+        "gpu_peak_mib": gpu_peak_mib(device),
+    }
+
+
+def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`unet.engine.run.segment` of ``spec["image"]`` into ``spec["output"]``, timed by its
+    report after a warm-up on ``spec["warmup"]``; ``runs`` times (median kept). With
+    ``adjacent_raw`` (a raw spec) the raw model runs on the pipeline's worker right before and
+    after (``raw_in_process``)."""
+    started = time.perf_counter()
+    from unet.config import SegmentParameters
+    from unet.engine.cluster import dask_client, plan_cluster
+    from unet.engine.run import segment
+
+    parameters = SegmentParameters(
+        model=spec["checkpoint"],
+        tile_size=spec["tile_size"],
+        batch_size=spec["batch_size"],
+        device=spec["device"],
+        precision=spec["precision"],
+        skip_background=spec.get("skip_background", False),
+        overwrite=True,
+    )
+    if spec.get("in_process"):
+        from distributed import Client
+
+        client_context = Client(processes=False, n_workers=1, threads_per_worker=1)
+        workers_here = True
+    else:
+        plan = plan_cluster(parameters.device, parameters.workers, None)
+        client_context = dask_client(plan)
+        workers_here = not plan.processes
+    # Masks of an earlier bench run in the same --workdir are deleted before the clock starts:
+    # segment(overwrite=True) would delete them inside the timed run (0.1 s at 8192^2).
+    for output in (spec["output"], spec["output"] + ".warmup"):
+        shutil.rmtree(output, ignore_errors=True)
+    with client_context as client:
+        # Warm-up: the worker imports torch and loads the model (cached by checkpoint digest).
+        segment(spec["warmup"], spec["output"] + ".warmup", parameters, client=client)
+        adjacent = spec.get("adjacent_raw")
+        raw = []
+        if adjacent:  # the raw model on the pipeline's worker, right before the timed run
+            raw.append(client.submit(measure_raw, adjacent, pure=False).result())
+        reports = []
+        with device_seconds() as spent:
+            for run in range(spec.get("runs", 1)):
+                if run:
+                    shutil.rmtree(spec["output"], ignore_errors=True)
+                reports.append(segment(spec["image"], spec["output"], parameters, client=client))
+        # The forward passes' share of the wall time: the pipeline against its own model, free
+        # of the machine's drift (known where the worker runs in this process).
+        share = spent[0] / sum(r.seconds for r in reports) if workers_here else None
+        if adjacent:  # ... and right after it
+            raw.append(client.submit(measure_raw, adjacent, pure=False).result())
+        report = sorted(reports, key=lambda r: r.seconds)[len(reports) // 2]
+        gpu = None
+        if spec["device"].startswith("cuda"):
+            peaks = client.run(worker_gpu_peak)
+            gpu = max(peaks.values()) if peaks else None
+        # Worker processes' own peaks; a worker in this process is counted by the caller.
+        workers = {
+            pid: mib for pid, mib in client.run(worker_high_water).values() if pid != os.getpid()
+        }
+    return {
+        "worker_high_water_mib": list(workers.values()),
+        **({"raw_in_process": raw} if adjacent else {}),
+        "side": spec["side"],
+        "megapixels": round(report.megapixels, 3),
+        "seconds": round(report.seconds, 3),
+        "cold_seconds": round(time.perf_counter() - started, 3),
+        "runs_seconds": [round(r.seconds, 3) for r in reports],
+        "forward_share": None if share is None else round(share, 4),
+        "mpx_per_s": round(report.megapixels_per_second, 4),
+        "chunks_computed": report.chunks_computed,
+        "chunks_skipped": report.chunks_skipped,
+        "tissue_fraction": spec.get("tissue_fraction"),
+        "gpu_peak_mib": gpu,
+    }
+
+
+@contextlib.contextmanager
+def device_seconds() -> Iterator[list[float]]:
+    """Sum the seconds of :func:`unet.predict.device_step` (copies, forward pass, labels) in this
+    process while inside: the documented place to wrap the device's part of a batch."""
+    import unet.predict
+
+    spent = [0.0]
+    step = unet.predict.device_step
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        begin = time.perf_counter()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - begin
+
+    unet.predict.device_step = timed
+    try:
+        yield spent
+    finally:
+        unet.predict.device_step = step
+
+
+def worker_gpu_peak() -> float:
+    """The peak GPU memory torch allocated in this process, MiB (run on a Dask worker)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def measure_agreement(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fraction of mask pixels equal in fp32 and ``spec["precision"]`` on a generated
+    nuclei image of side ``spec["side"]``."""
+    from unet.predict.window import predict_array
+    from unet.training.synthetic import NucleiScene, render
+
+    checkpoint, model, device = prepared_model(spec)
+    side = spec["side"]
+    scene = NucleiScene(shape=(side, side), seed=7)
+    raw, _ = render(scene, slice(0, side), slice(0, side))
+    raw = np.repeat(raw, model.in_channels, axis=0)
+    image = checkpoint.normalize(raw)
+    masks = {}
+    for precision in ("fp32", spec["precision"]):
+        logits = predict_array(
+            model,
+            image,
+            tile_size=spec["tile_size"],
+            batch_size=spec["batch_size"],
+            device=str(device),
+            precision=precision,
+        )
+        masks[precision] = logits.argmax(0) if logits.shape[0] > 1 else logits[0] > 0
+    equal = float(np.mean(masks["fp32"] == masks[spec["precision"]]))
+    return {"side": side, "precision": spec["precision"], "equal_fraction": round(equal, 6)}
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the measurement ``spec["kind"]`` (``raw``, ``pipeline`` or ``agreement``) with the
+    malloc settings of the pipeline's workers; add this process's peak RSS (``high_water_mib``)."""
+    from unet.engine.allocator import reuse_freed_memory
+
+    # Every measurement runs with the malloc settings the pipeline's workers use (see
+    # unet.engine.allocator), so that none gains or loses by the allocator alone.
+    reuse_freed_memory()
+    kind = spec["kind"]
+    run = {"raw": measure_raw, "pipeline": measure_pipeline, "agreement": measure_agreement}
+    result = run[kind](spec)
+    result["kind"] = kind
+    result["loadavg"] = round(os.getloadavg()[0], 2)
+    result["high_water_mib"] = high_water_mib()
+    return result
