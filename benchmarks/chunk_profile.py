@@ -32,14 +32,15 @@ def main() -> None:
 
     reuse_freed_memory()
     import unet.engine.worker as worker
-    from unet import bench
+    import unet.predict
+    from unet.bench.inputs import bench_checkpoint
     from unet.config import SegmentParameters
     from unet.engine.output import open_output
     from unet.engine.plan import plan_run
     from unet.tiling import default_tile_size
 
     work = Path(tempfile.mkdtemp(prefix="unet-profile-"))
-    model = bench._checkpoint_for(work, None, None, None, args.paper, False)
+    model = bench_checkpoint(work, paper=args.paper)
     parameters = SegmentParameters(
         model=model, device=args.device, precision=args.precision, overwrite=True
     )
@@ -47,15 +48,7 @@ def main() -> None:
     started = time.perf_counter()
     plan = plan_run(args.image, output, parameters)
     planned = time.perf_counter() - started
-    group = open_output(
-        output,
-        plan.fingerprint,
-        plan.checkpoint,
-        plan.source.shape[1:],
-        plan.chunks,
-        plan.chunk_counts,
-        parameters,
-    )
+    group = open_output(plan)
     opened = time.perf_counter() - started - planned
     tile = default_tile_size(plan.checkpoint.model.geometry, plan.chunks[0])
     job = worker.ChunkJob(
@@ -86,12 +79,13 @@ def main() -> None:
 
     read_window = worker.read_window
     worker.read_window = timed("read window", worker.read_window)
-    worker._infer = timed("infer (copy in, forward, labels, copy out)", worker._infer)
+    unet.predict.device_step = timed(
+        "device step (copy in, forward, labels, copy out)", unet.predict.device_step
+    )
     # The mask and its pyramid levels go to Zarr in one call (unet.io.pyramid.write_chunk_levels).
     worker.write_chunk_levels = timed("write mask and levels", worker.write_chunk_levels)
     worker.mark_finished = timed("ledger", worker.mark_finished)
-    counts = plan.chunk_counts
-    indices = [(i, j) for i in range(counts[0]) for j in range(counts[1])]
+    indices = plan.grid.indices()
     worker.run_chunk(job, indices[len(indices) // 2])  # warm-up: model load, cuDNN autotune
     times.clear()
     chosen = indices[: args.chunks]
@@ -108,7 +102,7 @@ def main() -> None:
     for threads in (1, 4, 8):
         begin = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda index: read_window(job, geometry, *job.bounds(index)), chosen))
+            list(pool.map(lambda i: read_window(job.source, job.window(i, geometry)), chosen))
         seconds = time.perf_counter() - begin
         print(f"reads alone, {threads} threads: {1000 * seconds / n:.1f} ms per chunk")
 

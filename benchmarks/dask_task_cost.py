@@ -23,7 +23,7 @@ def nothing(job: object, index: tuple[int, int]) -> tuple[int, int]:
 
 def main() -> None:
     import unet.engine.worker
-    from unet import engine
+    from unet.engine import run as engine
     from unet.engine.cluster import dask_client, plan_cluster
 
     unet.engine.worker.run_chunk = nothing  # what run_chunks submits

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import measure_in_subprocess
 
-from unet import bench  # noqa: E402
+from unet.bench.inputs import BENCH_CHUNK, bench_checkpoint, bench_image
 
 
 def main() -> None:
@@ -31,12 +30,12 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = bench._checkpoint_for(work, None, args.base_channels, None, True, False)
+    checkpoint = bench_checkpoint(work, base_channels=args.base_channels, paper=True)
     from unet.network.checkpoint import load_checkpoint
     from unet.tiling import default_tile_size
 
     geometry = load_checkpoint(checkpoint).model.geometry
-    tile = default_tile_size(geometry, bench.BENCH_CHUNK)
+    tile = default_tile_size(geometry, BENCH_CHUNK)
     common = {
         "device": args.device,
         "precision": args.precision,
@@ -46,16 +45,16 @@ def main() -> None:
     }
     rows = []
     for batch in args.batches:
-        result = bench._measure_in_subprocess(
+        result = measure_in_subprocess(
             {**common, "kind": "raw", "tile_size": tile, "batch_size": batch, "repeats": 5}
         )
         rows.append({"what": f"raw tile {tile} batch {batch}", **result})
         print(rows[-1]["what"], result["mpx_per_s"], "Mpx/s", flush=True)
-    image = bench._image(work, args.side, bench.BENCH_CHUNK, 1)
-    warmup = bench._image(work, bench.BENCH_CHUNK, bench.BENCH_CHUNK, 1)
+    image = bench_image(work, args.side, BENCH_CHUNK, 1)
+    warmup = bench_image(work, BENCH_CHUNK, BENCH_CHUNK, 1)
     for threads in args.threads:
         os.environ["UNET_GPU_THREADS"] = str(threads)
-        result = bench._measure_in_subprocess(
+        result = measure_in_subprocess(
             {
                 **common,
                 "kind": "pipeline",
