@@ -5,11 +5,7 @@ stored axes map onto ``(C, Y, X)``; it opens the store lazily, so it can travel 
 and each process opens the store once. Paths may be local or fsspec URLs (``s3://``,
 ``memory://``, ...): zarr opens URLs through its ``FsspecStore``.
 
-Axis handling. A plain array is ``(Y, X)``, ``(C, Y, X)`` or, with ``channels_last``,
-``(Y, X, C)``; a Zarr v3 array whose ``dimension_names`` name ``y`` and ``x`` uses those names.
-An OME-Zarr group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives the axes in its ``multiscales``
-metadata; its first dataset is level 0. Singleton axes other than ``c``, ``y``, ``x`` (``t``,
-``z``) are dropped; a longer one is refused, because the model segments single planes.
+How the stored axes map onto ``(C, Y, X)`` is :mod:`unet.io.axes`.
 """
 
 from __future__ import annotations
@@ -24,6 +20,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet.errors import InputNotFound, InvalidImage, InvalidParameter, UnsupportedInput
+from unet.io.axes import (
+    CHANNEL,
+    COLUMNS,
+    ROWS,
+    array_axes,
+    normalise_axes,
+    ome_axes,
+    ome_scale,
+    select_region,
+    spatial_chunks,
+    spatial_shape,
+)
 from unet.io.locations import is_url, resolve_location
 
 if TYPE_CHECKING:
@@ -32,15 +40,7 @@ if TYPE_CHECKING:
     from unet.io.chunkcache import ChunkCache
 
 
-#: Names given to the channel and the two image axes in :attr:`ImageSource.axes`.
-CHANNEL, ROWS, COLUMNS = "c", "y", "x"
-
-
 _INGEST_HINT = "TIFF, SVS, PNG and JPEG files must be converted first with `unet ingest`"
-
-
-#: A third axis at most this long, behind a longer first axis, is taken for colour samples.
-_MAX_TRAILING_CHANNELS = 4
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class ImageSource:
         _, height, width = self.shape
         rows = _check_slice(rows, height, "rows")
         cols = _check_slice(cols, width, "cols")
-        return _select(self._array, self.axes, rows, cols)
+        return select_region(self._array, self.axes, rows, cols)
 
     def read_cached(self, rows: slice, cols: slice) -> np.ndarray:
         """:meth:`read`, through a cache of decoded chunks kept with this object.
@@ -160,16 +160,18 @@ class ImageSource:
         if not isinstance(max_side, int) or max_side < 1:
             raise InvalidParameter(f"max_side must be a positive integer, got {max_side!r}")
         level, level_factor = self._fitting_level(max_side)
-        height, width = _spatial_shape(level, self.axes)
+        height, width = spatial_shape(level, self.axes)
         stride = max(1, math.ceil(max(height, width) / max_side))
-        chunk_rows = _spatial_chunks(level, self.axes)[0]
+        chunk_rows = spatial_chunks(level, self.axes)[0]
         band = stride * max(1, math.ceil(chunk_rows / stride))
         out = np.empty(
             (self.shape[0], math.ceil(height / stride), math.ceil(width / stride)), np.float32
         )
         for start in range(0, height, band):
             stop = min(start + band, height)
-            block = _select(level, self.axes, slice(start, stop, stride), slice(0, width, stride))
+            block = select_region(
+                level, self.axes, slice(start, stop, stride), slice(0, width, stride)
+            )
             out[:, start // stride : start // stride + block.shape[1]] = block
         return out, level_factor * stride
 
@@ -183,11 +185,11 @@ class ImageSource:
             level = _open_array(self.url, path)
             if level.ndim != len(self.axes):
                 continue
-            factor = _level_factor((height, width), _spatial_shape(level, self.axes))
+            factor = _level_factor((height, width), spatial_shape(level, self.axes))
             if factor is None or factor <= chosen[1]:
                 continue
             chosen = (level, factor)
-            if max(_spatial_shape(level, self.axes)) <= max_side:
+            if max(spatial_shape(level, self.axes)) <= max_side:
                 break
         return chosen
 
@@ -218,7 +220,7 @@ def open_image(url: str | os.PathLike[str], *, channels_last: bool = False) -> I
     if isinstance(node, zarr.Group):
         return _open_ome_group(location, node, channels_last)
     return _source_from_array(
-        location, "", node, _array_axes(location, node, channels_last), channels_last, None, ()
+        location, "", node, array_axes(location, node, channels_last), channels_last, None, ()
     )
 
 
@@ -288,19 +290,19 @@ def _open_ome_group(location: str, group: zarr.Group, channels_last: bool) -> Im
             f"OME-Zarr image {location} names level 0 '{level_paths[0]}', which does not exist "
             "in the store: rewrite the metadata or open the level-0 array directly"
         ) from error
-    names, types = _ome_axes(multiscale, array.ndim)
+    names, types = ome_axes(multiscale, array.ndim)
     if len(names) != array.ndim:
         raise InvalidImage(
             f"OME-Zarr image {location} declares {len(names)} axes {tuple(names)} for a "
             f"{array.ndim}-D level-0 array: fix its multiscales metadata"
         )
-    axes = _normalise_axes(location, names, types, array.shape)
+    axes = normalise_axes(location, names, types, array.shape)
     if channels_last and CHANNEL in axes and axes.index(CHANNEL) < axes.index(ROWS):
         raise InvalidParameter(
             f"channels_last was given but {location} declares its axes {axes} in OME metadata: "
             "drop --channels-last"
         )
-    scale = _ome_scale(multiscale, datasets[0], len(names))
+    scale = ome_scale(multiscale, datasets[0], len(names))
     pixel_size = None
     if scale is not None:
         pixel_size = (float(scale[axes.index(ROWS)]), float(scale[axes.index(COLUMNS)]))
@@ -310,98 +312,6 @@ def _open_ome_group(location: str, group: zarr.Group, channels_last: bool) -> Im
             pixel_size = None
     return _source_from_array(
         location, level_paths[0], array, axes, channels_last, pixel_size, level_paths
-    )
-
-
-def _ome_axes(multiscale: dict[str, Any], ndim: int) -> tuple[list[str], list[str | None]]:
-    """Axis names and types from NGFF metadata (0.3 strings, 0.4+ objects, 0.1-0.2 implicit)."""
-    axes = multiscale.get("axes")
-    if axes is None:
-        names = ["t", "c", "z", "y", "x"][-ndim:] if ndim <= 5 else []
-        return names, [None] * len(names)
-    names = [str(axis["name"] if isinstance(axis, dict) else axis) for axis in axes]
-    types = [axis.get("type") if isinstance(axis, dict) else None for axis in axes]
-    return names, types
-
-
-def _ome_scale(
-    multiscale: dict[str, Any], dataset: dict[str, Any], ndim: int
-) -> list[float] | None:
-    """Level-0 scale: the dataset's scale times the multiscale-wide scale, if any is given."""
-    found = False
-    scale = [1.0] * ndim
-    for transforms in (
-        dataset.get("coordinateTransformations"),
-        multiscale.get("coordinateTransformations"),
-    ):
-        for transform in transforms or []:
-            values = transform.get("scale") if transform.get("type") == "scale" else None
-            if isinstance(values, list) and len(values) == ndim:
-                scale = [a * float(b) for a, b in zip(scale, values, strict=True)]
-                found = True
-    return scale if found else None
-
-
-def _normalise_axes(
-    location: str, names: list[str], types: list[str | None], shape: tuple[int, ...]
-) -> tuple[str, ...]:
-    """Stored axis names with the channel axis called ``c`` and the image axes ``y``, ``x``.
-
-    Raises InvalidImage when an axis other than those three is longer than 1.
-    """
-    lowered = [name.lower() for name in names]
-    space = [i for i, kind in enumerate(types) if kind == "space"]
-    if len(space) < 2:
-        space = [i for i, name in enumerate(lowered) if name in ("z", "y", "x")]
-    if len(space) < 2:
-        raise InvalidImage(
-            f"image {location} has axes {tuple(names)} without two image axes (y, x): "
-            "store it with y and x axes"
-        )
-    channel = [i for i, kind in enumerate(types) if kind == "channel"]
-    channel = channel or [i for i, name in enumerate(lowered) if name == CHANNEL]
-    roles = {space[-2]: ROWS, space[-1]: COLUMNS}
-    if channel:
-        roles[channel[0]] = CHANNEL
-    axes = tuple(roles.get(i, lowered[i]) for i in range(len(names)))
-    for axis, length in zip(axes, shape, strict=True):
-        if axis not in (CHANNEL, ROWS, COLUMNS) and length != 1:
-            raise InvalidImage(
-                f"image {location} has a '{axis}' axis of length {length} (axes {axes}, "
-                f"shape {tuple(shape)}): only single 2-D planes are segmented; extract one "
-                f"{axis} plane into its own array first"
-            )
-    return axes
-
-
-def _array_axes(location: str, array: zarr.Array, channels_last: bool) -> tuple[str, ...]:
-    """Axis names of a plain array: its v3 dimension names, else from its number of axes."""
-    shape = tuple(array.shape)
-    names = getattr(array.metadata, "dimension_names", None)
-    if names and all(isinstance(n, str) for n in names):
-        lowered = [n.lower() for n in names]
-        if ROWS in lowered and COLUMNS in lowered:
-            axes = _normalise_axes(location, list(names), [None] * len(names), shape)
-            if channels_last and CHANNEL in axes and axes.index(CHANNEL) < axes.index(ROWS):
-                raise InvalidParameter(
-                    f"channels_last was given but {location} names its axes {axes}: "
-                    "drop --channels-last"
-                )
-            return axes
-    if array.ndim == 2:
-        return (ROWS, COLUMNS)
-    if array.ndim == 3:
-        if channels_last:
-            return (ROWS, COLUMNS, CHANNEL)
-        if shape[2] <= _MAX_TRAILING_CHANNELS < shape[0]:
-            raise InvalidImage(
-                f"array {location} of shape {shape} looks like (Y, X, C), not (C, Y, X): "
-                "pass --channels-last (channels_last=True)"
-            )
-        return (CHANNEL, ROWS, COLUMNS)
-    raise InvalidImage(
-        f"array {location} has {array.ndim} axes {shape}: give a (Y, X) or (C, Y, X) array, "
-        "or an OME-Zarr image group whose metadata names the axes"
     )
 
 
@@ -427,41 +337,19 @@ def _source_from_array(
             f"array {where} of shape {shape} is empty: give an image with at least one pixel"
         )
     channels = shape[axes.index(CHANNEL)] if CHANNEL in axes else 1
-    height, width = _spatial_shape(array, axes)
+    height, width = spatial_shape(array, axes)
     stored_last = CHANNEL in axes and axes.index(CHANNEL) > axes.index(ROWS)
     return ImageSource(
         url=location,
         array_path=array_path,
         shape=(channels, height, width),
-        chunks=_spatial_chunks(array, axes),
+        chunks=spatial_chunks(array, axes),
         dtype=dtype.name,
         channels_last=stored_last or (channels_last and CHANNEL in axes),
         axes=axes,
         pixel_size=pixel_size,
         level_paths=level_paths,
     )
-
-
-def _spatial_shape(array: zarr.Array, axes: tuple[str, ...]) -> tuple[int, int]:
-    return int(array.shape[axes.index(ROWS)]), int(array.shape[axes.index(COLUMNS)])
-
-
-def _spatial_chunks(array: zarr.Array, axes: tuple[str, ...]) -> tuple[int, int]:
-    chunks = getattr(array, "shards", None) or array.chunks
-    return int(chunks[axes.index(ROWS)]), int(chunks[axes.index(COLUMNS)])
-
-
-def _select(array: zarr.Array, axes: tuple[str, ...], rows: slice, cols: slice) -> np.ndarray:
-    """``array`` indexed by image rows and columns, as ``(C, h, w)`` in the stored dtype."""
-    picks = {ROWS: rows, COLUMNS: cols, CHANNEL: slice(None)}
-    selection = tuple(picks.get(axis, 0) for axis in axes)
-    block = np.asarray(array[selection])
-    kept = [axis for axis in axes if axis in picks]
-    if CHANNEL not in kept:
-        block = block[np.newaxis]
-        kept.insert(0, CHANNEL)
-    order = [kept.index(axis) for axis in (CHANNEL, ROWS, COLUMNS)]
-    return np.ascontiguousarray(block.transpose(order))
 
 
 def _check_slice(region: slice, length: int, name: str) -> slice:

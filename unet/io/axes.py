@@ -1,0 +1,136 @@
+"""How the stored axes of an array map onto ``(C, Y, X)``.
+
+A plain array is ``(Y, X)``, ``(C, Y, X)`` or, with ``channels_last``, ``(Y, X, C)``; a Zarr v3
+array whose ``dimension_names`` name ``y`` and ``x`` uses those names. An OME-Zarr group gives the
+axes in its ``multiscales`` metadata. Singleton axes other than ``c``, ``y``, ``x`` (``t``, ``z``)
+are dropped; a longer one is refused, because the model segments single planes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet.errors import InvalidImage, InvalidParameter
+
+if TYPE_CHECKING:
+    import zarr
+
+
+#: Names given to the channel and the two image axes.
+CHANNEL, ROWS, COLUMNS = "c", "y", "x"
+#: A third axis at most this long, behind a longer first axis, is taken for colour samples.
+_MAX_TRAILING_CHANNELS = 4
+
+
+def ome_axes(multiscale: dict[str, Any], ndim: int) -> tuple[list[str], list[str | None]]:
+    """Axis names and types from NGFF metadata (0.3 strings, 0.4+ objects, 0.1-0.2 implicit)."""
+    axes = multiscale.get("axes")
+    if axes is None:
+        names = ["t", "c", "z", "y", "x"][-ndim:] if ndim <= 5 else []
+        return names, [None] * len(names)
+    names = [str(axis["name"] if isinstance(axis, dict) else axis) for axis in axes]
+    types = [axis.get("type") if isinstance(axis, dict) else None for axis in axes]
+    return names, types
+
+
+def ome_scale(multiscale: dict[str, Any], dataset: dict[str, Any], ndim: int) -> list[float] | None:
+    """Level-0 scale: the dataset's scale times the multiscale-wide scale, if any is given."""
+    found = False
+    scale = [1.0] * ndim
+    for transforms in (
+        dataset.get("coordinateTransformations"),
+        multiscale.get("coordinateTransformations"),
+    ):
+        for transform in transforms or []:
+            values = transform.get("scale") if transform.get("type") == "scale" else None
+            if isinstance(values, list) and len(values) == ndim:
+                scale = [a * float(b) for a, b in zip(scale, values, strict=True)]
+                found = True
+    return scale if found else None
+
+
+def normalise_axes(
+    location: str, names: list[str], types: list[str | None], shape: tuple[int, ...]
+) -> tuple[str, ...]:
+    """Stored axis names with the channel axis called ``c`` and the image axes ``y``, ``x``.
+
+    Raises InvalidImage when an axis other than those three is longer than 1.
+    """
+    lowered = [name.lower() for name in names]
+    space = [i for i, kind in enumerate(types) if kind == "space"]
+    if len(space) < 2:
+        space = [i for i, name in enumerate(lowered) if name in ("z", "y", "x")]
+    if len(space) < 2:
+        raise InvalidImage(
+            f"image {location} has axes {tuple(names)} without two image axes (y, x): "
+            "store it with y and x axes"
+        )
+    channel = [i for i, kind in enumerate(types) if kind == "channel"]
+    channel = channel or [i for i, name in enumerate(lowered) if name == CHANNEL]
+    roles = {space[-2]: ROWS, space[-1]: COLUMNS}
+    if channel:
+        roles[channel[0]] = CHANNEL
+    axes = tuple(roles.get(i, lowered[i]) for i in range(len(names)))
+    for axis, length in zip(axes, shape, strict=True):
+        if axis not in (CHANNEL, ROWS, COLUMNS) and length != 1:
+            raise InvalidImage(
+                f"image {location} has a '{axis}' axis of length {length} (axes {axes}, "
+                f"shape {tuple(shape)}): only single 2-D planes are segmented; extract one "
+                f"{axis} plane into its own array first"
+            )
+    return axes
+
+
+def array_axes(location: str, array: zarr.Array, channels_last: bool) -> tuple[str, ...]:
+    """Axis names of a plain array: its v3 dimension names, else from its number of axes."""
+    shape = tuple(array.shape)
+    names = getattr(array.metadata, "dimension_names", None)
+    if names and all(isinstance(n, str) for n in names):
+        lowered = [n.lower() for n in names]
+        if ROWS in lowered and COLUMNS in lowered:
+            axes = normalise_axes(location, list(names), [None] * len(names), shape)
+            if channels_last and CHANNEL in axes and axes.index(CHANNEL) < axes.index(ROWS):
+                raise InvalidParameter(
+                    f"channels_last was given but {location} names its axes {axes}: "
+                    "drop --channels-last"
+                )
+            return axes
+    if array.ndim == 2:
+        return (ROWS, COLUMNS)
+    if array.ndim == 3:
+        if channels_last:
+            return (ROWS, COLUMNS, CHANNEL)
+        if shape[2] <= _MAX_TRAILING_CHANNELS < shape[0]:
+            raise InvalidImage(
+                f"array {location} of shape {shape} looks like (Y, X, C), not (C, Y, X): "
+                "pass --channels-last (channels_last=True)"
+            )
+        return (CHANNEL, ROWS, COLUMNS)
+    raise InvalidImage(
+        f"array {location} has {array.ndim} axes {shape}: give a (Y, X) or (C, Y, X) array, "
+        "or an OME-Zarr image group whose metadata names the axes"
+    )
+
+
+def spatial_shape(array: zarr.Array, axes: tuple[str, ...]) -> tuple[int, int]:
+    return int(array.shape[axes.index(ROWS)]), int(array.shape[axes.index(COLUMNS)])
+
+
+def spatial_chunks(array: zarr.Array, axes: tuple[str, ...]) -> tuple[int, int]:
+    chunks = getattr(array, "shards", None) or array.chunks
+    return int(chunks[axes.index(ROWS)]), int(chunks[axes.index(COLUMNS)])
+
+
+def select_region(array: zarr.Array, axes: tuple[str, ...], rows: slice, cols: slice) -> np.ndarray:
+    """``array`` indexed by image rows and columns, as ``(C, h, w)`` in the stored dtype."""
+    picks = {ROWS: rows, COLUMNS: cols, CHANNEL: slice(None)}
+    selection = tuple(picks.get(axis, 0) for axis in axes)
+    block = np.asarray(array[selection])
+    kept = [axis for axis in axes if axis in picks]
+    if CHANNEL not in kept:
+        block = block[np.newaxis]
+        kept.insert(0, CHANNEL)
+    order = [kept.index(axis) for axis in (CHANNEL, ROWS, COLUMNS)]
+    return np.ascontiguousarray(block.transpose(order))
