@@ -4,6 +4,7 @@ xarray and the layout napari's built-in reader depends on; labels inside the ima
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,19 @@ def test_a_finished_mask_lists_only_its_levels_with_dimension_names(masks):
         assert shapes == sorted(shapes, reverse=True), "levels by decreasing size"
         for key in group:
             assert group[key].metadata.dimension_names == ("y", "x")
+
+
+def test_napari_builtin_reader_opens_a_finished_mask_as_a_clean_pyramid(masks):
+    with warnings.catch_warnings():  # napari's own deprecation warnings on import
+        warnings.simplefilter("ignore")
+        from napari_builtins.io import napari_get_reader
+
+    for url in (masks["inside"], masks["standalone"]):
+        group = zarr.open_group(url, mode="r")
+        paths = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+        ((levels, *_),) = napari_get_reader(url)(url)
+        assert [level.shape for level in levels] == [group[p].shape for p in paths]
+        assert np.array_equal(np.asarray(levels[-1]), group[paths[-1]][...])
 
 
 def test_ome_zarr_models_validate_the_image_with_its_labels(masks):
