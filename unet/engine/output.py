@@ -36,7 +36,7 @@ def open_output(plan: RunPlan) -> zarr.Group:
 
     from unet.engine.worker import PROBABILITIES_PATH
     from unet.io.locations import remove_location, resolve_location
-    from unet.io.omezarr import create_label_image, image_calibration
+    from unet.io.omezarr import create_label_image, image_calibration, set_label_listed
     from unet.io.pyramid import chunk_levels, create_chunk_levels
 
     existing = existing_group(output)
@@ -55,6 +55,8 @@ def open_output(plan: RunPlan) -> zarr.Group:
         remove_location(resolve_location(output))
 
     destination = plan.destination
+    if destination.inside_image:
+        set_label_listed(destination.image, destination.label_name, listed=False)
     pixel_size, unit = image_calibration(destination.image)
     create_label_image(
         output,
@@ -126,7 +128,7 @@ def finish_output(plan: RunPlan) -> None:
     """
     import zarr
 
-    from unet.io.omezarr import list_label
+    from unet.io.omezarr import set_label_listed
     from unet.io.pyramid import build_pyramid
 
     output = plan.output
@@ -145,4 +147,4 @@ def finish_output(plan: RunPlan) -> None:
     remove_ledger(group)
     destination = plan.destination
     if destination.inside_image:
-        list_label(destination.image, destination.label_name)
+        set_label_listed(destination.image, destination.label_name, listed=True)

@@ -188,9 +188,12 @@ def create_label_image(
     return level0
 
 
-def list_label(image: str | os.PathLike[str], name: str) -> None:
-    """List the label image ``name`` in the ``labels`` group of the OME-Zarr image at ``image``,
-    creating the group when missing and keeping the names listed already."""
+def set_label_listed(image: str | os.PathLike[str], name: str, listed: bool) -> None:
+    """List (or unlist) the label image ``name`` in the ``labels`` group of the OME-Zarr image
+    at ``image``, creating the group when missing and keeping the other names.
+
+    A label image is listed once it is complete, so that readers never show a half-written one.
+    """
     import zarr
 
     location = f"{resolve_location(image).rstrip('/')}/{LABELS_GROUP}"
@@ -199,11 +202,13 @@ def list_label(image: str | os.PathLike[str], name: str) -> None:
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         group = zarr.create_group(store=location, zarr_format=3)
     ome = copy.deepcopy(group.attrs.asdict().get("ome") or {})
-    listed = list(ome.get("labels") or [])
-    if name in listed and ome.get("version") == NGFF_VERSION:
+    names = [n for n in ome.get("labels") or [] if n != name]
+    if listed:
+        names.append(name)
+    if ome.get("labels") == names and ome.get("version") == NGFF_VERSION:
         return
     ome["version"] = NGFF_VERSION
-    ome["labels"] = listed if name in listed else [*listed, name]
+    ome["labels"] = names
     group.update_attributes({"ome": ome})
 
 
@@ -231,14 +236,6 @@ def image_calibration(
     if unit is None and pixel_size == (1.0, 1.0):
         return None, None
     return pixel_size, unit
-
-
-def level_count(url: str | os.PathLike[str]) -> int:
-    """How many levels the multiscales of the OME-Zarr image at ``url`` lists."""
-    import zarr
-
-    group = zarr.open_group(store=resolve_location(url), mode="r")
-    return len(group.attrs.asdict()["ome"]["multiscales"][0]["datasets"])
 
 
 def set_multiscales(
