@@ -87,12 +87,25 @@ class DeploymentParameters(SegmentParameters):
     """The flow's parameters, flat: input and output plus the segmentation settings."""
 
     input: str = Field(description="image or folder (path relative to the file, or a URL)")
-    output: str = Field(description="mask or folder of masks (path relative to the file, or URL)")
+    output: str | None = Field(
+        None,
+        description="mask or folder of masks (path relative to the file, or URL); "
+        "left out with labels, which writes the mask into the image",
+    )
+
+    @model_validator(mode="after")
+    def _output_or_labels(self) -> DeploymentParameters:
+        if self.output is None and self.labels is None:
+            raise ValueError("give output, or labels to write the mask into the image")
+        return self
 
     def flow_parameters(self) -> dict[str, Any]:
         """The parameters as the flows take them; unset settings keep the flows' defaults."""
+        from unet.engine.destination import mask_location
+
         settings = self.model_dump(mode="json", exclude_unset=True, exclude={"input", "output"})
-        return {"input": self.input, "output": self.output, "parameters": settings}
+        output = mask_location(self.input, self.output, self.labels)
+        return {"input": self.input, "output": output, "parameters": settings}
 
 
 class Deployment(BaseModel):
@@ -157,7 +170,7 @@ def _resolved(pipelines: Pipelines, base: Path) -> Pipelines:
         parameters = deployment.parameters
         changes: dict[str, Any] = {
             "input": _local(parameters.input, base),
-            "output": _local(parameters.output, base),
+            "output": None if parameters.output is None else _local(parameters.output, base),
         }
         if "model" in parameters.model_fields_set and _is_file_name(parameters.model):
             changes["model"] = _local(parameters.model, base)

@@ -122,7 +122,7 @@ def make_preview(input: str, output: str, parameters: SegmentParameters) -> str:
     from unet.results.preview import data_uri, preview_path, render_preview, write_bytes
 
     png = render_preview(input, output, channels_last=parameters.channels_last)
-    path = preview_path(output)
+    path = preview_path(output, image=input if parameters.labels else None)
     write_bytes(path, png)
     create_markdown_artifact(
         markdown=(

@@ -58,6 +58,7 @@ def test_import_unet_stays_light():
             "precision",
         ),
         (["segment", "{input}", "{input}/o.zarr", "--model", "{model}"], "inside the input"),
+        (["segment", "{input}", "--model", "{model}"], "no OUTPUT given"),
     ],
 )
 def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path, args, message):
@@ -126,3 +127,24 @@ def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
     a = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["0"][...]
     b = zarr.open_group(str(out), mode="r")["0"][...]
     assert np.array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_segment_labels_into_the_image(tmp_path):
+    from unet.io.omezarr import create_image
+
+    model = write_checkpoint(tmp_path / "m.safetensors")
+    image = tmp_path / "slide.zarr"
+    level0 = create_image(str(image), (1, 40, 50), "uint8", (32, 32))
+    level0[...] = np.random.default_rng(0).integers(0, 255, (1, 40, 50), dtype=np.uint8)
+    common = ["--model", model, "--tile-size", "204", "--device", "cpu"]
+    result = run("segment", str(image), "--labels", "nuclei", *common)
+    assert result.returncode == 0, result.stderr
+    assert zarr.open_group(str(image / "labels"), mode="r").attrs["ome"]["labels"] == ["nuclei"]
+    mask = zarr.open_group(str(image / "labels" / "nuclei"), mode="r")
+    assert mask.attrs["unet"]["complete"] is True and sorted(mask) == ["0"]
+    assert (tmp_path / "slide.nuclei.preview.png").is_file()
+    assert sorted(p.name for p in image.iterdir()) == ["0", "labels", "zarr.json"]
+    again = run("segment", str(image), "--labels", "nuclei", *common)
+    assert again.returncode == 0 and "0 chunks computed" in again.stdout, again.stdout
+    assert "4 resumed" in again.stdout

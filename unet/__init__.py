@@ -7,6 +7,7 @@ The public API::
     report = segment("slide.zarr", "slide-mask.zarr", model="nuclei", precision="auto")
     checkpoint = load_checkpoint("nuclei")
     logits = predict_array(checkpoint.model, checkpoint.normalize(raw[None]))
+    labels = predict_dask(checkpoint.model, dask_image)   # lazy, chunked like dask_image
 
 Importing ``unet`` is cheap: torch, dask and prefect load where they are used, and the names
 below load their modules on first use.
@@ -29,6 +30,7 @@ _PUBLIC = {
     "Checkpoint": "unet.network.checkpoint",
     "UNet": "unet.network.model",
     "predict_array": "unet.predict.window",
+    "predict_dask": "unet.predict.dask",
     "train": "unet.training.train",
     "TrainParameters": "unet.training.config",
     "evaluate": "unet.results.evaluate",
@@ -47,6 +49,7 @@ __all__ = [
     "ingest",
     "load_checkpoint",
     "predict_array",
+    "predict_dask",
     "save_checkpoint",
     "segment",
     "train",
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
     from unet.io.ingest import ingest
     from unet.network.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from unet.network.model import UNet
+    from unet.predict.dask import predict_dask
     from unet.predict.window import predict_array
     from unet.results.evaluate import evaluate
     from unet.results.export import export

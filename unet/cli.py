@@ -37,16 +37,21 @@ def _options(
 @with_options(SegmentParameters)
 def segment(
     input: Annotated[str, typer.Argument(help="Zarr/OME-Zarr image, TIFF/PNG/JPEG, or a folder")],
-    output: Annotated[str, typer.Argument(help="output OME-Zarr (a folder when INPUT is one)")],
+    output: Annotated[
+        str | None,
+        typer.Argument(help="output OME-Zarr (a folder when INPUT is one); none with --labels"),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="write a JSON report here")] = None,
     **options: Any,
 ) -> None:
     """Segment an image, or every image of a folder, into OME-Zarr label masks."""
     from flows.runner import run_segment
     from unet.config import validated
+    from unet.engine.destination import mask_location
     from unet.errors import ChunksFailed
 
     parameters = validated(SegmentParameters, options)
+    output = mask_location(input, output, parameters.labels)
     try:
         reports = run_segment(input, output, parameters, progress=_show_progress())
     except ChunksFailed as error:
@@ -83,20 +88,33 @@ def ingest(
 @app.command()
 def export(
     mask: Annotated[str, typer.Argument(help="label mask written by unet segment")],
-    output: Annotated[Path, typer.Argument(help="Cloud-Optimized GeoTIFF to write (.tif)")],
+    output: Annotated[
+        Path,
+        typer.Argument(
+            help="Cloud-Optimized GeoTIFF to write (.tif), or polygons alone (.gpkg, .geojson, "
+            ".parquet; GeoJSON of a mask without georeferencing is QuPath's)"
+        ),
+    ],
     vector: Annotated[
         Path | None, typer.Option(help="also polygons: .gpkg, .geojson or .parquet")
     ] = None,
     label: Annotated[
         str | None, typer.Option("--class", help="polygonize only this class (name or value)")
     ] = None,
+    object_type: Annotated[
+        str, typer.Option(help="QuPath objectType in GeoJSON: detection or annotation")
+    ] = "detection",
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
-    """Write a label mask as a Cloud-Optimized GeoTIFF (and polygons) for GIS tools."""
+    """Write a label mask as a Cloud-Optimized GeoTIFF and polygons for GIS tools, or as
+    objects QuPath imports."""
     from unet.results.export import export as run_export
 
-    result = run_export(mask, output, vector=vector, label=label, overwrite=overwrite)
-    typer.echo(f"{result.cog}: Cloud-Optimized GeoTIFF")
+    result = run_export(
+        mask, output, vector=vector, label=label, overwrite=overwrite, object_type=object_type
+    )
+    if result.cog is not None:
+        typer.echo(f"{result.cog}: Cloud-Optimized GeoTIFF")
     if result.vector is not None:
         typer.echo(f"{result.vector}: {result.polygons} polygons")
 

@@ -6,6 +6,7 @@ The CLI options, the Prefect flow parameters and ``pipelines.yaml`` all validate
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -13,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from unet.errors import InvalidParameter, UNetError
 
 Model = TypeVar("Model", bound=BaseModel)
+
+#: A label image's name under ``IMAGE.zarr/labels/``: one path segment.
+_LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
@@ -48,6 +52,11 @@ class SegmentParameters(BaseModel):
     probabilities: bool = Field(False, description="also write a float16 softmax array")
     channels_last: bool = Field(False, description="the input array is (Y, X, C)")
     overwrite: bool = Field(False, description="replace an output written with other settings")
+    labels: str | None = Field(
+        None,
+        description="write the mask into the OME-Zarr image as IMAGE.zarr/labels/NAME "
+        "(OME-NGFF labels) instead of to OUTPUT",
+    )
 
     @field_validator("device")
     @classmethod
@@ -55,6 +64,11 @@ class SegmentParameters(BaseModel):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N")
+
+    @field_validator("labels")
+    @classmethod
+    def _label_name(cls, value: str | None) -> str | None:
+        return value if value is None else check_label_name(value)
 
     @field_validator("scheduler")
     @classmethod
@@ -73,6 +87,18 @@ class SegmentParameters(BaseModel):
             "probabilities": self.probabilities,
             "channels_last": self.channels_last,
         }
+
+
+def check_label_name(name: str) -> str:
+    """``name`` when it can name a label image under ``IMAGE.zarr/labels/`` (one path segment of
+    letters, digits, ``.``, ``_`` and ``-``, not starting with ``.``), else
+    :class:`~unet.errors.InvalidParameter`."""
+    if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name) or name.endswith(".lock"):
+        raise InvalidParameter(
+            f"label name {name!r} cannot name a label image: use letters, digits, '.', '_' and "
+            "'-' (at most 128, not starting with '.'), e.g. nuclei"
+        )
+    return name
 
 
 def validated(model: type[Model], values: dict[str, Any]) -> Model:

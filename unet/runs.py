@@ -39,7 +39,7 @@ class ImageJob:
 
 def segment(
     input: str,
-    output: str,
+    output: str | None = None,
     *,
     client: Any = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -52,7 +52,8 @@ def segment(
     input: Zarr / OME-Zarr image (path or fsspec URL), a TIFF, SVS, PNG or JPEG file, or a local
         folder of such images
     output: the OME-Zarr mask to write, or for a folder the folder of masks
-        (``output/<name>.zarr``)
+        (``output/<name>.zarr``); None with ``labels="NAME"``, which writes the mask into the
+        OME-Zarr image as ``input/labels/NAME``
     client: a ``distributed.Client`` to run on; by default a cluster is made from ``parameters``
     progress: called with (output, chunks done, chunks total) as chunks finish
     parameters: the options of ``unet segment`` by field name
@@ -67,7 +68,10 @@ def segment(
     UNetError: the first image's error when it is the only one that failed; otherwise one
         naming every failed image (the other images are segmented)
     """
+    from unet.engine.destination import mask_location
+
     settings = validated(SegmentParameters, parameters)
+    output = mask_location(input, output, settings.labels)
     folder = is_folder(input)
     jobs = folder_jobs(input, output) if folder else [image_job(input, output)]
     outcomes = run_jobs(jobs, settings, client=client, progress=progress)
@@ -211,7 +215,7 @@ def write_preview(input: str, output: str, parameters: SegmentParameters) -> str
     """Write ``<name>.preview.png`` beside the mask at ``output``; return its path."""
     from unet.results.preview import preview_path, render_preview, write_bytes
 
-    path = preview_path(output)
+    path = preview_path(output, image=input if parameters.labels else None)
     write_bytes(path, render_preview(input, output, channels_last=parameters.channels_last))
     return path
 

@@ -10,7 +10,7 @@ import zarr
 from testdata import assert_same_mask, reference_mask, write_checkpoint, write_image
 
 from unet.config import SegmentParameters
-from unet.engine.ledger import LEDGER_PATH
+from unet.engine.ledger import ATTRIBUTE, LEDGER_PATH, create_ledger
 from unet.engine.run import segment
 from unet.errors import ChannelMismatch, FingerprintMismatch, InvalidTileSize, OutputExists
 
@@ -34,7 +34,8 @@ def test_mask_equals_predict_array_argmax(tmp_path, client, shape, chunks, chann
     expected, near_tie = reference_mask(ckpt, raw_cyx, 220)
     assert_same_mask(mask, expected, near_tie)
     assert 0 < (mask == 1).mean() < 1, "a constant mask would make the comparison weak"
-    assert report.chunks_total == report.chunks_computed == group[LEDGER_PATH].size
+    assert report.chunks_total == report.chunks_computed == group["0"].nchunks
+    assert sorted(group) == ["0"], "a finished mask holds its levels and nothing else"
     assert report.chunks_skipped == report.chunks_resumed == 0
     assert sum(report.class_pixels) == mask.size
     assert report.class_pixels[1] == int((mask == 1).sum())
@@ -88,15 +89,20 @@ def test_resume_computes_only_missing_chunks_bit_identical(tmp_path, client):
     group = zarr.open_group(str(out), mode="r+")
     complete = group["0"][...]
 
-    # A crash after some chunks: the rest are neither written nor marked.
+    # A crash after some chunks: the rest are neither written nor marked, the run not complete.
     lost = [(0, 1), (2, 2), (4, 3)]
+    create_ledger(group, (5, 4))
+    group[LEDGER_PATH][...] = 1
+    group.attrs[ATTRIBUTE] = {**group.attrs[ATTRIBUTE], "complete": False}
     for i, j in lost:
         group[LEDGER_PATH][i, j] = 0
         group["0"][i * 32 : (i + 1) * 32, j * 32 : (j + 1) * 32] = 255
     report = segment(str(tmp_path / "in.zarr"), str(out), params, client=client)
     assert report.chunks_computed == len(lost)
     assert report.chunks_resumed == report.chunks_total - len(lost)
-    assert np.array_equal(zarr.open_group(str(out), mode="r")["0"][...], complete)
+    resumed = zarr.open_group(str(out), mode="r")
+    assert np.array_equal(resumed["0"][...], complete)
+    assert LEDGER_PATH not in resumed and resumed.attrs[ATTRIBUTE]["complete"] is True
 
 
 def test_changed_fingerprint_is_refused_unless_overwrite(tmp_path, client):

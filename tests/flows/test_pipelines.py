@@ -74,6 +74,20 @@ def test_flow_parameters_carry_only_the_settings_given(tmp_path):
     }
 
 
+def test_labels_write_into_the_image_without_output(tmp_path):
+    text = VALID.replace("      output: s3://masks/a.zarr\n", "      labels: nuclei\n")
+    nightly = load_pipelines(write(tmp_path, text)).deployments[1]
+    assert nightly.parameters.flow_parameters() == {
+        "input": "s3://slides/a.zarr",
+        "output": "s3://slides/a.zarr/labels/nuclei",
+        "parameters": {
+            "scheduler": "tcp://dask-scheduler:8786",
+            "precision": "bf16",
+            "labels": "nuclei",
+        },
+    }
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [
@@ -132,6 +146,14 @@ def test_flow_parameters_carry_only_the_settings_given(tmp_path):
         (
             ("      input: incoming\n", ""),
             "deployments[0].parameters.input: required key is missing",
+        ),
+        (
+            ("      output: s3://masks/a.zarr\n", ""),
+            "deployments[1].parameters: give output, or labels to write the mask into the image",
+        ),
+        (
+            ("precision: bf16", "labels: ../up"),
+            "deployments[1].parameters.labels: label name '../up' cannot name a label image",
         ),
     ],
 )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import tifffile
+import xarray
 import zarr
 from geodata import BANDS, CHUNK, EPSG, NODATA, SHAPE, TRANSFORM, write_geotiff, write_model
 
@@ -26,23 +28,42 @@ def ingested(tmp_path):
 
 
 def test_georeference_orders_and_scales():
-    georeference = Georeference("WKT", TRANSFORM, 0.0, BANDS)
-    assert georeference.gdal_geotransform == (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0)
+    from rasterio.crs import CRS
+
+    wkt = CRS.from_epsg(EPSG).to_wkt()
+    georeference = Georeference(wkt, TRANSFORM, 0.0, BANDS)
     assert georeference.scaled(4).transform == (40.0, 0.0, 500000.0, 0.0, -40.0, 5000000.0)
-    attributes = georeference.to_attributes()
-    assert attributes["GeoTransform"] == "500000.0 10.0 0.0 5000000.0 0.0 -10.0"
-    assert attributes["spatial_ref"] == attributes["crs_wkt"] == "WKT"
-    assert attributes["geo"] == {
-        "crs_wkt": "WKT",
-        "transform": list(TRANSFORM),
-        "nodata": 0.0,
-        "band_names": list(BANDS),
-    }
-    assert Georeference.from_attributes(attributes) == georeference
+    attributes = georeference.to_attributes((160, 200))
+    conventions = [c["name"] for c in attributes["zarr_conventions"]]
+    assert conventions == ["spatial:", "proj:"]
+    assert attributes["spatial:transform"] == attributes["transform"] == list(TRANSFORM)
+    assert attributes["spatial:dimensions"] == ["y", "x"]
+    assert attributes["spatial:shape"] == [160, 200]
+    assert attributes["proj:wkt2"].startswith("PROJCRS[")
+    assert (
+        CRS.from_wkt(attributes["proj:wkt2"])
+        == CRS.from_wkt(attributes["crs"])
+        == CRS.from_wkt(wkt)
+    )
+    assert (attributes["nodata"], attributes["band_names"]) == (0.0, list(BANDS))
+    assert "geo" not in attributes and "spatial_ref" not in attributes
+    read = Georeference.from_attributes(attributes)
+    assert CRS.from_wkt(read.crs_wkt) == CRS.from_wkt(wkt)
+    assert (read.transform, read.nodata, read.band_names) == (TRANSFORM, 0.0, BANDS)
     assert Georeference.from_attributes({}) is None
+    without_crs = Georeference(None, TRANSFORM).to_attributes()
+    assert [c["name"] for c in without_crs["zarr_conventions"]] == ["spatial:"]
+    assert Georeference.from_attributes(without_crs) == Georeference(None, TRANSFORM)
     labels = georeference.for_labels(had_nodata=True)
     assert (labels.nodata, labels.band_names) == (0.0, None)
     assert georeference.for_labels(had_nodata=False).nodata is None
+
+
+def test_georeference_of_stores_written_before_is_still_read():
+    """Stores written before GeoZarr's conventions kept a ``geo`` record."""
+    record = {"crs_wkt": "WKT", "transform": list(TRANSFORM), "nodata": 0.0, "band_names": None}
+    attributes = {"geo": record, "GeoTransform": "500000.0 10.0 0.0 5000000.0 0.0 -10.0"}
+    assert Georeference.from_attributes(attributes) == Georeference("WKT", TRANSFORM, 0.0, None)
 
 
 def test_georeference_refuses_a_broken_transform():
@@ -63,8 +84,8 @@ def test_ingest_keeps_pixels_crs_transform_nodata_and_band_names(ingested):
         assert CRS.from_wkt(georeference.crs_wkt).to_epsg() == EPSG
         assert georeference.transform == TRANSFORM
         assert georeference.nodata == NODATA and georeference.band_names == BANDS
-        assert attributes["GeoTransform"] == "500000.0 10.0 0.0 5000000.0 0.0 -10.0"
-        assert CRS.from_wkt(attributes["spatial_ref"]).to_epsg() == EPSG
+        assert attributes["spatial:transform"] == list(TRANSFORM)
+        assert CRS.from_wkt(attributes["proj:wkt2"]).to_epsg() == EPSG
     channels = group.attrs["ome"]["omero"]["channels"]
     assert [channel["label"] for channel in channels] == list(BANDS)
     assert read_georeference(source) == Georeference.from_attributes(group.attrs.asdict())
@@ -124,8 +145,14 @@ def test_pyramid_levels_get_scaled_transforms(ingested):
     assert paths == ["0", "1", "2"]
     for k, path in enumerate(paths):
         attributes = group[path].attrs.asdict()
-        assert attributes["geo"]["transform"] == [10.0 * 2**k, 0, 500000.0, 0, -10.0 * 2**k, 5e6]
-        assert attributes["GeoTransform"].split()[1] == repr(10.0 * 2**k)
+        scaled = [10.0 * 2**k, 0, 500000.0, 0, -10.0 * 2**k, 5e6]
+        assert attributes["spatial:transform"] == attributes["transform"] == scaled
+        assert attributes["spatial:shape"] == list(group[path].shape[-2:])
+        # rioxarray reads each level's own CRS and transform, one level at a time.
+        others = [p for p in paths if p != path]
+        level = xarray.open_zarr(url, consolidated=False, drop_variables=others)[path]
+        assert level.rio.crs.to_epsg() == EPSG
+        assert tuple(level.rio.transform())[:6] == tuple(scaled)
 
 
 def test_plain_tiff_is_not_georeferenced(tmp_path):
@@ -156,6 +183,14 @@ def test_segment_defaults_nodata_skips_nodata_chunk_and_georeferences_mask(
         assert georeference.transform == TRANSFORM
         assert georeference.crs_wkt == read_georeference(open_image(url)).crs_wkt
         assert georeference.nodata == 0 and georeference.band_names is None
+    # The geospatial stack reads the mask as it is: xarray opens it, rioxarray finds its CRS,
+    # transform and nodata.
+    opened = xarray.open_zarr(out, consolidated=False)
+    assert np.array_equal(opened["0"].values, mask)
+    assert opened["0"].rio.crs.to_epsg() == EPSG
+    assert tuple(opened["0"].rio.transform())[:6] == TRANSFORM
+    assert opened["0"].rio.nodata == 0
+    assert opened.rio.crs.to_epsg() == EPSG, "the group's attributes say it too"
 
     # The same command again resumes: the stored nodata gives the same fingerprint.
     again = segment(url, out, params, client=client)

@@ -9,7 +9,13 @@ from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
 
 from unet.errors import InvalidParameter, OutputExists
-from unet.io.omezarr import create_image, create_label_image, set_multiscales
+from unet.io.omezarr import (
+    create_image,
+    create_label_image,
+    image_calibration,
+    set_label_listed,
+    set_multiscales,
+)
 
 
 def test_create_image_writes_valid_ome_05(tmp_path):
@@ -130,3 +136,35 @@ def test_set_multiscales_scales_image_axes_only(tmp_path):
     assert multiscale.type == "mean"
     with pytest.raises(InvalidParameter):
         set_multiscales(group, ["0", "1"], [1, 1])
+
+
+def test_labels_group_lists_complete_label_images_only(tmp_path):
+    image = str(tmp_path / "image.zarr")
+    create_image(image, (1, 8, 8), np.uint8, (8, 8), pixel_size=(0.25, 0.25), unit="nanometer")
+    set_label_listed(image, "cells", listed=False)  # a run starts: the group, no name yet
+    labels = zarr.open_group(f"{image}/labels", mode="r")
+    assert labels.attrs["ome"] == {"version": "0.5", "labels": []}
+    set_label_listed(image, "cells", listed=True)
+    set_label_listed(image, "nuclei", listed=True)
+    set_label_listed(image, "cells", listed=True)
+    assert zarr.open_group(f"{image}/labels", mode="r").attrs["ome"]["labels"] == [
+        "nuclei",
+        "cells",
+    ]
+    set_label_listed(image, "nuclei", listed=False)  # replaced by --overwrite: unlisted
+    assert zarr.open_group(f"{image}/labels", mode="r").attrs["ome"]["labels"] == ["cells"]
+    assert image_calibration(image) == ((0.25, 0.25), "nanometer")
+    create_label_image(
+        f"{image}/labels/cells",
+        (8, 8),
+        (8, 8),
+        class_names=["background", "cell"],
+        colours=[(0, 0, 0), (255, 0, 0)],
+        pixel_size=(0.25, 0.25),
+        unit="nanometer",
+        source="../../",
+    )
+    Image.from_zarr(zarr.open_group(image, mode="r"))
+    label = ImageLabel.from_zarr(zarr.open_group(f"{image}/labels/cells", mode="r"))
+    assert label.attributes.ome.image_label.source.image == "../../"
+    assert image_calibration(f"{image}/labels/cells/0") == (None, None), "an array: no scale"

@@ -48,6 +48,22 @@ def mask_url(tmp_path):
     return url
 
 
+@pytest.fixture
+def pixel_mask_url(tmp_path):
+    """The regions of ``mask_url`` in a mask without georeferencing (a microscopy slide's)."""
+    url = str(tmp_path / "cells.zarr")
+    level0 = create_label_image(
+        url, (96, 160), (32, 32), class_names=CLASSES, colours=COLOURS, name="cells"
+    )
+    labels = np.zeros((96, 160), np.uint8)
+    labels[20:50, 16:48] = 1
+    labels[64:68, 92:96] = 1
+    labels[60:64, 96:100] = 1
+    labels[70:80, 10:20] = 2
+    level0[...] = labels
+    return url
+
+
 def map_box(rows, cols):
     """The map-coordinate rectangle of pixel rows/cols (stop exclusive)."""
     a, _, c, _, e, f = TRANSFORM
@@ -183,6 +199,60 @@ def test_geotiff_round_trip_ingest_segment_export(tmp_path, client):
     assert {p["class"] for _, p in features} == {"field"}
     field_pixels = int((labels == 1).sum())
     assert sum(g.area for g, _ in features) == pytest.approx(field_pixels * PIXEL_AREA)
+
+
+def test_qupath_geojson_of_a_mask_without_georeferencing(pixel_mask_url, tmp_path):
+    """QuPath imports a FeatureCollection of Features whose properties name the objectType and
+    the classification (name and [r, g, b]), in pixel coordinates of the full image."""
+    result = export(pixel_mask_url, tmp_path / "cells.geojson")
+    assert result.cog is None and not list(tmp_path.glob("*.tif")), "polygons alone"
+    collection = json.loads((tmp_path / "cells.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    features = collection["features"]
+    assert result.polygons == len(features) == 4
+    for feature in features:
+        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+        properties = feature["properties"]
+        assert properties["objectType"] == "detection"
+        value = properties["value"]
+        assert properties["classification"] == {"name": CLASSES[value], "color": [*COLOURS[value]]}
+        assert properties["class"] == CLASSES[value]
+    polygons = {round(shape(f["geometry"]).area): shape(f["geometry"]) for f in features}
+    # x is the column and y the row of pixel corners: QuPath's image coordinates.
+    assert polygons[30 * 32].equals(box(16, 20, 48, 50)), "whole across four chunks"
+    assert polygons[100].equals(box(10, 70, 20, 80))
+    assert sorted(polygons) == [16, 100, 960], "the two corner squares stay apart (16 each)"
+
+    annotations = export(
+        pixel_mask_url, tmp_path / "a.geojson", label="building", object_type="annotation"
+    )
+    (feature,) = json.loads(annotations.vector.read_text())["features"]
+    assert feature["properties"]["objectType"] == "annotation"
+    with pytest.raises(InvalidParameter, match="detection or annotation"):
+        export(pixel_mask_url, tmp_path / "b.geojson", object_type="cell")
+    with pytest.raises(InvalidParameter, match="drop --vector"):
+        export(pixel_mask_url, tmp_path / "b.geojson", vector=tmp_path / "c.gpkg")
+    assert not (tmp_path / "b.geojson").exists()
+
+
+def test_georeferenced_polygons_alone_stay_in_map_coordinates(mask_url, tmp_path):
+    result = export(mask_url, tmp_path / "fields.gpkg")
+    assert result.cog is None and result.polygons == 4
+    features, crs = read_features(result.vector)
+    assert crs.to_epsg() == EPSG
+    building = [g for g, p in features if p["value"] == 2][0]
+    assert building.equals(map_box((70, 80), (10, 20)))
+
+
+def test_cli_export_to_qupath(pixel_mask_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from unet.cli import app
+
+    target = tmp_path / "cells.geojson"
+    outcome = CliRunner().invoke(app, ["export", pixel_mask_url, str(target)])
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.output.strip() == f"{target}: 4 polygons"
 
 
 def test_cli_export(mask_url, tmp_path):

@@ -9,6 +9,11 @@ so each Dask task marks its own chunk without touching anyone else's and no lock
 marks its chunk only after the mask chunk's write returned, and Zarr stores write each chunk
 atomically (local files through a rename, object stores by a single PUT): a kill can lose work but
 never leave a chunk marked done that was not fully written.
+
+The ledger is bookkeeping of an unfinished run: once the run is complete (every chunk written,
+the pyramid built, ``complete`` set in the ``unet`` attribute) it is deleted, so that a finished
+mask holds only what OME-Zarr readers, napari and xarray expect. A complete run without a ledger
+counts every chunk as finished.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from unet.errors import FingerprintMismatch
+from unet.io.omezarr import LEVEL0
 
 LEDGER_PATH = "_unet_ledger"
 ATTRIBUTE = "unet"
@@ -89,8 +95,24 @@ def create_ledger(group, chunk_counts: tuple[int, int]) -> None:
 
 
 def finished_chunks(group) -> np.ndarray:
-    """bool (chunks_y, chunks_x): which output chunks are finished."""
-    return np.asarray(group[LEDGER_PATH][...]) == 1
+    """bool (chunks_y, chunks_x): which output chunks are finished.
+
+    Without a ledger, every chunk of a complete run and none of an unfinished one.
+    """
+    if LEDGER_PATH in group:
+        return np.asarray(group[LEDGER_PATH][...]) == 1
+    state = group.attrs.get(ATTRIBUTE) or {}
+    level0 = group[LEVEL0]
+    height, width = level0.shape
+    chunk_rows, chunk_cols = state.get("chunks") or level0.chunks
+    counts = (-(-height // chunk_rows), -(-width // chunk_cols))
+    return np.full(counts, bool(state.get("complete")))
+
+
+def remove_ledger(group) -> None:
+    """Delete the ledger of a complete run; nothing when there is none."""
+    if LEDGER_PATH in group:
+        del group[LEDGER_PATH]
 
 
 def mark_finished(ledger_array, index: tuple[int, int]) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unet.config import SegmentParameters
+from unet.engine.destination import Destination
 from unet.engine.ledger import Fingerprint
-from unet.errors import ChannelMismatch, InvalidParameter
+from unet.errors import ChannelMismatch, InvalidParameter, UnsupportedInput
 from unet.tiling import ChunkGrid, Geometry, default_tile_size
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class RunPlan:
     tile_size: int
     chunks: tuple[int, int]
     fingerprint: Fingerprint
+    destination: Destination
     georeference: Georeference | None = None
 
     @property
@@ -50,7 +52,8 @@ def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
     of a folder one after the other loads it once.
 
     Raises the same errors as :func:`unet.engine.run.segment` would at its start (missing input
-    or checkpoint, channel or band mismatch, invalid tile size, output inside the input).
+    or checkpoint, channel or band mismatch, invalid tile size, output inside the input, labels
+    for an input that is not an OME-Zarr image group).
     """
     from unet.io.geo import check_bands, read_georeference
     from unet.io.source import open_image
@@ -81,7 +84,11 @@ def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
         parameters = parameters.model_copy(
             update={"precision": resolve_precision("auto", parameters.device)}
         )
-    _check_output_location(source.url, output)
+    destination = Destination.of(input, output, parameters.labels)
+    if destination.inside_image:
+        _check_holds_labels(input, source)
+    else:
+        _check_output_location(source.url, output)
     fingerprint = Fingerprint.of(
         source.identity(), checkpoint.digest, parameters.result_fields(tile_size)
     )
@@ -94,6 +101,7 @@ def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
         tile_size=tile_size,
         chunks=chunks,
         fingerprint=fingerprint,
+        destination=destination,
         georeference=georeference,
     )
 
@@ -132,6 +140,17 @@ def _tile_size(parameters: SegmentParameters, geometry: Geometry, chunks: tuple[
     if parameters.tile_size is None:
         return default_tile_size(geometry, max(chunks))
     return geometry.check_tile_size(parameters.tile_size)
+
+
+def _check_holds_labels(input: str, source: ImageSource) -> None:
+    """A mask goes inside an image only when the image is an OME-Zarr image group (its levels
+    directly inside it), the one place where NGFF readers look for its labels."""
+    if not source.level_paths or "/" in source.level_paths[0]:
+        raise UnsupportedInput(
+            f"--labels writes the mask into an OME-Zarr image group, and {input} is not one "
+            "(a plain array, or a collection of images): give the image group itself "
+            "(e.g. IMAGE.zarr/0 of a bioformats2raw store), or OUTPUT instead"
+        )
 
 
 def _check_output_location(input_url: str, output: str) -> None:

@@ -160,9 +160,8 @@ def _segment(
         report.chunks_failed.sort()
         report.seconds = time.perf_counter() - started
         raise _chunks_failed(report, reasons[0])
-    if pending or not group.attrs[ATTRIBUTE].get("complete"):
-        with writing(output):
-            finish_output(output)
+    with writing(output):
+        finish_output(plan)
     if plan.georeference is not None:
         from unet.io.geo import write_georeference
 

@@ -3,18 +3,26 @@
 A GeoTIFF is read through rasterio (GDAL) window by window, so ingest copies a scene of any size
 with memory bounded by a few output chunks plus GDAL's block cache (``GDAL_CACHEMAX``).
 
-Where the georeferencing goes. On the OME-Zarr image group and on every level array:
+Where the georeferencing goes: attributes of the OME-Zarr image group and of every level array,
+each level with its own transform, so that a reader of one level needs nothing else::
 
-- ``geo``: this project's own record, the one our code reads::
+    "zarr_conventions": [{"name": "spatial:", ...}, {"name": "proj:", ...}]   GeoZarr's conventions
+    "spatial:dimensions": ["y", "x"], "spatial:registration": "pixel",
+    "spatial:transform": [a, b, c, d, e, f], "spatial:shape": [h, w]         (level arrays)
+    "proj:wkt2": "PROJCRS[...]"                                                 (with a CRS)
+    "crs": "PROJCS[...]", "transform": [a, b, c, d, e, f]      rioxarray's own names (< 0.20)
+    "nodata": 0                                                 (with one; rioxarray reads it)
+    "band_names": ["B02", ...]                                  (images whose bands are named)
 
-      {"crs_wkt": "PROJCS[...]" | None, "transform": [a, b, c, d, e, f],
-       "nodata": 0 | None, "band_names": ["B02", ...] | None}
+``transform`` is the affine (rasterio / ``affine`` order) from (column, row) of the pixel corner
+to map coordinates: ``x = a*col + b*row + c``, ``y = d*col + e*row + f``. rioxarray reports CRS
+and transform from these attributes (``xarray.open_zarr`` of the group, a level's variable): from
+``proj:``/``spatial:`` since 0.20, from ``crs``/``transform`` before. A CF grid-mapping variable
+(a scalar ``spatial_ref`` array) is not written: napari's built-in reader takes every array of
+the group for a pyramid level, and one variable's ``GeoTransform`` cannot describe several levels.
 
-  ``transform`` is the affine (rasterio / ``affine`` order) from (column, row) of the pixel
-  corner to map coordinates: ``x = a*col + b*row + c``, ``y = d*col + e*row + f``.
-- ``spatial_ref`` and ``crs_wkt`` (the CRS as WKT) and ``GeoTransform`` (GDAL's six numbers
-  ``"c a b f d e"``, space-separated): the attribute names of the CF / GDAL convention that
-  GDAL's netCDF and Zarr drivers and rioxarray write on a grid-mapping variable.
+Stores written before kept a ``geo`` record (``{"crs_wkt", "transform", "nodata",
+"band_names"}``) and CF names as attributes; :meth:`Georeference.from_attributes` reads them too.
 
 Level ``k`` of a pyramid halves level ``k - 1`` with the same origin, so its transform is level
 0's with ``a, b, d, e`` multiplied by ``2**k``.
@@ -36,8 +44,24 @@ from unet.errors import ChannelMismatch, InvalidImage, UnsupportedInput
 if TYPE_CHECKING:
     from unet.io.source import ImageSource
 
-#: The attribute holding this project's georeferencing record.
+#: The attribute of the georeferencing record written before GeoZarr's conventions (read only).
 ATTRIBUTE = "geo"
+
+#: The zarr-conventions declarations of GeoZarr's ``spatial:`` and ``proj:`` attributes.
+SPATIAL_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
+    "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
+    "name": "spatial:",
+    "description": "Spatial coordinate information",
+}
+PROJ_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-experimental/geo-proj/blob/v1/README.md",
+    "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+    "name": "proj:",
+    "description": "Coordinate reference system information for geospatial data",
+}
 
 
 @dataclass(frozen=True)
@@ -82,41 +106,55 @@ class Georeference:
         """
         return Georeference(self.crs_wkt, self.transform, 0.0 if had_nodata else None, None)
 
-    @property
-    def gdal_geotransform(self) -> tuple[float, float, float, float, float, float]:
-        """GDAL's order ``(c, a, b, f, d, e)``."""
-        a, b, c, d, e, f = self.transform
-        return (c, a, b, f, d, e)
-
-    def to_attributes(self) -> dict[str, Any]:
-        """Zarr attributes in both conventions (see the module docstring)."""
+    def to_attributes(self, shape: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Zarr attributes of a group, or of a level array of ``(h, w)`` pixels ``shape`` (see
+        the module docstring)."""
         attributes: dict[str, Any] = {
-            ATTRIBUTE: {
-                "crs_wkt": self.crs_wkt,
-                "transform": list(self.transform),
-                "nodata": self.nodata,
-                "band_names": list(self.band_names) if self.band_names is not None else None,
-            },
-            "GeoTransform": " ".join(repr(float(v)) for v in self.gdal_geotransform),
+            "zarr_conventions": [SPATIAL_CONVENTION],
+            "spatial:dimensions": ["y", "x"],
+            "spatial:registration": "pixel",
+            "spatial:transform": list(self.transform),
+            "transform": list(self.transform),
         }
+        if shape is not None:
+            attributes["spatial:shape"] = [int(n) for n in shape]
         if self.crs_wkt is not None:
-            attributes["spatial_ref"] = attributes["crs_wkt"] = self.crs_wkt
+            attributes["zarr_conventions"].append(PROJ_CONVENTION)
+            attributes["proj:wkt2"] = _wkt2(self.crs_wkt)
+            attributes["crs"] = self.crs_wkt
+        if self.nodata is not None:
+            attributes["nodata"] = self.nodata
+        if self.band_names is not None:
+            attributes["band_names"] = list(self.band_names)
         return attributes
 
     @classmethod
     def from_attributes(cls, attributes: dict[str, Any]) -> Georeference | None:
-        """The georeference stored by :meth:`to_attributes`; None when there is none."""
-        record = attributes.get(ATTRIBUTE)
-        if not isinstance(record, dict) or "transform" not in record:
-            return None
-        names = record.get("band_names")
-        nodata = record.get("nodata")
+        """The georeference of a group's or array's attributes, GeoZarr's or the ``geo`` record
+        of stores written before; None when there is none."""
+        transform = attributes.get("spatial:transform")
+        if isinstance(transform, list) and len(transform) == 6:
+            names, nodata = attributes.get("band_names"), attributes.get("nodata")
+            crs = attributes.get("proj:wkt2") or attributes.get("crs")
+        else:
+            record = attributes.get(ATTRIBUTE)
+            if not isinstance(record, dict) or "transform" not in record:
+                return None
+            transform, names = record["transform"], record.get("band_names")
+            nodata, crs = record.get("nodata"), record.get("crs_wkt")
         return cls(
-            crs_wkt=record.get("crs_wkt"),
-            transform=tuple(float(v) for v in record["transform"]),
+            crs_wkt=str(crs) if crs is not None else None,
+            transform=tuple(float(v) for v in transform),
             nodata=float(nodata) if nodata is not None else None,
             band_names=tuple(str(n) for n in names) if names is not None else None,
         )
+
+
+def _wkt2(crs_wkt: str) -> str:
+    """The CRS as WKT2 (``proj:wkt2``), whatever WKT version the source gave."""
+    from rasterio.crs import CRS
+
+    return CRS.from_wkt(crs_wkt).to_wkt(version="WKT2_2019")
 
 
 @dataclass
@@ -208,7 +246,8 @@ def write_georeference(url: str | os.PathLike[str], georeference: Georeference) 
     base = _x_scale(multiscale["datasets"][0])
     for dataset in multiscale["datasets"]:
         factor = round(_x_scale(dataset) / base)
-        group[dataset["path"]].update_attributes(georeference.scaled(factor).to_attributes())
+        level = group[dataset["path"]]
+        level.update_attributes(georeference.scaled(factor).to_attributes(level.shape[-2:]))
 
 
 def read_georeference(source: ImageSource) -> Georeference | None:

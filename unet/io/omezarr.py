@@ -5,6 +5,8 @@ Layout written here::
     <url>/zarr.json        group; attributes {"ome": {"version": "0.5", "multiscales": [...]}}
     <url>/0/               level 0, blosc-zstd, chunks (1, cy, cx) for (c, y, x) or (cy, cx)
     <url>/1/, <url>/2/ ... pyramid levels added by :func:`unet.io.pyramid.build_pyramid`
+    <url>/labels/zarr.json  an image's labels group: {"ome": {"version": "0.5", "labels": [...]}}
+    <url>/labels/<name>/    a label image of that image (:func:`create_label_image`)
 
 Scales are in micrometres when a pixel size is given, in pixels otherwise; the channel axis has
 scale 1 and each pyramid level multiplies the image axes' scale by its downsampling factor.
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 NGFF_VERSION = "0.5"
 LEVEL0 = "0"
+#: The group of an image that holds its label images.
+LABELS_GROUP = "labels"
 _AXIS_LAYOUTS = (("c", "y", "x"), ("y", "x"))
 _UNIT = "micrometer"
 _CHANNEL_COLOURS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF"}
@@ -41,6 +45,7 @@ def create_image(
     axes: tuple[str, ...] = ("c", "y", "x"),
     channel_names: list[str] | None = None,
     pixel_size: tuple[float, float] | None = None,
+    unit: str | None = _UNIT,
     name: str | None = None,
     overwrite: bool = False,
     compression: tuple[int, str] | None = None,
@@ -54,7 +59,8 @@ def create_image(
     dtype: any integer or float numpy dtype
     chunks: spatial ``(cy, cx)``; clipped to the image, one channel per chunk
     channel_names: one label per channel, stored as ``omero`` channel metadata
-    pixel_size: ``(y, x)`` in micrometres, the level-0 scale
+    pixel_size: ``(y, x)`` in ``unit``, the level-0 scale
+    unit: the OME unit of ``pixel_size`` (micrometres unless given; None for none)
     name: the multiscale's name (defaults to the store's base name)
     overwrite: replace whatever exists at ``url``
     compression: Blosc zstd ``(clevel, shuffle)``; default ``(5, "bitshuffle")`` for 1-byte
@@ -92,7 +98,7 @@ def create_image(
     location = resolve_location(url)
     multiscale: dict[str, Any] = {
         "name": name if name is not None else _base_name(location),
-        "axes": [_axis(axis, pixel_size is not None) for axis in axes],
+        "axes": [_axis(axis, unit if pixel_size is not None else None) for axis in axes],
         "datasets": [_dataset(LEVEL0, _level_scale(axes, pixel_size, 1))],
     }
     ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [multiscale]}
@@ -127,13 +133,17 @@ def create_label_image(
     class_names: list[str],
     colours: list[tuple[int, int, int]],
     pixel_size: tuple[float, float] | None = None,
+    unit: str | None = _UNIT,
     name: str | None = None,
+    source: str | None = None,
     overwrite: bool = False,
 ) -> zarr.Array:
     """Create an OME-Zarr 0.5 label image: a uint8 ``(Y, X)`` mask with ``image-label`` metadata.
 
     Label value ``i`` is class ``class_names[i]`` shown in ``colours[i]``; label 0 (background)
-    is transparent. Returns the level-0 array, filled with 0.
+    is transparent. ``pixel_size`` and ``unit`` calibrate it as the labelled image is;
+    ``source`` (``image-label.source.image``) is where that image lies, relative to this group
+    (``"../../"`` inside the image's ``labels`` group). Returns the level-0 array, filled with 0.
     """
     if not 1 <= len(class_names) <= 256 or len(colours) != len(class_names):
         raise InvalidParameter(
@@ -152,6 +162,7 @@ def create_label_image(
         chunks,
         axes=("y", "x"),
         pixel_size=pixel_size,
+        unit=unit,
         name=name,
         overwrite=overwrite,
         compression=LABEL_COMPRESSION,
@@ -171,8 +182,60 @@ def create_label_image(
             for value, class_name in enumerate(class_names)
         ],
     }
+    if source is not None:
+        ome["image-label"]["source"] = {"image": source}
     group.update_attributes({"ome": ome})
     return level0
+
+
+def set_label_listed(image: str | os.PathLike[str], name: str, listed: bool) -> None:
+    """List (or unlist) the label image ``name`` in the ``labels`` group of the OME-Zarr image
+    at ``image``, creating the group when missing and keeping the other names.
+
+    A label image is listed once it is complete, so that readers never show a half-written one.
+    """
+    import zarr
+
+    location = f"{resolve_location(image).rstrip('/')}/{LABELS_GROUP}"
+    try:
+        group = zarr.open_group(store=location, mode="r+")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        group = zarr.create_group(store=location, zarr_format=3)
+    ome = copy.deepcopy(group.attrs.asdict().get("ome") or {})
+    names = [n for n in ome.get("labels") or [] if n != name]
+    if listed:
+        names.append(name)
+    if ome.get("labels") == names and ome.get("version") == NGFF_VERSION:
+        return
+    ome["version"] = NGFF_VERSION
+    ome["labels"] = names
+    group.update_attributes({"ome": ome})
+
+
+def image_calibration(
+    url: str | os.PathLike[str],
+) -> tuple[tuple[float, float] | None, str | None]:
+    """The level-0 ``(y, x)`` scale of an OME-Zarr image and the unit of its ``x`` axis (None
+    where it names none); ``(None, None)`` for a plain array or an image in pixels."""
+    import zarr
+
+    try:
+        node = zarr.open(store=resolve_location(url), mode="r")
+    except (FileNotFoundError, ValueError, KeyError):
+        return None, None
+    multiscales = node.attrs.asdict().get("ome", {}).get("multiscales") or []
+    if not isinstance(node, zarr.Group) or not multiscales or not multiscales[0].get("datasets"):
+        return None, None
+    axes = multiscales[0].get("axes") or []
+    names = [axis.get("name") if isinstance(axis, dict) else axis for axis in axes]
+    if "y" not in names or "x" not in names:
+        return None, None
+    scale = _first_scale(multiscales[0]["datasets"][0], len(names))
+    unit = next((a.get("unit") for a in axes if isinstance(a, dict) and a.get("name") == "x"), None)
+    pixel_size = (scale[names.index("y")], scale[names.index("x")])
+    if unit is None and pixel_size == (1.0, 1.0):
+        return None, None
+    return pixel_size, unit
 
 
 def set_multiscales(
@@ -257,12 +320,12 @@ def _base_name(location: str) -> str:
     return name.removesuffix(".zarr") or "image"
 
 
-def _axis(name: str, with_unit: bool) -> dict[str, str]:
+def _axis(name: str, unit: str | None) -> dict[str, str]:
     if name == "c":
         return {"name": "c", "type": "channel"}
     axis = {"name": name, "type": "space"}
-    if with_unit:
-        axis["unit"] = _UNIT
+    if unit is not None:
+        axis["unit"] = unit
     return axis
 
 

@@ -30,19 +30,30 @@ Reduction = Literal["mean", "nearest"]
 MIN_CHUNK_LEVEL_SIDE = 256
 
 
-def chunk_levels(shape: tuple[int, int], chunks: tuple[int, int], max_side: int = 1024) -> int:
+def chunk_levels(
+    shape: tuple[int, int],
+    chunks: tuple[int, int],
+    max_side: int = 1024,
+    levels_wanted: int | None = None,
+) -> int:
     """How many levels above 0 a mask's level-0 chunks can write themselves, as they are made.
 
     Level ``k`` gets chunks of ``(cy >> k, cx >> k)``: level-0 chunk ``(i, j)`` then covers
     exactly chunk ``(i, j)`` of level ``k``, so the task that writes one writes the other, with
     no two tasks touching one chunk. That holds while ``2**k`` divides the chunk sides; levels
     stop once a chunk side would fall under ``MIN_CHUNK_LEVEL_SIDE`` or the previous level fits
-    in ``max_side`` (as :func:`build_pyramid` stops). ``build_pyramid(..., keep_levels=n)``
-    adds the rest.
+    in ``max_side`` (as :func:`build_pyramid` stops), or, with ``levels_wanted``, once that many
+    levels (level 0 included) are reached. ``build_pyramid(..., keep_levels=n)`` adds the rest.
     """
     height, width = shape
     levels = 0
-    while max(math.ceil(height / 2**levels), math.ceil(width / 2**levels)) > max_side:
+
+    def wanted(level: int) -> bool:
+        if levels_wanted is not None:
+            return level + 1 < levels_wanted
+        return max(math.ceil(height / 2**level), math.ceil(width / 2**level)) > max_side
+
+    while wanted(levels):
         k = levels + 1
         if any(c % 2**k or c >> k < MIN_CHUNK_LEVEL_SIDE for c in chunks):
             break
@@ -115,6 +126,7 @@ def build_pyramid(
     reduction: Reduction = "mean",
     max_side: int = 1024,
     keep_levels: int = 0,
+    levels: int | None = None,
 ) -> list[str]:
     """Add levels ``"1"``, ``"2"``, ... to an OME-Zarr 0.5 image until the longer side fits.
 
@@ -127,6 +139,8 @@ def build_pyramid(
     max_side: stop once ``max(Y, X) <= max_side``; no level is added if level 0 already fits
     keep_levels: levels ``"1"`` .. ``str(keep_levels)`` exist already, complete (written by
         :func:`write_chunk_levels`): keep them and go on from the last
+    levels: build exactly this many levels, level 0 included, whatever ``max_side`` says (a
+        label image inside an image has as many levels as the image)
 
     Returns
     -------
@@ -139,6 +153,8 @@ def build_pyramid(
         raise InvalidParameter(f"reduction {reduction!r} is not known: use 'mean' or 'nearest'")
     if not isinstance(max_side, int) or max_side < 1:
         raise InvalidParameter(f"max_side must be a positive integer, got {max_side!r}")
+    if levels is not None and (not isinstance(levels, int) or levels < 1):
+        raise InvalidParameter(f"levels must be a positive integer, got {levels!r}")
     location = resolve_location(url)
     group = zarr.open_group(store=location, mode="r+")
     ome = group.attrs.asdict().get("ome")
@@ -151,7 +167,13 @@ def build_pyramid(
     paths = [LEVEL0, *(str(k) for k in range(1, keep_levels + 1))]
     factors = [2**k for k in range(keep_levels + 1)]
     level = group[paths[-1]]
-    while max(level.shape[-2:]) > max_side:
+
+    def another_level() -> bool:
+        if levels is not None:
+            return len(paths) < levels
+        return max(level.shape[-2:]) > max_side
+
+    while another_level():
         path = str(len(paths))
         level = _halve(level, group, path, reduction)
         paths.append(path)

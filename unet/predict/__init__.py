@@ -2,6 +2,7 @@
 
 - :func:`predict_array`: a whole normalized ``(C, H, W)`` image, mirror-padded at its border;
 - :func:`predict_window`: the output pixels of a window that is already padded (the chunk tasks);
+- :func:`unet.predict.dask.predict_dask`: a normalized image in a dask array, lazily, block by block;
 - :mod:`~unet.predict.step`: the device's part of a batch (copy in, forward, labels, copy out);
 - :mod:`~unet.predict.device`: devices, precisions and the per-device lock.
 

@@ -14,7 +14,9 @@ Both read the mask chunk by chunk, so memory stays at a few chunks whatever the 
   the border-touching polygons are held in memory.
 
 Coordinates are map coordinates in the mask's CRS (the input's, copied by ``unet segment``);
-a mask without georeferencing is exported in pixel coordinates.
+a mask without georeferencing is exported in pixel coordinates, its GeoJSON as QuPath imports it
+(:mod:`unet.results.polygons`). An output named ``.gpkg``, ``.geojson`` or ``.parquet`` gets the
+polygons alone: ``unet export MASK.zarr cells.geojson``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ import numpy as np
 
 from unet.errors import InvalidParameter
 from unet.results.masks import LabelMask, check_target, open_mask, resolve_label, sibling
-from unet.results.polygons import check_vector_format, write_polygons
+from unet.results.polygons import (
+    VECTOR_SUFFIXES,
+    ObjectType,
+    check_object_type,
+    check_vector_format,
+    write_polygons,
+)
 
 if TYPE_CHECKING:
     pass
@@ -43,9 +51,10 @@ COG_BLOCKSIZE = 512
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export` wrote."""
+    """What :func:`export` wrote: the GeoTIFF (None when only polygons were asked for), the
+    polygons and how many."""
 
-    cog: Path
+    cog: Path | None
     vector: Path | None = None
     polygons: int | None = None
 
@@ -58,22 +67,34 @@ def export(
     label: str | int | None = None,
     overwrite: bool = False,
     blocksize: int = COG_BLOCKSIZE,
+    object_type: ObjectType = "detection",
 ) -> ExportResult:
-    """Write a label mask as a Cloud-Optimized GeoTIFF and, optionally, as polygons.
+    """Write a label mask as a Cloud-Optimized GeoTIFF and, optionally, as polygons; or, when
+    ``output`` is a vector file, as polygons alone.
 
     Everything is checked (mask, class, formats, existing outputs) before anything is written.
 
     Parameters
     ----------
     mask: OME-Zarr label image written by ``unet segment`` (path or URL)
-    output: the GeoTIFF to write (local path)
+    output: the GeoTIFF to write (local path), or polygons (``.gpkg``, ``.geojson``,
+        ``.parquet``) without a GeoTIFF
     vector: polygons to write too: ``.gpkg``, ``.geojson`` or ``.parquet`` (needs geopandas)
     label: polygonize only this class, by name or label value; every class but 0 otherwise
     overwrite: replace existing outputs
     blocksize: tile side of the GeoTIFF (a multiple of 16, at least 128, as GDAL's COG driver
         takes); overviews are added until the smallest fits in one tile
+    object_type: QuPath's ``objectType`` of the objects in GeoJSON of a mask without
+        georeferencing: ``"detection"`` (light, for many cells) or ``"annotation"``
     """
     labels = open_mask(mask)
+    polygons_only = Path(output).suffix.lower() in VECTOR_SUFFIXES
+    if polygons_only and vector is not None:
+        raise InvalidParameter(
+            f"{output} already receives the polygons: drop --vector, or export a .tif as well"
+        )
+    if polygons_only:
+        vector = output
     value = resolve_label(labels, label) if label is not None else None
     if value is not None and vector is None:
         raise InvalidParameter(
@@ -83,15 +104,22 @@ def export(
         raise InvalidParameter(
             f"blocksize {blocksize} is not a COG tile size: use a multiple of 16, at least 128"
         )
-    targets = [Path(output)] + ([Path(vector)] if vector is not None else [])
+    check_object_type(object_type)
+    targets = [Path(vector)] if vector is not None else []
+    if not polygons_only:
+        targets.insert(0, Path(output))
     if vector is not None:
         check_vector_format(Path(vector))
     for target in targets:
         check_target(target, overwrite)
-    cog = write_cog(labels, output, overwrite=overwrite, blocksize=blocksize)
+    cog = None
+    if not polygons_only:
+        cog = write_cog(labels, output, overwrite=overwrite, blocksize=blocksize)
     if vector is None:
         return ExportResult(cog)
-    count = write_polygons(labels, vector, label=value, overwrite=overwrite)
+    count = write_polygons(
+        labels, vector, label=value, overwrite=overwrite, object_type=object_type
+    )
     return ExportResult(cog, Path(vector), count)
 
 

@@ -1,14 +1,24 @@
 """Polygons of a label mask, chunk by chunk: one polygon per 4-connected region of one label,
-regions cut by chunk borders merged back with their pieces in the neighbouring chunks."""
+regions cut by chunk borders merged back with their pieces in the neighbouring chunks.
+
+A mask with georeferencing gives features in map coordinates (GeoPackage, GeoJSON, GeoParquet,
+through fiona / geopandas). A mask without gives GeoJSON in pixel coordinates that QuPath imports
+(File > Import objects, or drag and drop): a FeatureCollection whose features carry QuPath's
+``objectType`` (``"detection"`` or ``"annotation"``) and ``classification``
+(``{"name": class, "color": [r, g, b]}``), besides ``value`` and ``class``. Pixel coordinates
+are those of the mask's level 0: ``x`` the column and ``y`` the row of pixel corners, as QuPath
+places objects on the full-resolution image.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -25,6 +35,14 @@ VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 
 _PARQUET = ".parquet"
 
+#: The suffixes of vector files.
+VECTOR_SUFFIXES = (*VECTOR_DRIVERS, _PARQUET)
+
+
+#: QuPath's kinds of objects: detections are light (cells, nuclei), annotations editable regions.
+ObjectType = Literal["detection", "annotation"]
+OBJECT_TYPES = ("detection", "annotation")
+
 
 #: Features handed to the vector writer at once.
 _BATCH = 1024
@@ -36,12 +54,14 @@ def write_polygons(
     *,
     label: int | None = None,
     overwrite: bool = False,
+    object_type: ObjectType = "detection",
 ) -> int:
     """Polygonize ``mask`` chunk by chunk into a vector file; returns the number of polygons.
 
     Each polygon is one 4-connected region of one label value (label 0 is never polygonized),
     whole even where it crosses chunk borders, with the attributes ``value`` (the label) and
-    ``class`` (its name), in the mask's CRS.
+    ``class`` (its name), in the mask's CRS. GeoJSON of a mask without georeferencing is
+    QuPath's (see the module docstring), its objects of ``object_type``.
     """
     import rasterio.features
     from affine import Affine
@@ -51,12 +71,13 @@ def write_polygons(
 
     target = Path(output)
     check_vector_format(target)
+    check_object_type(object_type)
     check_target(target, overwrite)
     _, height, width = mask.source.shape
     pending: dict[int, list[Polygon]] = {}
     staging = sibling(target, "partial")
     try:
-        with _vector_writer(mask, staging, _layer_name(target)) as features:
+        with _vector_writer(mask, staging, _layer_name(target), object_type) as features:
             for rows, cols in ChunkGrid(
                 (height, width), mask.source.chunks or (height, width)
             ).regions():
@@ -152,13 +173,18 @@ def _shapes_dtype(block: np.ndarray) -> np.ndarray:
 class _Features:
     """Polygons in pixel coordinates in, features in map coordinates out, in batches."""
 
-    def __init__(self, mask: LabelMask, flush: Callable[[list[dict[str, Any]]], None]) -> None:
+    def __init__(
+        self,
+        mask: LabelMask,
+        flush: Callable[[list[dict[str, Any]]], None],
+        properties: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
         georeference = mask.georeference
         a, b, c, d, e, f = (
             georeference.transform if georeference is not None else (1, 0, 0, 0, 1, 0)
         )
         self._matrix = [a, b, d, e, c, f]  # shapely's order: [a, b, d, e, xoff, yoff]
-        self._names = mask.class_names
+        self._properties = properties or (lambda value: class_properties(mask, value))
         self._flush = flush
         self._batch: list[dict[str, Any]] = []
         self.count = 0
@@ -169,10 +195,7 @@ class _Features:
         self._batch.append(
             {
                 "geometry": affine_transform(polygon, self._matrix),
-                "properties": {
-                    "value": value,
-                    "class": self._names[value] if value < len(self._names) else str(value),
-                },
+                "properties": self._properties(value),
             }
         )
         self.count += 1
@@ -185,11 +208,37 @@ class _Features:
             self._batch = []
 
 
+def class_properties(mask: LabelMask, value: int) -> dict[str, Any]:
+    """``{"value": value, "class": name}`` of a label value (its number where it has no name)."""
+    names = mask.class_names
+    return {"value": value, "class": names[value] if value < len(names) else str(value)}
+
+
+def qupath_properties(mask: LabelMask, value: int, object_type: ObjectType) -> dict[str, Any]:
+    """QuPath's properties of an object of label ``value``: its ``objectType`` and its
+    ``classification`` (class name and the label's colour), besides ``value`` and ``class``."""
+    own = class_properties(mask, value)
+    red, green, blue = mask.colours.get(value, (128, 128, 128, 255))[:3]
+    return {
+        "objectType": object_type,
+        "classification": {"name": own["class"], "color": [red, green, blue]},
+        **own,
+    }
+
+
 @contextlib.contextmanager
-def _vector_writer(mask: LabelMask, path: Path, layer: str) -> Iterator[_Features]:
-    """Features written to ``path``: GPKG / GeoJSON through fiona, GeoParquet through geopandas."""
+def _vector_writer(
+    mask: LabelMask, path: Path, layer: str, object_type: ObjectType
+) -> Iterator[_Features]:
+    """Features written to ``path``: QuPath GeoJSON for a mask without georeferencing, else
+    GPKG / GeoJSON through fiona and GeoParquet through geopandas."""
     crs_wkt = mask.georeference.crs_wkt if mask.georeference is not None else None
-    if path.suffix.lower() == _PARQUET:
+    suffix = path.suffix.lower()
+    if suffix in (".geojson", ".json") and mask.georeference is None:
+        with _qupath_writer(mask, path, object_type) as features:
+            yield features
+        return
+    if suffix == _PARQUET:
         import geopandas
 
         # GeoParquet is written in one go, so these features are held in memory.
@@ -207,7 +256,7 @@ def _vector_writer(mask: LabelMask, path: Path, layer: str) -> Iterator[_Feature
     from shapely.geometry import mapping
 
     schema = {"geometry": "Polygon", "properties": {"value": "int", "class": "str"}}
-    driver = VECTOR_DRIVERS[path.suffix.lower()]
+    driver = VECTOR_DRIVERS[suffix]
     with fiona.open(path, "w", driver=driver, schema=schema, crs_wkt=crs_wkt, layer=layer) as sink:
 
         def flush(batch: list[dict[str, Any]]) -> None:
@@ -218,9 +267,43 @@ def _vector_writer(mask: LabelMask, path: Path, layer: str) -> Iterator[_Feature
         features.flush()
 
 
+@contextlib.contextmanager
+def _qupath_writer(mask: LabelMask, path: Path, object_type: ObjectType) -> Iterator[_Features]:
+    """A GeoJSON FeatureCollection streamed to ``path`` feature by feature (memory stays at a
+    batch whatever the number of objects)."""
+    from shapely.geometry import mapping
+
+    with open(path, "w", encoding="utf-8") as sink:
+        sink.write('{"type": "FeatureCollection", "features": [\n')
+        separator = ""
+
+        def flush(batch: list[dict[str, Any]]) -> None:
+            nonlocal separator
+            for item in batch:
+                feature = {
+                    "type": "Feature",
+                    "geometry": mapping(item["geometry"]),
+                    "properties": item["properties"],
+                }
+                sink.write(separator + json.dumps(feature, separators=(",", ":")))
+                separator = ",\n"
+
+        features = _Features(mask, flush, lambda v: qupath_properties(mask, v, object_type))
+        yield features
+        features.flush()
+        sink.write("\n]}\n")
+
+
 def _layer_name(target: Path) -> str:
     """The output's stem as a layer name GeoPackage accepts (letters, digits, underscores)."""
     return re.sub(r"\W", "_", target.stem, flags=re.ASCII) or "polygons"
+
+
+def check_object_type(object_type: str) -> None:
+    if object_type not in OBJECT_TYPES:
+        raise InvalidParameter(
+            f"object type {object_type!r} is not QuPath's: use detection or annotation"
+        )
 
 
 def check_vector_format(path: Path) -> None:

@@ -23,8 +23,13 @@ MAX_SIDE = 512
 ALPHA = 0.45
 
 
-def preview_path(output: str) -> str:
-    """Where the preview of ``output`` goes: ``masks/a.zarr`` -> ``masks/a.preview.png``."""
+def preview_path(output: str, image: str | None = None) -> str:
+    """Where the preview of the mask ``output`` goes: beside it (``masks/a.zarr`` ->
+    ``masks/a.preview.png``), or for a mask inside its ``image`` (``IMAGE.zarr/labels/NAME``)
+    beside the image (``IMAGE.NAME.preview.png``), so that nothing but the mask enters the image."""
+    if image is not None:
+        name = str(output).rstrip("/").rsplit("/", 1)[-1]
+        return f"{str(image).rstrip('/').removesuffix('.zarr')}.{name}.preview.png"
     base = str(output).rstrip("/")
     if base.endswith(".zarr"):
         base = base[: -len(".zarr")]
