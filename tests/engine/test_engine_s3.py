@@ -69,8 +69,8 @@ def client():
 def test_segment_from_s3_to_s3_equals_a_local_run(s3, client, tmp_path):
     from prefect.logging import disable_run_logger
 
-    from unet.engine.finished import finished_report
     from flows.tasks import check_pyramid
+    from unet.engine.finished import finished_report
     from unet.engine.run import segment
     from unet.results.preview import preview_path, render_preview, write_bytes
 

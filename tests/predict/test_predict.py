@@ -115,8 +115,8 @@ def test_cuda_matches_cpu(rng):
 
 @pytest.mark.parametrize("num_classes", [1, 2, 3])
 def test_labels_on_the_device_equal_labels_of_the_logits(num_classes):
-    from unet.predict.window import predict_window
     from unet.predict.labels import labels_from_logits
+    from unet.predict.window import predict_window
 
     model = make_model(depth=2, num_classes=num_classes)
     window = np.random.default_rng(num_classes).normal(size=(1, 200, 180)).astype(np.float32)
