@@ -197,3 +197,67 @@ def test_cli_export(mask_url, tmp_path):
     )
     assert outcome.exit_code == 0, outcome.output
     assert "3 polygons" in outcome.output
+
+
+def test_cli_export_instances_writes_one_polygon_per_object(tmp_path, client):
+    import pyarrow.parquet as parquet
+    from typer.testing import CliRunner
+
+    from unet.cli import app
+
+    write_geotiff(tmp_path / "scene.tif")
+    ingest(tmp_path / "scene.tif", tmp_path / "scene.zarr", chunks=(CHUNK, CHUNK), progress=False)
+    params = SegmentParameters(
+        model=write_model(tmp_path / "m.safetensors"), tile_size=100, device="cpu", instances=True
+    )
+    mask = str(tmp_path / "mask.zarr")
+    report = segment(str(tmp_path / "scene.zarr"), mask, params, client=client)
+    target = tmp_path / "objects.geojson"
+
+    outcome = CliRunner().invoke(app, ["export", mask, str(target), "--instances"])
+    assert outcome.exit_code == 0, outcome.output
+    total = sum(report.objects_per_class.values())
+    assert f"{total} objects" in outcome.output
+    features, crs = read_features(target)
+    assert crs.to_epsg() == EPSG
+    table = parquet.read_table(tmp_path / "mask-objects.parquet").to_pydict()
+    rows = {
+        i: (a, c) for i, a, c in zip(table["id"], table["area_px"], table["class"], strict=True)
+    }
+    assert len(features) == len(rows) == total
+    assert sorted(p["id"] for _, p in features) == sorted(rows)
+    spanning = 0
+    for geometry, properties in features:
+        assert geometry.geom_type == "Polygon" and geometry.is_valid
+        area_px, name = rows[properties["id"]]
+        assert (properties["area_px"], properties["class"]) == (area_px, name)
+        assert geometry.area == pytest.approx(area_px * PIXEL_AREA)
+        minx, _, maxx, _ = geometry.bounds
+        spanning += (minx - TRANSFORM[2]) // (CHUNK * 10) != (maxx - TRANSFORM[2] - 1) // (
+            CHUNK * 10
+        )
+    assert spanning, "no object crosses a chunk border: the merge by id goes untested"
+    assert table["area"] == [a * PIXEL_AREA for a in table["area_px"]]
+
+    field = CliRunner().invoke(
+        app, ["export", mask, str(tmp_path / "f.gpkg"), "--instances", "--class", "field"]
+    )
+    assert field.exit_code == 0, field.output
+    assert f"{report.objects_per_class['field']} objects" in field.output
+
+
+def test_export_instances_refusals(mask_url, tmp_path):
+    from unet.results.export import export_instances
+
+    with pytest.raises(InvalidImage, match="--instances"):
+        export_instances(mask_url, tmp_path / "o.geojson")
+    from typer.testing import CliRunner
+
+    from unet.cli import app
+
+    outcome = CliRunner().invoke(
+        app,
+        ["export", mask_url, str(tmp_path / "o.geojson"), "--instances"]
+        + ["--vector", str(tmp_path / "v.gpkg")],
+    )
+    assert outcome.exit_code != 0 and "leave out --vector" in str(outcome.exception)

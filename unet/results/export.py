@@ -95,6 +95,37 @@ def export(
     return ExportResult(cog, Path(vector), count)
 
 
+def export_instances(
+    mask: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    label: str | int | None = None,
+    overwrite: bool = False,
+) -> int:
+    """Write one polygon per object of the instance image of ``mask``; returns their number.
+
+    Parameters
+    ----------
+    mask: OME-Zarr label image written by ``unet segment --instances`` (path or URL)
+    output: ``.gpkg``, ``.geojson`` or ``.parquet`` (needs geopandas)
+    label: only the objects of this class, by name or label value; every object otherwise
+    overwrite: replace an existing output
+
+    Each polygon has the attributes ``id`` (the object's id in the instance image),
+    ``area_px``, ``value`` and ``class``; coordinates are in the mask's CRS (pixels without one).
+    """
+    from unet.results.masks import open_instances
+    from unet.results.polygons import write_instance_polygons
+
+    labels = open_mask(mask)
+    value = resolve_label(labels, label) if label is not None else None
+    target = Path(output)
+    check_vector_format(target)
+    check_target(target, overwrite)
+    instances = open_instances(labels)
+    return write_instance_polygons(labels, instances, target, label=value, overwrite=overwrite)
+
+
 def write_cog(
     mask: LabelMask,
     output: str | os.PathLike[str],
