@@ -62,7 +62,7 @@ def main() -> None:
     cluster = plan_cluster(args.device, None, None)
     started = time.perf_counter()
     with PeakRSS() as pass_peak, dask_client(cluster) as client:
-        numbering = label_instances(
+        summary = label_instances(
             client, mask, instances_location(mask), objects_location(mask), class_names=names
         )
     pass_seconds = time.perf_counter() - started
@@ -78,9 +78,9 @@ def main() -> None:
         "instance_pass_s": round(pass_seconds, 1),
         "instance_pass_peak_rss_mib": round(pass_peak.peak / 2**20),
         "extra_time": round(pass_seconds / segmentation_seconds, 3),
-        "objects": numbering.total,
-        "objects_spanning_chunks": int(len(numbering.spanning)),
-        "instance_dtype": str(numbering.dtype),
+        "objects": summary.objects,
+        "objects_spanning_chunks": summary.spanning,
+        "instance_dtype": str(summary.dtype),
     }
     print(json.dumps(result, indent=2))
     print(
@@ -88,7 +88,7 @@ def main() -> None:
         f"(peak RSS {result['segmentation_peak_rss_mib']} MiB); instance pass "
         f"{pass_seconds:.1f} s = {100 * result['extra_time']:.1f}% more "
         f"(peak RSS {result['instance_pass_peak_rss_mib']} MiB); "
-        f"{numbering.total} objects, {len(numbering.spanning)} across chunk borders"
+        f"{summary.objects} objects, {summary.spanning} across chunk borders"
     )
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

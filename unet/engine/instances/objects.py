@@ -164,6 +164,8 @@ class ObjectTable:
     ) -> None:
         self.location = location
         self.rows = 0
+        #: int64 (256,): rows written per label value.
+        self.objects_per_value = np.zeros(256, np.int64)
         self._spanning = spanning
         self._names = class_names
         self._id_dtype = np.dtype(id_dtype)
@@ -282,3 +284,4 @@ class ObjectTable:
             columns["centroid_y"] = d * (centroid_col + 0.5) + e * (centroid_row + 0.5) + f
         self._writer.write_table(pyarrow.table(columns, schema=self.schema()))
         self.rows += len(stats)
+        self.objects_per_value += np.bincount(stats.value, minlength=256)

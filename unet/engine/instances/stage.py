@@ -20,6 +20,7 @@ alone, so the instance image written then is the same.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,9 +37,22 @@ from unet.errors import writing
 if TYPE_CHECKING:
     import zarr
 
-    from unet.engine.instances.stitch import Numbering
     from unet.engine.plan import RunPlan
     from unet.io.geo import Georeference
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    """What :func:`label_instances` wrote.
+
+    objects: objects in the image (ids ``1 .. objects``); objects_per_value: per label value of
+    the mask (0, background, has none); spanning: objects across chunk borders; dtype: of the ids
+    """
+
+    objects: int
+    objects_per_value: tuple[int, ...]
+    spanning: int
+    dtype: np.dtype
 
 
 def finished_objects(output: str) -> dict[str, int] | None:
@@ -51,39 +65,57 @@ def finished_objects(output: str) -> dict[str, int] | None:
 
 
 def instance_pass(plan: RunPlan, client: Any) -> dict[str, int]:
-    """Write the instance image and the object table of the finished mask of ``plan`` and record
-    them in the mask's attributes; return the objects per class (background left out).
-
-    Parameters
-    ----------
-    plan: the run, whose mask's level 0 is complete
-    client: the ``distributed.Client`` to run the chunk tasks on
+    """:func:`write_instances` for the finished mask of ``plan``; the objects per class.
 
     Raises
     ------
     OutputWriteError: the instance image, the table or the record cannot be written
     """
-    import zarr
-
-    output = plan.output
-    names = list(plan.checkpoint.class_names)
-    image, table = instances_location(output), objects_location(output)
     georeference = None
     if plan.georeference is not None:
         georeference = plan.georeference.for_labels(plan.parameters.nodata is not None)
-    numbering = label_instances(
+    return write_instances(
+        client,
+        plan.output,
+        class_names=list(plan.checkpoint.class_names),
+        georeference=georeference,
+        digest=plan.fingerprint.digest,
+    )
+
+
+def write_instances(
+    client: Any,
+    output: str,
+    *,
+    class_names: list[str],
+    georeference: Georeference | None = None,
+    digest: str | None = None,
+) -> dict[str, int]:
+    """Write the instance image and the object table of the class mask at ``output`` where
+    :func:`~unet.engine.instances.location.instances_location` and
+    :func:`~unet.engine.instances.location.objects_location` say, with
+    :func:`label_instances`, then record them in the mask's ``unet`` attribute.
+
+    Returns
+    -------
+    Objects per class name, background left out.
+    """
+    import zarr
+
+    image, table = instances_location(output), objects_location(output)
+    summary = label_instances(
         client,
         output,
         image,
         table,
-        class_names=names,
+        class_names=class_names,
         georeference=georeference,
-        digest=plan.fingerprint.digest,
+        digest=digest,
     )
     per_class = {
-        names[value]: count
-        for value, count in enumerate(numbering.objects_per_value)
-        if 0 < value < len(names)
+        class_names[value]: count
+        for value, count in enumerate(summary.objects_per_value)
+        if 0 < value < len(class_names)
     }
     with writing(output):
         _record(
@@ -91,8 +123,8 @@ def instance_pass(plan: RunPlan, client: Any) -> dict[str, int]:
             {
                 "image": relative_to(output, image),
                 "table": relative_to(output, table),
-                "dtype": str(numbering.dtype),
-                "objects": numbering.total,
+                "dtype": str(summary.dtype),
+                "objects": summary.objects,
                 "objects_per_class": per_class,
             },
         )
@@ -108,7 +140,7 @@ def label_instances(
     class_names: list[str],
     georeference: Georeference | None = None,
     digest: str | None = None,
-) -> Numbering:
+) -> InstanceSummary:
     """Label every object of a finished class mask image-wide, on Dask, chunk by chunk.
 
     Parameters
@@ -124,7 +156,7 @@ def label_instances(
 
     Returns
     -------
-    The :class:`~unet.engine.instances.stitch.Numbering` (``total``, ``objects_per_value``, ...).
+    What was written: :class:`InstanceSummary`.
     """
     from unet.engine.instances.objects import ObjectTable
     from unet.engine.instances.stitch import Stitcher
@@ -139,12 +171,11 @@ def label_instances(
         mask=source,
         instances=instances,
         chunks=chunks,
-        num_values=max(len(class_names), 2),
         pyramid_levels=chunk_levels(shape, chunks),
         token=uuid.uuid4().hex,
     )
     grid = job.grid
-    stitcher = Stitcher(grid.counts, job.num_values)
+    stitcher = Stitcher(grid.counts)
     for labels in run_chunks(client, job, grid.indices(), task=label_task):
         stitcher.add(labels)
     numbering = stitcher.numbering()
@@ -163,13 +194,19 @@ def label_instances(
     ):
         for stats in run_chunks(client, job, items, task=relabel_task):
             rows.add(stats)
+    per_value = rows.objects_per_value[: max(len(class_names), 2)]
     with writing(instances):
         build_pyramid(instances, reduction="nearest", keep_levels=job.pyramid_levels)
         if georeference is not None:
             from unet.io.geo import write_georeference
 
             write_georeference(instances, georeference)
-    return numbering
+    return InstanceSummary(
+        objects=numbering.total,
+        objects_per_value=tuple(int(n) for n in per_value),
+        spanning=len(numbering.spanning),
+        dtype=numbering.dtype,
+    )
 
 
 def create_instance_image(
@@ -215,6 +252,6 @@ def create_instance_image(
 def _record(group: zarr.Group, record: dict[str, Any]) -> None:
     from unet.engine.ledger import ATTRIBUTE
 
-    state = dict(group.attrs[ATTRIBUTE])
+    state = dict(group.attrs.get(ATTRIBUTE, {}))
     state[RECORD] = record
     group.attrs[ATTRIBUTE] = state

@@ -58,13 +58,11 @@ class ChunkLabels:
     ----------
     index: the chunk
     count: local objects, ids ``1 .. count``
-    objects_per_value: objects per label value (index = value; value 0 is background, always 0)
     borders: ``{"top" | "bottom" | "left" | "right": Border}``
     """
 
     index: Index
     count: int
-    objects_per_value: tuple[int, ...]
     borders: dict[str, Border]
 
 
@@ -93,11 +91,9 @@ def region_values(labels: np.ndarray, mask: np.ndarray, count: int) -> np.ndarra
     return values
 
 
-def chunk_labels(index: Index, mask: np.ndarray, num_values: int) -> ChunkLabels:
-    """Label chunk ``index`` (uint8 (h, w) ``mask`` with values below ``num_values``) and keep
-    what the driver needs of it."""
+def chunk_labels(index: Index, mask: np.ndarray) -> ChunkLabels:
+    """Label chunk ``index`` (uint8 (h, w) ``mask``) and keep what the driver needs of it."""
     labels, count = label_chunk(mask)
-    per_value = np.bincount(region_values(labels, mask, count)[1:], minlength=num_values)
     edges = {
         "top": np.s_[0, :],
         "bottom": np.s_[-1, :],
@@ -108,7 +104,7 @@ def chunk_labels(index: Index, mask: np.ndarray, num_values: int) -> ChunkLabels
         side: Border(labels[where].copy(), mask[where].astype(np.uint8, copy=True))
         for side, where in edges.items()
     }
-    return ChunkLabels(index, count, tuple(int(n) for n in per_value), borders)
+    return ChunkLabels(index, count, borders)
 
 
 @dataclass(frozen=True)
@@ -148,7 +144,6 @@ class Numbering:
     targets: int64 (m,), the image-wide id each of ``dropped`` takes
     spanning: int64 (s,), sorted image-wide ids of the objects that span several chunks
     total: objects in the image, ids ``1 .. total``
-    objects_per_value: objects per label value
     """
 
     counts: np.ndarray
@@ -157,7 +152,6 @@ class Numbering:
     targets: np.ndarray
     spanning: np.ndarray
     total: int
-    objects_per_value: tuple[int, ...]
 
     @property
     def dtype(self) -> np.dtype:
@@ -183,14 +177,11 @@ class Stitcher:
     each other are kept (one per pair of regions, not per pixel) and both borders are let go.
     """
 
-    def __init__(self, counts: tuple[int, int], num_values: int) -> None:
+    def __init__(self, counts: tuple[int, int]) -> None:
         self.grid = counts
-        self.num_values = num_values
         self._counts = np.full(counts[0] * counts[1], -1, np.int64)
-        self._objects = np.zeros(num_values, np.int64)
         self._waiting: dict[tuple[Index, str], Border] = {}
         self._pairs: list[np.ndarray] = []
-        self._pair_values: list[np.ndarray] = []
 
     def add(self, chunk: ChunkLabels) -> None:
         """Take one chunk's labels (each chunk exactly once)."""
@@ -201,7 +192,6 @@ class Stitcher:
                 f"chunk {chunk.index} is outside the {self.grid} chunk grid or was added twice"
             )
         self._counts[flat] = chunk.count
-        self._objects += np.asarray(chunk.objects_per_value[: self.num_values], np.int64)
         for side, (di, dj), facing in SIDES:
             neighbour = (i + di, j + dj)
             if not (0 <= neighbour[0] < self.grid[0] and 0 <= neighbour[1] < self.grid[1]):
@@ -224,9 +214,7 @@ class Stitcher:
             ],
             axis=1,
         )
-        keys, first = np.unique(keys, axis=0, return_index=True)
-        self._pairs.append(keys)
-        self._pair_values.append(ours.values[touching][first])
+        self._pairs.append(np.unique(keys, axis=0))
 
     def numbering(self) -> Numbering:
         """The numbering, once every chunk was added."""
@@ -235,7 +223,6 @@ class Stitcher:
             raise InvalidParameter(f"{missing} chunks were not labelled: add every chunk first")
         offsets = np.concatenate([[0], np.cumsum(self._counts)[:-1]]).astype(np.int64)
         dropped = targets = spanning = np.zeros(0, np.int64)
-        objects = self._objects.copy()
         if self._pairs:
             from scipy.sparse import coo_matrix
             from scipy.sparse.csgraph import connected_components
@@ -260,10 +247,6 @@ class Stitcher:
 
             targets = final(roots[merged])
             spanning = np.unique(final(smallest))
-            node_values = np.zeros(len(nodes), np.int64)
-            pair_values = np.concatenate(self._pair_values)
-            node_values[inverse[:, 0]] = node_values[inverse[:, 1]] = pair_values
-            objects -= np.bincount(node_values[merged], minlength=self.num_values)
         return Numbering(
             counts=self._counts.copy(),
             offsets=offsets,
@@ -271,5 +254,4 @@ class Stitcher:
             targets=targets,
             spanning=spanning,
             total=int(self._counts.sum()) - len(dropped),
-            objects_per_value=tuple(int(n) for n in objects),
         )

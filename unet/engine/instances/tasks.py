@@ -41,7 +41,6 @@ class InstanceJob:
     mask: ImageSource
     instances: str
     chunks: tuple[int, int]
-    num_values: int
     pyramid_levels: int = 0
     #: Names this pass: the workers' cached instance arrays are opened anew for each pass,
     #: since a rerun may have replaced the store at the same location.
@@ -63,7 +62,7 @@ class RelabelItem:
 def label_task(job: InstanceJob, index: Index) -> ChunkLabels:
     """First round: label chunk ``index`` of the mask; its count and borders for the driver."""
     use_fast_codecs()
-    return chunk_labels(index, _read_mask(job, index), job.num_values)
+    return chunk_labels(index, _read_mask(job, index))
 
 
 def relabel_task(job: InstanceJob, item: RelabelItem) -> ObjectStats:
