@@ -324,3 +324,17 @@ def test_killed_and_resumed_runs_give_identical_instances(clean_run, client, mon
     assert np.array_equal(resumed, clean)
     tables = [read_table(folder / f"{name}-objects.parquet") for name in ("out", "clean")]
     assert all(np.array_equal(tables[0][key], tables[1][key]) for key in tables[0])
+
+
+def test_table_goes_to_a_url_through_fsspec():
+    import fsspec
+    import pyarrow.parquet as parquet
+
+    mask, chunks = CASES["noise of 3 classes"]
+    _, numbering, parts = stitch_in_memory(mask, chunks)
+    url = "memory://instances-test/objects.parquet"
+    with ObjectTable(url, numbering.spanning, NAMES, numbering.dtype) as table:
+        for part in parts:
+            table.add(part)
+    with fsspec.open(url, "rb") as stored:
+        assert parquet.read_table(stored).num_rows == numbering.total

@@ -195,9 +195,9 @@ def run_chunks(
     job_future = client.scatter(job, broadcast=True)
     queue = iter(pending)
 
-    in_flight: dict[str, tuple[Any, tuple[int, int]]] = {}
+    in_flight: dict[str, tuple[Any, Any]] = {}
 
-    def submit(index: tuple[int, int]) -> Any:
+    def submit(index: Any) -> Any:
         function = run_chunk if task is None else task
         future = client.submit(function, job_future, index, retries=TASK_RETRIES, pure=False)
         in_flight[future.key] = (future, index)
