@@ -2,12 +2,17 @@
 segmentation's alone (issue 21).
 
 Segments a generated nuclei image (:func:`unet.bench.inputs.bench_image`, 1024^2 chunks) with
-the bundled model through the default cluster, then runs the instance pass alone on the finished
-mask (:func:`unet.engine.instances.stage.label_instances`, both rounds of chunk tasks, the
-instance image with its pyramid and the object table) on a cluster made the same way, and prints
-wall time and the peak RSS of this process and its children for each, with the objects found.
+the bundled model through the default cluster, then runs the instance pass on the finished mask
+(:func:`unet.engine.instances.stage.label_instances`: both rounds of chunk tasks, the instance
+image with its pyramid and the object table) on a cluster made the same way, in the same process,
+as ``unet segment --instances`` does. Prints wall time and the peak RSS of this process and its
+children during each, and the RSS before the pass.
+
+``--truth`` skips the model: the mask is the scene's own nucleus mask (what a perfect model would
+give, written chunk by chunk), so the pass alone can be measured on large images in minutes.
 
     .venv/bin/python benchmarks/instances_cost.py --side 16384 --work /tmp/benchwork
+    .venv/bin/python benchmarks/instances_cost.py --side 16384 --truth --work /tmp/benchwork
 """
 
 from __future__ import annotations
@@ -20,8 +25,34 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).parent))
 from memory import PeakRSS  # noqa: E402
+
+MIB = 2**20
+
+
+def truth_mask(work: Path, side: int, chunk: int) -> tuple[str, list[str]]:
+    """The nucleus mask of the benchmark's nuclei scene, written once per work folder."""
+    from unet.io.omezarr import create_label_image
+    from unet.training.synthetic import NucleiScene
+
+    path = work / f"nuclei-truth-{side}-c{chunk}.zarr"
+    names = list(NucleiScene.class_names)
+    if not (path / ".complete").exists():
+        colours = [(0, 0, 0), (255, 255, 0)]
+        level0 = create_label_image(
+            path, (side, side), (chunk, chunk), class_names=names, colours=colours, overwrite=True
+        )
+        scene = NucleiScene(shape=(side, side), seed=0)
+        for y in range(0, side, chunk):
+            for x in range(0, side, chunk):
+                rows, cols = slice(y, min(y + chunk, side)), slice(x, min(x + chunk, side))
+                _, nuclei = scene.render(rows, cols)
+                level0[rows, cols] = (nuclei > 0).astype("uint8")
+        (path / ".complete").write_text("")
+    return str(path), names
 
 
 def main() -> None:
@@ -31,7 +62,8 @@ def main() -> None:
     parser.add_argument("--model", default="nuclei")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--work", type=Path, default=None, help="keeps the generated image")
+    parser.add_argument("--truth", action="store_true", help="the scene's own mask, no model")
+    parser.add_argument("--work", type=Path, default=None, help="keeps the generated inputs")
     args = parser.parse_args()
 
     from unet.bench.inputs import bench_checkpoint, bench_image
@@ -44,52 +76,50 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="instances-cost-"))
     work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, object] = {"side": args.side, "chunk": args.chunk}
     started = time.perf_counter()
-    image = bench_image(work, args.side, args.chunk, 1)
-    model = bench_checkpoint(work, args.model)
-    print(f"input {image} ready in {time.perf_counter() - started:.0f} s", flush=True)
-    mask = str(work / f"mask-{args.side}.zarr")
-    parameters = SegmentParameters(
-        model=model, device=args.device, precision=args.precision, overwrite=True
-    )
+    if args.truth:
+        mask, names = truth_mask(work, args.side, args.chunk)
+        result["mask"] = "scene truth"
+    else:
+        image = bench_image(work, args.side, args.chunk, 1)
+        model = bench_checkpoint(work, args.model)
+        mask = str(work / f"mask-{args.side}.zarr")
+        names = list(load_checkpoint(model).class_names)
+        result.update(model=args.model, device=args.device, precision=args.precision)
+    print(f"inputs ready in {time.perf_counter() - started:.0f} s", flush=True)
 
-    started = time.perf_counter()
-    with PeakRSS() as segmentation_peak:
-        report = segment(str(image), mask, parameters)
-    segmentation_seconds = time.perf_counter() - started
+    if not args.truth:
+        parameters = SegmentParameters(
+            model=model, device=args.device, precision=args.precision, overwrite=True
+        )
+        started = time.perf_counter()
+        with PeakRSS() as peak:
+            report = segment(str(image), mask, parameters)
+        result.update(
+            segmentation_s=round(time.perf_counter() - started, 1),
+            segmentation_mpx_per_s=round(report.megapixels_per_second, 3),
+            segmentation_peak_rss_mib=round(peak.peak / MIB),
+        )
 
-    names = list(load_checkpoint(model).class_names)
-    cluster = plan_cluster(args.device, None, None)
+    before = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    with PeakRSS() as pass_peak, dask_client(cluster) as client:
+    with PeakRSS() as peak, dask_client(plan_cluster(args.device, None, None)) as client:
         summary = label_instances(
             client, mask, instances_location(mask), objects_location(mask), class_names=names
         )
-    pass_seconds = time.perf_counter() - started
-
-    result = {
-        "side": args.side,
-        "chunk": args.chunk,
-        "model": args.model,
-        "device": args.device,
-        "segmentation_s": round(segmentation_seconds, 1),
-        "segmentation_mpx_per_s": round(report.megapixels_per_second, 3),
-        "segmentation_peak_rss_mib": round(segmentation_peak.peak / 2**20),
-        "instance_pass_s": round(pass_seconds, 1),
-        "instance_pass_peak_rss_mib": round(pass_peak.peak / 2**20),
-        "extra_time": round(pass_seconds / segmentation_seconds, 3),
-        "objects": summary.objects,
-        "objects_spanning_chunks": summary.spanning,
-        "instance_dtype": str(summary.dtype),
-    }
-    print(json.dumps(result, indent=2))
-    print(
-        f"{args.side}^2: segmentation {segmentation_seconds:.0f} s "
-        f"(peak RSS {result['segmentation_peak_rss_mib']} MiB); instance pass "
-        f"{pass_seconds:.1f} s = {100 * result['extra_time']:.1f}% more "
-        f"(peak RSS {result['instance_pass_peak_rss_mib']} MiB); "
-        f"{summary.objects} objects, {summary.spanning} across chunk borders"
+    seconds = time.perf_counter() - started
+    result.update(
+        instance_pass_s=round(seconds, 1),
+        rss_before_pass_mib=round(before / MIB),
+        instance_pass_peak_rss_mib=round(peak.peak / MIB),
+        objects=summary.objects,
+        objects_spanning_chunks=summary.spanning,
+        instance_dtype=str(summary.dtype),
     )
+    if "segmentation_s" in result:
+        result["extra_time"] = round(seconds / float(result["segmentation_s"]), 3)
+    print(json.dumps(result, indent=2))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

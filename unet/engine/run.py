@@ -65,6 +65,9 @@ def segment(
     plan: the run's plan when the caller made it already (:func:`unet.engine.plan.plan_run` of
         the same input, output and parameters): the run is then not planned again
 
+    With ``parameters.instances`` the instance pass (:mod:`unet.engine.instances`) follows the
+    chunks, before the output is marked complete.
+
     Returns
     -------
     SegmentReport

@@ -1,6 +1,6 @@
-"""Export a label mask to GIS formats: a Cloud-Optimized GeoTIFF, and polygons per class.
+"""Export a label mask to GIS formats: a Cloud-Optimized GeoTIFF, polygons per class or per object.
 
-Both read the mask chunk by chunk, so memory stays at a few chunks whatever the mask's size:
+All read the mask chunk by chunk, so memory stays at a few chunks whatever the mask's size:
 
 - the GeoTIFF is first written tile-aligned window by window into a temporary tiled GTiff,
   then copied by GDAL's COG driver, which adds nearest-neighbour overviews (label values stay
@@ -11,7 +11,9 @@ Both read the mask chunk by chunk, so memory stays at a few chunks whatever the 
   A polygon that does not touch an inner chunk border is complete and written at once; the
   others are kept, and those that share an edge (not just a corner) are merged with
   ``shapely.unary_union``, so a region crossing chunk borders comes out as one polygon. Only
-  the border-touching polygons are held in memory.
+  the border-touching polygons are held in memory;
+- objects of the instance image (``unet segment --instances``) need no such search: their ids
+  are image-wide, so the pieces of an object cut by chunk borders are merged by id.
 
 Coordinates are map coordinates in the mask's CRS (the input's, copied by ``unet segment``);
 a mask without georeferencing is exported in pixel coordinates.
