@@ -1,4 +1,4 @@
-"""Export a label mask to GIS formats: a Cloud-Optimized GeoTIFF, polygons per class or per object.
+"""Export a label mask for GIS: a Cloud-Optimized GeoTIFF, polygons per class or per object.
 
 All read the mask chunk by chunk, so memory stays at a few chunks whatever the mask's size:
 
