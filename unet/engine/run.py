@@ -195,7 +195,10 @@ def run_chunks(
         return
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     limit = IN_FLIGHT_PER_WORKER * workers
-    job_future = client.scatter(job, broadcast=True)
+    # A key of its own (hash=False): a job equal to an earlier one (the instance pass's second
+    # round, a rerun on the same client) would share that one's content-hashed key, and the
+    # earlier future's release could then drop the data from under this run's tasks.
+    job_future = client.scatter(job, broadcast=True, hash=False)
     queue = iter(pending)
 
     in_flight: dict[str, tuple[Any, Any]] = {}

@@ -113,8 +113,8 @@ class ChunkMapping:
 
     Attributes
     ----------
-    base: the image-wide id of local id 0 if no id of this chunk or before it were dropped,
-        less the ids dropped before this chunk
+    base: the chunk's provisional offset less the ids dropped before the chunk: a kept local
+        id ``l`` becomes ``base + l - (dropped local ids <= l)``
     dropped: uint32 (m,), sorted local ids merged into an object that a smaller id names
     targets: uint64 (m,), the image-wide id of each of ``dropped``
     """
