@@ -152,6 +152,10 @@ def report_table(report: SegmentReport) -> list[dict[str, str]]:
         ("speed", f"{report.megapixels_per_second:.2f} Mpx/s"),
     ]
     rows += [(f"class {name}", f"{share:.2%}") for name, share in report.class_fractions.items()]
+    if report.objects_per_class is not None:
+        rows += [
+            (f"objects {name}", str(count)) for name, count in report.objects_per_class.items()
+        ]
     return [{"field": field, "value": value} for field, value in rows]
 
 

@@ -92,7 +92,8 @@ def export(
         Path,
         typer.Argument(
             help="Cloud-Optimized GeoTIFF to write (.tif), or polygons alone (.gpkg, .geojson, "
-            ".parquet; GeoJSON of a mask without georeferencing is QuPath's)"
+            ".parquet; GeoJSON of a mask without georeferencing is QuPath's); with --instances "
+            "one polygon per object"
         ),
     ],
     vector: Annotated[
@@ -104,12 +105,31 @@ def export(
     object_type: Annotated[
         str, typer.Option(help="QuPath objectType in GeoJSON: detection or annotation")
     ] = "detection",
+    instances: Annotated[
+        bool,
+        typer.Option(
+            help="one polygon per object of the instance labels (unet segment --instances)"
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
     """Write a label mask as a Cloud-Optimized GeoTIFF and polygons for GIS tools, or as
     objects QuPath imports."""
     from unet.results.export import export as run_export
+    from unet.results.export import export_instances
 
+    if instances:
+        if vector is not None:
+            from unet.errors import InvalidParameter
+
+            raise InvalidParameter(
+                "with --instances OUTPUT is the polygons file: leave out --vector"
+            )
+        count = export_instances(
+            mask, output, label=label, overwrite=overwrite, object_type=object_type
+        )
+        typer.echo(f"{output}: {count} objects")
+        return
     result = run_export(
         mask, output, vector=vector, label=label, overwrite=overwrite, object_type=object_type
     )
@@ -208,11 +228,16 @@ def _show_progress() -> bool:
 
 def _print_summary(report) -> None:
     fractions = ", ".join(f"{k} {v:.1%}" for k, v in report.class_fractions.items())
+    objects = ""
+    if report.objects_per_class is not None:
+        counts = ", ".join(f"{k} {n}" for k, n in report.objects_per_class.items())
+        objects = f"; objects: {counts}"
     typer.echo(
         f"{report.output}: {report.shape[1]}x{report.shape[2]} px, "
         f"{report.chunks_computed} chunks computed, {report.chunks_skipped} skipped, "
         f"{report.chunks_resumed} resumed, {report.megapixels_per_second:.3g} Mpx/s"
         + (f" ({fractions})" if fractions else "")
+        + objects
     )
 
 

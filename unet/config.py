@@ -51,6 +51,11 @@ class SegmentParameters(BaseModel):
     )
     probabilities: bool = Field(False, description="also write a float16 softmax array")
     channels_last: bool = Field(False, description="the input array is (Y, X, C)")
+    instances: bool = Field(
+        False,
+        description="also label every object (4-connected, per class) with an id unique in the "
+        "image, into MASK-instances.zarr, with an object table MASK-objects.parquet",
+    )
     overwrite: bool = Field(False, description="replace an output written with other settings")
     labels: str | None = Field(
         None,
@@ -78,8 +83,12 @@ class SegmentParameters(BaseModel):
         return value
 
     def result_fields(self, tile_size: int) -> dict[str, object]:
-        """The fields that change the mask, with the tile size resolved (for the fingerprint)."""
-        return {
+        """The fields that change the output, with the tile size resolved (for the fingerprint).
+
+        ``instances`` enters only when set, so outputs written before it existed keep their
+        fingerprint.
+        """
+        fields: dict[str, object] = {
             "tile_size": tile_size,
             "precision": self.precision,
             "skip_background": self.skip_background,
@@ -87,6 +96,9 @@ class SegmentParameters(BaseModel):
             "probabilities": self.probabilities,
             "channels_last": self.channels_last,
         }
+        if self.instances:
+            fields["instances"] = True
+        return fields
 
 
 def check_label_name(name: str) -> str:

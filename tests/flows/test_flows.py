@@ -184,6 +184,21 @@ def test_report_table_lists_size_chunks_speed_and_classes():
     assert (rows["computed"], rows["skipped (background)"], rows["resumed"]) == ("4", "1", "1")
     assert rows["speed"] == "0.03 Mpx/s"
     assert rows["class nuclei"] == "25.00%"
+    assert not any(field.startswith("objects") for field in rows)
+
+
+def test_report_table_gives_the_objects_per_class_with_instances():
+    report = SegmentReport(
+        input="in.zarr",
+        output="out.zarr",
+        shape=(1, 20, 30),
+        chunks_total=1,
+        class_names=["background", "nuclei", "stroma"],
+        class_pixels=[500, 80, 20],
+        objects_per_class={"nuclei": 12, "stroma": 0},
+    )
+    rows = {row["field"]: row["value"] for row in report_table(report)}
+    assert (rows["objects nuclei"], rows["objects stroma"]) == ("12", "0")
 
 
 def test_check_pyramid_body_refuses_an_unfinished_output(tmp_path):

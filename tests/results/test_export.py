@@ -267,3 +267,65 @@ def test_cli_export(mask_url, tmp_path):
     )
     assert outcome.exit_code == 0, outcome.output
     assert "3 polygons" in outcome.output
+
+
+def test_cli_export_instances_writes_one_polygon_per_object(mask_url, tmp_path, client):
+    """The mask's regions as objects: the rectangle over 4 chunks is one polygon, the squares
+    touching at a corner two, the class-2 square one; ids and areas as in the object table."""
+    import pyarrow.parquet as parquet
+    from typer.testing import CliRunner
+
+    from unet.cli import app
+    from unet.engine.instances.stage import write_instances
+
+    zarr.open_group(mask_url, mode="r+").attrs["unet"] = {"complete": True, "digest": "d"}
+    georeference = open_mask(mask_url).georeference
+    counts = write_instances(
+        client, mask_url, class_names=CLASSES, georeference=georeference, digest="d"
+    )
+    assert counts == {"field": 3, "building": 1}
+    target = tmp_path / "objects.geojson"
+
+    outcome = CliRunner().invoke(app, ["export", mask_url, str(target), "--instances"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "4 objects" in outcome.output
+    features, crs = read_features(target)
+    assert crs.to_epsg() == EPSG
+    table = parquet.read_table(tmp_path / "mask-objects.parquet").to_pydict()
+    assert sorted(p["id"] for _, p in features) == sorted(table["id"]) == [1, 2, 3, 4]
+    by_area = sorted(
+        ((p["area_px"], p["class"], g) for g, p in features), key=lambda f: (*f[:2], f[2].bounds)
+    )
+    expected = [
+        (16, "field", map_box((64, 68), (92, 96))),
+        (16, "field", map_box((60, 64), (96, 100))),
+        (100, "building", map_box((70, 80), (10, 20))),
+        (960, "field", map_box((20, 50), (16, 48))),
+    ]
+    for (area, name, geometry), (want_area, want_name, want) in zip(by_area, expected, strict=True):
+        assert (area, name) == (want_area, want_name)
+        assert geometry.geom_type == "Polygon" and geometry.equals(want)
+    assert sorted(table["area"]) == [a * PIXEL_AREA for a, _, _ in expected]
+
+    field = CliRunner().invoke(
+        app, ["export", mask_url, str(tmp_path / "f.gpkg"), "--instances", "--class", "field"]
+    )
+    assert field.exit_code == 0, field.output
+    assert "3 objects" in field.output
+
+
+def test_export_instances_refusals(mask_url, tmp_path):
+    from unet.results.export import export_instances
+
+    with pytest.raises(InvalidImage, match="--instances"):
+        export_instances(mask_url, tmp_path / "o.geojson")
+    from typer.testing import CliRunner
+
+    from unet.cli import app
+
+    outcome = CliRunner().invoke(
+        app,
+        ["export", mask_url, str(tmp_path / "o.geojson"), "--instances"]
+        + ["--vector", str(tmp_path / "v.gpkg")],
+    )
+    assert outcome.exit_code != 0 and "leave out --vector" in str(outcome.exception)

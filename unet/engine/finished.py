@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from unet.config import SegmentParameters
+from unet.engine.instances.location import RECORD
 from unet.engine.report import SegmentReport
 
 
@@ -35,12 +36,14 @@ def finished_report(
     if state.get("digest") != plan.fingerprint.digest:
         return None
     total = plan.grid.total
+    instances = state.get(RECORD)
     return SegmentReport(
         input=input,
         output=output,
         shape=tuple(plan.source.shape),
         chunks_total=total,
         chunks_resumed=total,
+        objects_per_class=dict(instances["objects_per_class"]) if instances else None,
     )
 
 

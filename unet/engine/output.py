@@ -148,3 +148,6 @@ def finish_output(plan: RunPlan) -> None:
     destination = plan.destination
     if destination.inside_image:
         set_label_listed(destination.image, destination.label_name, listed=True)
+        if plan.parameters.instances:
+            instances = f"{destination.label_name}-instances"
+            set_label_listed(destination.image, instances, listed=True)

@@ -24,6 +24,8 @@ class SegmentReport:
     seconds: float = 0.0
     class_names: list[str] = field(default_factory=list)
     class_pixels: list[int] = field(default_factory=list)
+    #: Objects (4-connected regions) per foreground class, with ``instances``; None without.
+    objects_per_class: dict[str, int] | None = None
 
     @property
     def megapixels(self) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,6 +64,9 @@ def segment(
     progress: called with (chunks done, chunks total) as chunks finish
     plan: the run's plan when the caller made it already (:func:`unet.engine.plan.plan_run` of
         the same input, output and parameters): the run is then not planned again
+
+    With ``parameters.instances`` the instance pass (:mod:`unet.engine.instances`) follows the
+    chunks, before the output is marked complete.
 
     Returns
     -------
@@ -160,6 +163,8 @@ def _segment(
         report.chunks_failed.sort()
         report.seconds = time.perf_counter() - started
         raise _chunks_failed(report, reasons[0])
+    if parameters.instances:
+        report.objects_per_class = _instances(plan, client, cluster_plan)
     with writing(output):
         finish_output(plan)
     if plan.georeference is not None:
@@ -170,8 +175,11 @@ def _segment(
     return report
 
 
-def run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterator[Any]:
-    """Results of ``run_chunk`` for every pending chunk, as they complete (retried on failure).
+def run_chunks(
+    client: Any, job: Any, pending: list[Any], task: Callable[[Any, Any], Any] | None = None
+) -> Iterator[Any]:
+    """Results of ``run_chunk`` for every pending chunk, as they complete (retried on failure);
+    or of ``task(job, item)`` for every item of ``pending`` when ``task`` is given.
 
     A chunk whose input cannot be read yields a :class:`ChunkFailure` and the others go on; any
     other failure (the output cannot be written, the device fails) ends the run, once the chunks
@@ -186,13 +194,17 @@ def run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterato
         return
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     limit = IN_FLIGHT_PER_WORKER * workers
-    job_future = client.scatter(job, broadcast=True)
+    # A key of its own (hash=False): a job equal to an earlier one (the instance pass's second
+    # round, a rerun on the same client) would share that one's content-hashed key, and the
+    # earlier future's release could then drop the data from under this run's tasks.
+    job_future = client.scatter(job, broadcast=True, hash=False)
     queue = iter(pending)
 
-    in_flight: dict[str, tuple[Any, tuple[int, int]]] = {}
+    in_flight: dict[str, tuple[Any, Any]] = {}
 
-    def submit(index: tuple[int, int]) -> Any:
-        future = client.submit(run_chunk, job_future, index, retries=TASK_RETRIES, pure=False)
+    def submit(index: Any) -> Any:
+        function = run_chunk if task is None else task
+        future = client.submit(function, job_future, index, retries=TASK_RETRIES, pure=False)
         in_flight[future.key] = (future, index)
         return future
 
@@ -225,6 +237,19 @@ def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:
     )
     error.report = report
     return error
+
+
+def _instances(plan: RunPlan, client: Any, cluster_plan: Any) -> dict[str, int]:
+    """The instance pass (:mod:`unet.engine.instances`) after the mask's chunks, on ``client``
+    or a cluster of ``cluster_plan``, unless an earlier run of this output finished it; the
+    objects per class."""
+    from unet.engine.instances.stage import finished_objects, instance_pass
+
+    finished = finished_objects(plan.output)
+    if finished is not None:
+        return finished
+    with _client_or(client, cluster_plan, plan.parameters.scheduler) as active:
+        return instance_pass(plan, active)
 
 
 def _client_or(client: Any, plan: Any, scheduler: str | None):

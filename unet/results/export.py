@@ -1,6 +1,6 @@
-"""Export a label mask to GIS formats: a Cloud-Optimized GeoTIFF, and polygons per class.
+"""Export a label mask for GIS: a Cloud-Optimized GeoTIFF, polygons per class or per object.
 
-Both read the mask chunk by chunk, so memory stays at a few chunks whatever the mask's size:
+All read the mask chunk by chunk, so memory stays at a few chunks whatever the mask's size:
 
 - the GeoTIFF is first written tile-aligned window by window into a temporary tiled GTiff,
   then copied by GDAL's COG driver, which adds nearest-neighbour overviews (label values stay
@@ -11,7 +11,9 @@ Both read the mask chunk by chunk, so memory stays at a few chunks whatever the 
   A polygon that does not touch an inner chunk border is complete and written at once; the
   others are kept, and those that share an edge (not just a corner) are merged with
   ``shapely.unary_union``, so a region crossing chunk borders comes out as one polygon. Only
-  the border-touching polygons are held in memory.
+  the border-touching polygons are held in memory;
+- objects of the instance image (``unet segment --instances``) need no such search: their ids
+  are image-wide, so the pieces of an object cut by chunk borders are merged by id.
 
 Coordinates are map coordinates in the mask's CRS (the input's, copied by ``unet segment``);
 a mask without georeferencing is exported in pixel coordinates, its GeoJSON as QuPath imports it
@@ -121,6 +123,42 @@ def export(
         labels, vector, label=value, overwrite=overwrite, object_type=object_type
     )
     return ExportResult(cog, Path(vector), count)
+
+
+def export_instances(
+    mask: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    label: str | int | None = None,
+    overwrite: bool = False,
+    object_type: ObjectType = "detection",
+) -> int:
+    """Write one polygon per object of the instance image of ``mask``; returns their number.
+
+    Parameters
+    ----------
+    mask: OME-Zarr label image written by ``unet segment --instances`` (path or URL)
+    output: ``.gpkg``, ``.geojson`` or ``.parquet`` (needs geopandas)
+    label: only the objects of this class, by name or label value; every object otherwise
+    overwrite: replace an existing output
+    object_type: QuPath's ``objectType`` of the objects in GeoJSON of a mask without
+        georeferencing (``detection`` or ``annotation``)
+
+    Each polygon has the attributes ``id`` (the object's id in the instance image),
+    ``area_px``, ``value`` and ``class``; coordinates are in the mask's CRS (pixels without one).
+    """
+    from unet.results.masks import open_instances
+    from unet.results.polygons import write_instance_polygons
+
+    labels = open_mask(mask)
+    value = resolve_label(labels, label) if label is not None else None
+    target = Path(output)
+    check_vector_format(target)
+    check_target(target, overwrite)
+    instances = open_instances(labels)
+    return write_instance_polygons(
+        labels, instances, target, label=value, overwrite=overwrite, object_type=object_type
+    )
 
 
 def write_cog(

@@ -86,6 +86,40 @@ def open_mask(url: str | os.PathLike[str]) -> LabelMask:
     )
 
 
+def open_instances(mask: LabelMask) -> ImageSource:
+    """The instance image that ``unet segment --instances`` wrote for ``mask``.
+
+    Raises
+    ------
+    InvalidImage
+        The mask has no finished instance pass, or the instance image there belongs to another
+        run of the mask (written before the mask was replaced).
+    """
+    import zarr
+
+    from unet.engine.instances import recorded_instances, resolve_from
+    from unet.engine.ledger import ATTRIBUTE
+    from unet.io.source import open_image
+
+    source = mask.source
+    attributes = zarr.open_group(store=source.url, mode="r").attrs.asdict()
+    record = recorded_instances(attributes) if source.array_path else None
+    if record is None:
+        raise InvalidImage(
+            f"{source.url} has no instance labels: run unet segment with --instances "
+            "(the same command, with --overwrite when it finished without them)"
+        )
+    location = resolve_from(source.url, record["image"])
+    instances = open_image(location)
+    stored = zarr.open_group(store=instances.url, mode="r").attrs.get(ATTRIBUTE, {})
+    if stored.get("digest") != attributes[ATTRIBUTE].get("digest"):
+        raise InvalidImage(
+            f"the instance image {location} belongs to another run than the mask {source.url}: "
+            "rerun the mask's unet segment command with --instances"
+        )
+    return instances
+
+
 def resolve_label(mask: LabelMask, label: str | int) -> int:
     """The label value of a class given by name or value (``"building"``, ``3`` or ``"3"``)."""
     if isinstance(label, str) and label in mask.class_names:

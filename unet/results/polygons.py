@@ -1,5 +1,6 @@
 """Polygons of a label mask, chunk by chunk: one polygon per 4-connected region of one label,
-regions cut by chunk borders merged back with their pieces in the neighbouring chunks.
+regions cut by chunk borders merged back with their pieces in the neighbouring chunks; and one
+polygon per object of an instance image, whose pieces are merged by their image-wide id.
 
 A mask with georeferencing gives features in map coordinates (GeoPackage, GeoJSON, GeoParquet,
 through fiona / geopandas). A mask without gives GeoJSON in pixel coordinates that QuPath imports
@@ -27,6 +28,8 @@ from unet.results.masks import LabelMask, check_target, sibling
 
 if TYPE_CHECKING:
     from shapely.geometry import Polygon
+
+    from unet.io.source import ImageSource
 
 
 #: Output suffix -> OGR driver written through fiona; ``.parquet`` goes through geopandas.
@@ -100,6 +103,88 @@ def write_polygons(
             for value, polygons in pending.items():
                 for merged in merge_across_borders(polygons):
                     features.write(merged, value)
+        count = features.count
+        os.replace(staging, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+    return count
+
+
+def write_instance_polygons(
+    mask: LabelMask,
+    instances: ImageSource,
+    output: str | os.PathLike[str],
+    *,
+    label: int | None = None,
+    overwrite: bool = False,
+    object_type: ObjectType = "detection",
+) -> int:
+    """One polygon per object of an instance image, chunk by chunk; returns the number written.
+
+    Parameters
+    ----------
+    mask: the class mask the instances were labelled from (class of each object, CRS)
+    instances: its instance image, ``(1, Y, X)`` ids (0: no object), chunked as the mask
+    output: ``.gpkg``, ``.geojson`` or ``.parquet``
+    label: only the objects of this label value; every object otherwise
+
+    Each feature has the attributes ``id`` (the object's id), ``area_px`` (its pixels),
+    ``value`` and ``class`` (GeoJSON of a mask without georeferencing is QuPath's, its objects of
+    ``object_type``). An object whose pieces lie in several chunks is their union: the
+    ids are image-wide, so pieces are merged by id, and only the pieces of objects touching an
+    inner chunk border are held until the end.
+    """
+    import rasterio.features
+    import shapely
+    from affine import Affine
+    from shapely.geometry import shape
+
+    from unet.tiling import ChunkGrid
+
+    target = Path(output)
+    check_object_type(object_type)
+    check_vector_format(target)
+    check_target(target, overwrite)
+    _, height, width = instances.shape
+    pending: dict[int, list[Polygon]] = {}
+    values: dict[int, int] = {}
+    staging = sibling(target, "partial")
+    try:
+        with _vector_writer(
+            mask, staging, _layer_name(target), object_type, INSTANCE_PROPERTIES
+        ) as features:
+            for rows, cols in ChunkGrid(
+                (height, width), instances.chunks or (height, width)
+            ).regions():
+                ids = instances.read(rows, cols)[0]
+                classes = mask.source.read(rows, cols)[0]
+                wanted = ids != 0 if label is None else (ids != 0) & (classes == label)
+                if not wanted.any():
+                    continue
+                present, first = np.unique(ids[wanted], return_index=True)
+                class_of = dict(zip(present.tolist(), classes[wanted][first].tolist(), strict=True))
+                regions = rasterio.features.shapes(
+                    _shapes_dtype(ids),
+                    mask=wanted,
+                    connectivity=4,
+                    transform=Affine.translation(cols.start, rows.start),
+                )
+                for geometry, found in regions:
+                    polygon, object_id = shape(geometry), int(found)
+                    if _on_inner_border(polygon.bounds, rows, cols, height, width):
+                        pending.setdefault(object_id, []).append(polygon)
+                        values[object_id] = class_of[object_id]
+                    else:
+                        features.write(
+                            polygon, class_of[object_id], id=object_id, area_px=round(polygon.area)
+                        )
+            for object_id in sorted(pending):
+                pieces = pending.pop(object_id)
+                merged = pieces[0] if len(pieces) == 1 else shapely.unary_union(pieces)
+                features.write(
+                    merged, values.pop(object_id), id=object_id, area_px=round(merged.area)
+                )
         count = features.count
         os.replace(staging, target)
     finally:
@@ -189,13 +274,14 @@ class _Features:
         self._batch: list[dict[str, Any]] = []
         self.count = 0
 
-    def write(self, polygon: Polygon, value: int) -> None:
+    def write(self, polygon: Polygon, value: int, **properties: Any) -> None:
+        """Write ``polygon`` (pixel coordinates) of label ``value``, with ``properties`` first."""
         from shapely.affinity import affine_transform
 
         self._batch.append(
             {
                 "geometry": affine_transform(polygon, self._matrix),
-                "properties": self._properties(value),
+                "properties": {**properties, **self._properties(value)},
             }
         )
         self.count += 1
@@ -206,6 +292,12 @@ class _Features:
         if self._batch:
             self._flush(self._batch)
             self._batch = []
+
+
+#: The attributes of a class polygon (fiona schema types).
+CLASS_PROPERTIES = {"value": "int", "class": "str"}
+#: The attributes of an object's polygon: its id in the instance image and its pixel count.
+INSTANCE_PROPERTIES = {"id": "int", "area_px": "int", **CLASS_PROPERTIES}
 
 
 def class_properties(mask: LabelMask, value: int) -> dict[str, Any]:
@@ -228,10 +320,15 @@ def qupath_properties(mask: LabelMask, value: int, object_type: ObjectType) -> d
 
 @contextlib.contextmanager
 def _vector_writer(
-    mask: LabelMask, path: Path, layer: str, object_type: ObjectType
+    mask: LabelMask,
+    path: Path,
+    layer: str,
+    object_type: ObjectType,
+    properties: dict[str, str] = CLASS_PROPERTIES,
 ) -> Iterator[_Features]:
     """Features written to ``path``: QuPath GeoJSON for a mask without georeferencing, else
-    GPKG / GeoJSON through fiona and GeoParquet through geopandas."""
+    GPKG / GeoJSON through fiona and GeoParquet through geopandas; ``properties`` are the
+    attributes' names and fiona types."""
     crs_wkt = mask.georeference.crs_wkt if mask.georeference is not None else None
     suffix = path.suffix.lower()
     if suffix in (".geojson", ".json") and mask.georeference is None:
@@ -255,7 +352,7 @@ def _vector_writer(
     import fiona
     from shapely.geometry import mapping
 
-    schema = {"geometry": "Polygon", "properties": {"value": "int", "class": "str"}}
+    schema = {"geometry": "Polygon", "properties": dict(properties)}
     driver = VECTOR_DRIVERS[suffix]
     with fiona.open(path, "w", driver=driver, schema=schema, crs_wkt=crs_wkt, layer=layer) as sink:
 
