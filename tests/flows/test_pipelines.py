@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
+import unet
 from flows.pipelines import load_pipelines
 from unet.errors import ConfigError
 
@@ -180,7 +181,8 @@ def test_runner_deployments_carry_schedule_tags_limit_and_parameters(tmp_path):
     first, second = runner_deployment(watch), runner_deployment(nightly)
     assert (first.name, first.flow_name) == ("watch", "segment-folder")
     assert second.flow_name == "segment-image"
-    assert first.tags == ["watch-folder"]
+    assert first.tags == ["unet", "watch-folder"] and second.tags == ["unet"]
+    assert first.version == second.version == unet.__version__
     assert first.concurrency_limit == 1
     assert first.parameters["parameters"] == {
         "model": watch.parameters.model,
