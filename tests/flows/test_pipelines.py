@@ -195,3 +195,19 @@ def test_runner_deployments_carry_schedule_tags_limit_and_parameters(tmp_path):
     assert interval.timezone == "Europe/Berlin"
     cron = second.schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("0 2 * * *", "UTC")
+
+
+@pytest.mark.parametrize("flow", ["segment_image", "segment_folder"])
+def test_the_parameter_form_has_help_for_every_parameter_and_choices_for_devices(flow):
+    from flows.pipelines import Deployment
+    from flows.serve import runner_deployment
+
+    deployment = Deployment.model_validate(
+        {"name": "d", "flow": flow, "parameters": {"input": "in", "output": "out"}}
+    )
+    form = runner_deployment(deployment)._parameter_openapi_schema.model_dump_for_openapi()
+    settings = form["definitions"]["SegmentParameters"]["properties"]
+    for name, field in [*form["properties"].items(), *settings.items()]:
+        assert field.get("description"), f"{name} has no help in the form"
+    assert settings["device"]["enum"][:3] == ["auto", "cpu", "cuda"]
+    assert settings["precision"]["enum"] == ["fp32", "bf16", "fp16", "auto"]
