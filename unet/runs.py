@@ -11,7 +11,6 @@ The Prefect flows (``flows/segment.py``) run the same jobs, with each step recor
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import logging
