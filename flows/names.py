@@ -21,8 +21,12 @@ RUN_TAG = "unet"
 #: Hex digits of the output location's hash in an artifact key.
 KEY_HASH_DIGITS = 6
 
-#: Characters of an error kept in a table cell; the whole text is in the run's log.
-FAILURE_CHARACTERS = 160
+#: Characters of an error kept in a table cell (the UI does not wrap cells); the whole text is
+#: in the run's log and state message.
+FAILURE_CHARACTERS = 100
+
+#: An absolute or home-relative path, or a URL, as a word of its own (not ``bf16/fp16``).
+_PATH = re.compile(r"(?<![\w.])(?:[a-z][a-z0-9+.-]*://|~?/)[^\s'\"]+")
 
 
 def output_name(output: str) -> str:
@@ -72,12 +76,20 @@ def output_key(output: str, kind: str) -> str:
 
 
 def summarized(error: BaseException, characters: int = FAILURE_CHARACTERS) -> str:
-    """``ErrorType: message`` on one line, cut at a word to about ``characters``."""
+    """``ErrorType: message`` on one line for a table cell: paths shortened to their last part,
+    cut at a word to about ``characters``."""
     text = " ".join(f"{type(error).__name__}: {error}".split())
+    text = _PATH.sub(_last_part, text)
     if len(text) <= characters:
         return text
     cut = text[:characters].rsplit(" ", 1)[0]
     return f"{cut} …"
+
+
+def _last_part(match: re.Match[str]) -> str:
+    path = match.group(0)
+    kept = path.rstrip(".,;:)")
+    return kept.rstrip("/").rsplit("/", 1)[-1] + path[len(kept) :]
 
 
 def _location(output: str) -> str:

@@ -53,7 +53,8 @@ def _run_name() -> str:
 
 
 # The docstrings' "Args:" sections are in Google style, unlike the rest of the package: Prefect
-# parses that style (and only that one) into the help text of the deployment's parameter form.
+# parses that style (and only that one) into the help text of the deployment's parameter form,
+# which renders it as HTML (so no <angle brackets> there).
 @flow(
     name="segment-image",
     flow_run_name=_run_name,
@@ -67,7 +68,7 @@ def segment_image(
 
     Args:
         input: Zarr / OME-Zarr image (path or fsspec URL such as s3://bucket/slide.zarr), or a
-            TIFF, SVS, PNG or JPEG file, first ingested into <output folder>/_ingested/<name>.zarr
+            TIFF, SVS, PNG or JPEG file, first ingested into OUTPUT_FOLDER/_ingested/NAME.zarr
         output: OME-Zarr label image to write (path or fsspec URL); an unfinished one is resumed
         parameters: model, tiling, device, precision, Dask cluster: the options of unet segment
     """
@@ -84,7 +85,7 @@ def segment_image(
 def segment_folder(
     input: str, output: str, parameters: SegmentParameters = DEFAULT_PARAMETERS
 ) -> list[SegmentReport]:
-    """Segment every image directly inside the folder input into output/<name>.zarr.
+    """Segment every image directly inside the folder input into output/NAME.zarr.
 
     Images whose mask is complete with the same settings are skipped; an image that fails does
     not stop the others (the run fails at the end, naming them). A folder that does not exist
@@ -93,7 +94,7 @@ def segment_folder(
     Args:
         input: local folder of images (Zarr / OME-Zarr, TIFF, SVS, PNG, JPEG), watched by a
             scheduled deployment; created when missing
-        output: local folder of the masks, output/<name>.zarr, with previews beside them
+        output: local folder of the masks, one NAME.zarr per image NAME, previews beside them
         parameters: model, tiling, device, precision, Dask cluster: the options of unet segment
     """
     logger = get_run_logger()

@@ -48,6 +48,14 @@ def test_failures_are_summarized_on_one_line():
     text = summarized(long, characters=40)
     assert text == "RuntimeError: word word word word word …"
     assert "\n" not in summarized(long)
+    paths = OSError(
+        "/data/in/c.zarr has 3 channels but model '/models/m.safetensors' takes 1; "
+        "s3://b/x.zarr/: unreadable, see ~/logs/run.txt. Use bf16/fp16"
+    )
+    assert summarized(paths, characters=500) == (
+        "OSError: c.zarr has 3 channels but model 'm.safetensors' takes 1; "
+        "x.zarr: unreadable, see run.txt. Use bf16/fp16"
+    )
 
 
 @pytest.fixture
