@@ -8,15 +8,14 @@ engine call in Python (``unet.engine.run.segment`` with its own cluster), each a
 wall seconds and the peak resident memory of the process tree, alternating, ``--repeats`` times.
 
 ``folder``: ``--images`` generated images of ``--side`` pixels (PNG, as a lab's folder holds
-them). The baseline is the engine one image at a time on their ingested copies, with one client
-for all (each image's ``report.seconds``, summed, and the wall time of the loop); then the folder
-run through the public API on a client of the same plan (``unet.segment(folder, masks)``,
-ingest and previews included), and the folder run as a user starts it (``unet segment FOLDER
-MASKS``: process start, cluster start and all). With ``--api-url`` a tracked ``unet segment`` of
-the folder too.
+them). The baseline is the engine one image at a time on their ingested copies, with one warm
+client for all (``unet.engine.run.segment`` per image, the loop's wall time); against it the
+folder run as a user starts it (``unet segment FOLDER MASKS`` without a Prefect server: process
+start, cluster start, ingest and previews included) and, with ``--api-url``, the same tracked by
+that server; the passes alternate, ``--repeats`` times.
 
     python benchmarks/local_run.py overhead --side 1024 --repeats 3
-    python benchmarks/local_run.py folder --images 60 --side 384x512
+    python benchmarks/local_run.py folder --images 60 --side 384x512 --repeats 2
 """
 
 from __future__ import annotations
@@ -96,8 +95,9 @@ def overhead(side: int, repeats: int, work: Path) -> dict:
     }
 
 
-def folder(count: int, shape: tuple[int, int], work: Path, api_url: str | None) -> dict:
-    import unet
+def folder(
+    count: int, shape: tuple[int, int], repeats: int, work: Path, api_url: str | None
+) -> dict:
     from unet.config import SegmentParameters
     from unet.engine.cluster import dask_client, plan_cluster
     from unet.engine.run import segment
@@ -109,60 +109,48 @@ def folder(count: int, shape: tuple[int, int], work: Path, api_url: str | None) 
         ingest(str(path), str(ingested / f"{path.stem}.zarr"), progress=False)
     parameters = SegmentParameters(model="nuclei", device="cpu")
     plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
-    result: dict = {"images": count, "shape": list(shape)}
-    with dask_client(plan) as client:
-        segment(
-            str(ingested / f"{images[0].stem}.zarr"),
-            str(work / "warm.zarr"),
-            parameters,
-            client=client,
-        )  # the worker's model loaded, as for the folder run below
-        started = time.perf_counter()
-        reports = [
-            segment(
-                str(ingested / f"{p.stem}.zarr"),
-                str(work / "engine" / f"{p.stem}.zarr"),
-                parameters,
-                client=client,
-            )
-            for p in images
-        ]
-        engine_wall = time.perf_counter() - started
-        engine_sum = sum(r.seconds for r in reports)
-        started = time.perf_counter()
-        unet.segment(str(work / "images"), str(work / "api"), client=client, device="cpu")
-        api_wall = time.perf_counter() - started
-    result["engine one at a time"] = {
-        "seconds": round(engine_wall, 2),
-        "sum of report.seconds": round(engine_sum, 2),
-        "images/s": round(count / engine_wall, 2),
-    }
-    result["unet.segment(folder), same client"] = {
-        "seconds": round(api_wall, 2),
-        "images/s": round(count / api_wall, 2),
-        "ratio": round(engine_wall / api_wall, 2),
-    }
     env = untracked_environment(work / "prefect-home")
-    seconds, peak = tree_peak(
-        [UNET, "segment", str(work / "images"), str(work / "cli"), "--device", "cpu"], env
-    )
-    result["unet segment FOLDER (untracked)"] = {
-        "seconds": round(seconds, 2),
-        "images/s": round(count / seconds, 2),
-        "ratio": round(engine_wall / seconds, 2),
-        "peak MiB": round(peak),
-    }
+    folder_runs = {"unet segment FOLDER (untracked)": env}
     if api_url:
-        seconds, peak = tree_peak(
-            [UNET, "segment", str(work / "images"), str(work / "tracked"), "--device", "cpu"],
-            {**env, "PREFECT_API_URL": api_url},
-        )
-        result["unet segment FOLDER (tracked)"] = {
-            "seconds": round(seconds, 2),
-            "images/s": round(count / seconds, 2),
-            "ratio": round(engine_wall / seconds, 2),
-            "peak MiB": round(peak),
+        folder_runs["unet segment FOLDER (tracked)"] = {**env, "PREFECT_API_URL": api_url}
+    seconds: dict[str, list[float]] = {"engine one at a time": [], **{k: [] for k in folder_runs}}
+    peaks: dict[str, list[float]] = {k: [] for k in folder_runs}
+    with dask_client(plan) as client:
+        warm = str(ingested / f"{images[0].stem}.zarr")
+        segment(warm, str(work / "warm.zarr"), parameters, client=client)  # model in the worker
+        for repeat in range(repeats):
+            # Alternating, so that a change of the machine's load meets both sides alike.
+            order = ["engine one at a time", *folder_runs]
+            for name in order if repeat % 2 == 0 else order[::-1]:
+                out = work / f"{name.split()[0]}-{repeat}-{len(seconds[name])}"
+                if name == "engine one at a time":
+                    started = time.perf_counter()
+                    for p in images:
+                        segment(
+                            str(ingested / f"{p.stem}.zarr"),
+                            str(out / f"{p.stem}.zarr"),
+                            parameters,
+                            client=client,
+                        )
+                    seconds[name].append(time.perf_counter() - started)
+                    continue
+                command = [UNET, "segment", str(work / "images"), str(out), "--device", "cpu"]
+                wall, peak = tree_peak(command, folder_runs[name])
+                seconds[name].append(wall)
+                peaks[name].append(peak)
+    engine = seconds["engine one at a time"]
+    result: dict = {"images": count, "shape": list(shape), "repeats": repeats}
+    for name, values in seconds.items():
+        result[name] = {
+            "seconds": [round(v, 2) for v in values],
+            "images/s": [round(count / v, 3) for v in values],
         }
+        if name in folder_runs:
+            # Each folder run against the engine pass next to it in time.
+            result[name]["ratio to the engine"] = [
+                round(e / v, 2) for e, v in zip(engine, values, strict=True)
+            ]
+            result[name]["peak MiB"] = [round(v) for v in peaks[name]]
     return result
 
 
@@ -202,7 +190,7 @@ def main() -> None:
         else:
             height, _, width = arguments.side.partition("x")
             shape = (int(height), int(width or height))
-            result = folder(arguments.images, shape, work, arguments.api_url)
+            result = folder(arguments.images, shape, arguments.repeats, work, arguments.api_url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
