@@ -3,8 +3,9 @@
 The recipe per image is: ingest (a TIFF, SVS, PNG or JPEG file becomes OME-Zarr in
 ``<output folder>/_ingested/``), skip it when its mask is complete with the same fingerprint,
 segment it on Dask, and write ``<name>.preview.png`` beside the mask. One Dask cluster serves
-every image of a run, started at the first image that needs computing; in a folder one failing
-image does not stop the others, and the run fails at the end naming them.
+every image of a run, started at the first image that needs computing; several images of a folder
+are in flight at once (:data:`IMAGES_IN_FLIGHT`); one failing image does not stop the others, and
+the run fails at the end naming them.
 
 The Prefect flows (``flows/segment.py``) run the same jobs, with each step recorded as a task.
 """
@@ -170,9 +171,10 @@ def _finish(job: ImageJob, parameters: SegmentParameters) -> None:
 #: The steps of a run without Prefect.
 PLAIN_STEPS = Steps(ingest=_ingest, segment=_segment, finish=_finish)
 
-#: Images of a run in flight at once. The driver's part of an image (ingest, planning, opening
-#: the output, pyramid, preview) is most of the time of a small image: while one image's chunks
-#: run on the cluster, others go through those steps, so the workers are not left idle.
+#: Images of a run in flight at once. Around the chunks the cluster computes, each image has
+#: steps in the driver (ingest, planning, pyramid, preview; tracked, Prefect's task runs and
+#: artifacts): while one image's chunks run, the next images go through theirs, so a folder of
+#: small images does not leave the workers waiting between images.
 IMAGES_IN_FLIGHT = 4
 
 
