@@ -122,7 +122,7 @@ def folder(
             # Alternating, so that a change of the machine's load meets both sides alike.
             order = ["engine one at a time", *folder_runs]
             for name in order if repeat % 2 == 0 else order[::-1]:
-                out = work / f"{name.split()[0]}-{repeat}-{len(seconds[name])}"
+                out = work / f"{''.join(c for c in name if c.isalnum())}-{repeat}"
                 if name == "engine one at a time":
                     started = time.perf_counter()
                     for p in images:
