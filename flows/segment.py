@@ -99,7 +99,7 @@ def segment_folder(
     """
     logger = get_run_logger()
     if "://" not in input and not Path(input).exists():
-        Path(input).mkdir(parents=True)
+        Path(input).mkdir(parents=True, exist_ok=True)
         logger.warning("folder %s did not exist: created it; put images there to segment", input)
     jobs = folder_jobs(input, output)
     outcomes = _segment_images(jobs, parameters)
