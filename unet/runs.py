@@ -198,6 +198,7 @@ def run_jobs(
     made already, used for the job of the same input and output.
     """
     planned = {(plan.input, plan.output): plan for plan in plans}
+    stopping = threading.Event()
     with _Cluster(client, parameters) as cluster:
         run = functools.partial(
             _run_job,
@@ -207,14 +208,18 @@ def run_jobs(
             steps=steps,
             logger=logger,
             planned=planned,
+            stopping=stopping,
         )
         if images_in_flight <= 1 or len(jobs) <= 1:
             return [run(job) for job in jobs]
-        return _concurrently(run, jobs, images_in_flight)
+        return _concurrently(run, jobs, images_in_flight, stopping)
 
 
 def _concurrently(
-    run: Callable[[ImageJob], SegmentReport | Exception], jobs: list[ImageJob], threads: int
+    run: Callable[[ImageJob], SegmentReport | Exception],
+    jobs: list[ImageJob],
+    threads: int,
+    stopping: threading.Event,
 ) -> list[SegmentReport | Exception]:
     """``[run(job) for job in jobs]``, ``threads`` at a time, each in a copy of this context."""
     from concurrent.futures import ThreadPoolExecutor
@@ -225,7 +230,8 @@ def _concurrently(
         outcomes = [future.result() for future in futures]
     except BaseException:
         # Interrupted: images not started yet never start; those running end with the cluster,
-        # which the caller closes next, and release their outputs' locks as they do.
+        # which the caller closes next, releasing their outputs' locks, and say nothing of it.
+        stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
@@ -241,8 +247,10 @@ def _run_job(
     steps: Steps,
     logger: logging.Logger | logging.LoggerAdapter,
     planned: dict[tuple[str, str], RunPlan],
+    stopping: threading.Event,
 ) -> SegmentReport | Exception:
-    """One image's steps: its report, or the error that stopped it."""
+    """One image's steps: its report, or the error that stopped it (logged, unless the run is
+    stopping: then the cluster closing under it is the cause, not news)."""
     from unet.engine.finished import finished_report
 
     try:
@@ -256,7 +264,8 @@ def _run_job(
         plan = planned.get((job.zarr_input, job.output))
         report = steps.segment(job, parameters, cluster.client(), callback, plan)
     except Exception as error:  # one image's failure, whatever it is, stops no other
-        logger.error("%s failed: %s", job.source, error)
+        if not stopping.is_set():
+            logger.error("%s failed: %s", job.source, error)
         return error
     try:
         steps.finish(job, parameters)
