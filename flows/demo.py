@@ -1,9 +1,10 @@
 """``make demo``: generate a slide and a folder of small images, segment them, show the result.
 
 Everything is generated (no download): an 8192x8192 fluorescent-nuclei slide written chunk by chunk
-into OME-Zarr, and small PNG/TIFF images that the folder run ingests first. The ``segment_folder``
-flow segments them with the bundled ``nuclei`` model; the ground truth of the generated images
-scores the masks.
+into OME-Zarr, and small PNG/TIFF images that the folder run ingests first. They are segmented
+as ``unet segment`` does (:func:`flows.runner.run_segment`: the ``segment_folder`` flow when a
+Prefect server is configured, else the same steps untracked) with the bundled ``nuclei`` model;
+the ground truth of the generated images scores the masks.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
         f"  napari {images / 'slide.zarr'} {masks / 'slide.zarr'}   "
         "(pip install 'napari[all]' napari-ome-zarr)\n"
         "  in the Prefect UI: prefect server start, then in another shell\n"
-        "  PREFECT_API_URL=http://127.0.0.1:4200/api make demo   and open http://127.0.0.1:4200"
+        "  PREFECT_API_URL=http://127.0.0.1:4200/api make demo   and open http://127.0.0.1:4200\n"
+        "  the repository's deployments (pipelines.yaml), started from that UI:\n"
+        "  PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/unet serve pipelines.yaml"
     )
     return scores
 

@@ -1,69 +1,125 @@
-"""Run ``unet segment`` on one image or a folder, as a Prefect flow run.
+"""Run ``unet segment`` on one image or a folder: tracked by Prefect when a server is configured,
+else without Prefect.
 
-A folder runs the ``segment-folder`` flow, anything else ``segment-image`` (see :mod:`flows`).
-With ``PREFECT_API_URL`` set the run is recorded on that server (logs, progress, summary and
-preview artifacts); without it Prefect runs a temporary local server for the run's duration
-(ephemeral mode). When the configured server does not answer, the run goes on locally and says so.
-The terminal shows a progress bar (on a TTY) and the summary, not Prefect's logs.
+With a Prefect server configured (``PREFECT_API_URL`` in the environment or the active Prefect
+profile) that answers, the run is a flow run there (``segment-image``, or ``segment-folder`` for
+a folder; see :mod:`flows.segment`) with its task runs, logs, progress, summary and preview
+artifacts. Without one, the same jobs and steps run without Prefect (:func:`unet.runs.run_jobs`),
+and ``prefect`` is not even imported: a local run costs no server start-up and no server's
+memory. It says so once on stderr, with how to track it; a configured server that does not
+answer gets the same untracked run and a warning. The terminal shows a progress bar (on a TTY)
+and the summary, not Prefect's logs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from unet.config import SegmentParameters
 from unet.engine.plan import RunPlan
 from unet.engine.report import SegmentReport
-from unet.io.folder import INGEST_SUFFIXES, is_zarr_store
+from unet.io.folder import INGEST_SUFFIXES
+from unet.runs import is_folder
 
 #: Seconds to wait for the configured Prefect server's health check.
 HEALTH_TIMEOUT = 5.0
+
+#: The origin's tag of the flow runs ``unet segment`` starts (beside ``flows.names.RUN_TAG``).
+CLI_TAG = "cli"
+
+#: Said once when no server is configured.
+UNTRACKED = (
+    "note: no Prefect server is configured (PREFECT_API_URL), so this run is not tracked; "
+    "to see runs in the Prefect UI, start one (prefect server start) and set "
+    "PREFECT_API_URL=http://127.0.0.1:4200/api"
+)
 
 
 def run_segment(
     input: str, output: str, parameters: SegmentParameters, *, progress: bool = False
 ) -> list[SegmentReport]:
-    """Segment ``input`` (an image or a folder of images) into ``output``; one report per image."""
-    from flows.settings import QUIET_CONSOLE, apply_defaults
+    """Segment ``input`` (an image or a folder of images) into ``output``; one report per image.
+
+    Raises the errors of :func:`unet.runs.segment`, the early ones (missing input or checkpoint,
+    invalid tile size, output inside the input, output locked by another run) before any
+    cluster or Prefect starts.
+    """
+    from flows.settings import QUIET_CONSOLE, apply_defaults, configured_api_url
 
     apply_defaults(QUIET_CONSOLE)
-    folder = _is_folder(input)
+    folder = is_folder(input)
     plans = _check_early(input, output, parameters, folder)
+    url = configured_api_url()
+    if url is None:
+        _say(UNTRACKED)
+        return _run_untracked(input, output, parameters, folder, plans, progress)
+    problem = _health_problem(url)
+    if problem is not None:
+        _say(
+            f"warning: the Prefect server at {url} does not answer ({problem}): this run goes "
+            "on without Prefect, so it is not recorded there. Start the server "
+            "(prefect server start) or unset PREFECT_API_URL."
+        )
+        return _run_untracked(input, output, parameters, folder, plans, progress)
+    return _run_tracked(input, output, parameters, folder, plans, progress)
+
+
+def _run_untracked(
+    input: str,
+    output: str,
+    parameters: SegmentParameters,
+    folder: bool,
+    plans: list[RunPlan],
+    progress: bool,
+) -> list[SegmentReport]:
+    from unet.runs import collect_reports, folder_jobs, image_job, run_jobs
+
+    jobs = folder_jobs(input, output) if folder else [image_job(input, output)]
+    with _progress_bar(progress) as bar:
+        outcomes = run_jobs(jobs, parameters, progress=_per_output(bar), plans=plans)
+    return collect_reports(jobs, outcomes)
+
+
+def _run_tracked(
+    input: str,
+    output: str,
+    parameters: SegmentParameters,
+    folder: bool,
+    plans: list[RunPlan],
+    progress: bool,
+) -> list[SegmentReport]:
+    from prefect import tags
+
     from flows.handoff import planned, terminal_progress
+    from flows.names import RUN_TAG
     from flows.segment import segment_folder, segment_image
 
     run_flow = segment_folder if folder else segment_image
     with (
-        _prefect_api() as server,
         _progress_bar(progress) as bar,
         terminal_progress(bar),
         planned(plans, parameters),
+        tags(RUN_TAG, CLI_TAG),
     ):
         state = run_flow(input, output, parameters, return_state=True)
-    if server:
-        _say(f"recorded on Prefect: {_flow_run_url(state.state_details.flow_run_id)}")
+    _say(f"recorded on Prefect: {_flow_run_url(state.state_details.flow_run_id)}")
     result = state.result()
     return result if isinstance(result, list) else [result]
-
-
-def _is_folder(input: str) -> bool:
-    path = Path(input)
-    return "://" not in input and path.is_dir() and not is_zarr_store(path)
 
 
 def _check_early(
     input: str, output: str, parameters: SegmentParameters, folder: bool
 ) -> list[RunPlan]:
-    """Refuse in a second what the engine would refuse at its start, before Prefect starts;
-    return the plan of a Zarr image, which the flow's segment task then runs.
+    """Refuse in a second what the engine would refuse at its start, before anything starts;
+    return the plan of a Zarr image, which its segment step then runs.
 
     A missing input or checkpoint, an invalid tile size, an output inside the input or locked by
-    another run then cost no server start-up. The checkpoint is loaded once per process
-    (:func:`unet.engine.plan.driver_checkpoint`), here for the whole run.
+    another run then cost no cluster or server start-up. The checkpoint is loaded once per
+    process (:func:`unet.engine.plan.driver_checkpoint`), here for the whole run.
     """
     from unet.engine.lock import check_unlocked
     from unet.engine.plan import driver_checkpoint, plan_run
@@ -82,57 +138,15 @@ def _check_early(
     return [plan]
 
 
-@contextlib.contextmanager
-def _prefect_api() -> Iterator[str | None]:
-    """The configured Prefect API URL when its server answers, else None (ephemeral mode)."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        yield None
-        return
-    problem = _health_problem(url)
-    if problem is None:
-        yield url
-        return
-    _say(
-        f"warning: the Prefect server at {url} does not answer ({problem}): running locally "
-        "in Prefect's ephemeral mode, so this run is not recorded there. Start the server "
-        "(prefect server start) or unset PREFECT_API_URL."
-    )
-    with _without_api_url():
-        yield None
-
-
 def _health_problem(url: str) -> str | None:
     """Why the server at ``url`` cannot take runs, or None when it answers."""
     import httpx
 
     try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT)
+        httpx.get(f"{url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT).raise_for_status()
     except httpx.HTTPError as error:
         return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return None
-
-
-@contextlib.contextmanager
-def _without_api_url() -> Iterator[None]:
-    """Prefect settings (and the environment its ephemeral server inherits) without the API URL."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_SERVER_EPHEMERAL_ENABLED,
-        temporary_settings,
-    )
-
-    saved = os.environ.pop("PREFECT_API_URL", None)
-    try:
-        with temporary_settings(
-            updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}, restore_defaults={PREFECT_API_URL}
-        ):
-            yield
-    finally:
-        if saved is not None:
-            os.environ["PREFECT_API_URL"] = saved
 
 
 def _flow_run_url(flow_run_id) -> str:
@@ -145,8 +159,29 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+ProgressFactory = Callable[[str], Callable[[int, int], None] | None]
+
+
+def _per_output(factory: ProgressFactory) -> Callable[[str, int, int], None]:
+    """A ``progress(output, done, total)`` drawing one bar per output, made at its first call."""
+    from flows.names import output_name
+
+    bars: dict[str, Callable[[int, int], None] | None] = {}
+    lock = threading.Lock()
+
+    def progress(output: str, done: int, total: int) -> None:
+        with lock:
+            if output not in bars:
+                bars[output] = factory(output_name(output))
+        bar = bars[output]
+        if bar is not None:
+            bar(done, total)
+
+    return progress
+
+
 @contextlib.contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Callable[[str], Callable[[int, int], None] | None]]:
+def _progress_bar(enabled: bool) -> Iterator[ProgressFactory]:
     """A factory of per-image progress callbacks drawing one rich bar each (None when disabled)."""
     if not enabled:
         yield lambda name: None

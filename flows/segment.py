@@ -4,7 +4,11 @@ A recipe per image: ingest (files that are not Zarr), segment (Dask, one task pe
 engine), check the pyramid, make a preview. Outputs already complete with the same fingerprint
 are skipped before any cluster starts, so a scheduled run over a watched folder processes only
 new images. One Dask cluster (a LocalCluster sized by the parameters, or the scheduler they name)
-serves every image of a run, started at the first image that needs it.
+serves every image of a run, started at the first image that needs it; several images of a
+folder are in flight at once (:func:`unet.runs.run_jobs`).
+
+Runs are named after their input and output, task runs after their image
+(:mod:`flows.names`), and carry the package's version.
 """
 
 from __future__ import annotations
@@ -15,13 +19,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.tasks import (
-    artifact_key,
-    check_pyramid,
-    ingest_image,
-    make_preview,
-    segment_chunks,
-)
+from flows.names import flow_run_name, output_key, summarized
+from flows.tasks import check_pyramid, ingest_image, make_preview, segment_chunks
+from unet import __version__
 from unet.config import SegmentParameters
 from unet.engine.report import SegmentReport
 from unet.runs import ImageJob, Steps, collect_reports, folder_jobs, image_job, run_jobs
@@ -29,43 +29,88 @@ from unet.runs import ImageJob, Steps, collect_reports, folder_jobs, image_job, 
 #: The defaults of every field (the model is frozen, so one instance serves every call).
 DEFAULT_PARAMETERS = SegmentParameters()
 
+#: The folder table's columns, in order. Every row has every one (a failed image's are empty
+#: but for its error, a segmented image's error is empty): the UI drops a column from every
+#: row when one row lacks it.
+FOLDER_COLUMNS = (
+    "image",
+    "status",
+    "size",
+    "computed",
+    "skipped",
+    "resumed",
+    "seconds",
+    "Mpx/s",
+    "error",
+)
 
-@flow(name="segment-image", validate_parameters=True)
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    return flow_run_name(str(parameters["input"]), str(parameters["output"]))
+
+
+# The docstrings' "Args:" sections are in Google style, unlike the rest of the package: Prefect
+# parses that style (and only that one) into the help text of the deployment's parameter form,
+# which renders it as HTML (so no <angle brackets> there).
+@flow(
+    name="segment-image",
+    flow_run_name=_run_name,
+    version=__version__,
+    validate_parameters=True,
+)
 def segment_image(
     input: str, output: str, parameters: SegmentParameters = DEFAULT_PARAMETERS
 ) -> SegmentReport:
     """Segment one image into an OME-Zarr label image.
 
-    Parameters
-    ----------
-    input: Zarr / OME-Zarr image (path or fsspec URL), or a TIFF, SVS, PNG or JPEG file, which is
-        first ingested into ``<output folder>/_ingested/<name>.zarr``
-    output: OME-Zarr label image to write (path or fsspec URL); resumed when unfinished
-    parameters: model, tiling, device, precision, Dask cluster, ...
+    Args:
+        input: Zarr / OME-Zarr image (path or fsspec URL such as s3://bucket/slide.zarr), or a
+            TIFF, SVS, PNG or JPEG file, first ingested into OUTPUT_FOLDER/_ingested/NAME.zarr
+        output: OME-Zarr label image to write (path or fsspec URL); an unfinished one is resumed
+        parameters: model, tiling, device, precision, Dask cluster: the options of unet segment
     """
     job = image_job(input, output)
     return collect_reports([job], _segment_images([job], parameters))[0]
 
 
-@flow(name="segment-folder", validate_parameters=True)
+@flow(
+    name="segment-folder",
+    flow_run_name=_run_name,
+    version=__version__,
+    validate_parameters=True,
+)
 def segment_folder(
     input: str, output: str, parameters: SegmentParameters = DEFAULT_PARAMETERS
 ) -> list[SegmentReport]:
-    """Segment every image directly inside the folder ``input`` into ``output/<name>.zarr``.
+    """Segment every image directly inside the folder input into output/NAME.zarr.
 
     Images whose mask is complete with the same settings are skipped; an image that fails does
-    not stop the others (the run fails at the end, naming them).
+    not stop the others (the run fails at the end, naming them). A folder that does not exist
+    yet is created (a watch folder before its first image), and the run has nothing to do.
+
+    Args:
+        input: local folder of images (Zarr / OME-Zarr, TIFF, SVS, PNG, JPEG), watched by a
+            scheduled deployment; created when missing
+        output: local folder of the masks, one NAME.zarr per image NAME, previews beside them
+        parameters: model, tiling, device, precision, Dask cluster: the options of unet segment
     """
+    logger = get_run_logger()
+    if "://" not in input and not Path(input).exists():
+        Path(input).mkdir(parents=True, exist_ok=True)
+        logger.warning("folder %s did not exist: created it; put images there to segment", input)
     jobs = folder_jobs(input, output)
     outcomes = _segment_images(jobs, parameters)
     if jobs:
         create_table_artifact(
             table=[_folder_row(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)],
-            key=f"{artifact_key(Path(output).name)}-folder",
+            key=output_key(output, "folder"),
             description=f"Images of {input} segmented into {output}",
         )
     else:
-        get_run_logger().info("no images in %s", input)
+        logger.info("no images in %s", input)
     return collect_reports(jobs, outcomes)
 
 
@@ -83,28 +128,31 @@ def _finish(job: ImageJob, parameters: SegmentParameters) -> None:
         raise RuntimeError(preview.message)
 
 
-#: The steps of one image as Prefect tasks (see :class:`unet.runs.Steps`).
+#: The steps of one image as Prefect tasks (see :class:`unet.runs.Steps`). The segment task
+#: finds a plan the runner made through :mod:`flows.handoff` (a plan is no task parameter).
 TASK_STEPS = Steps(
     ingest=lambda job: ingest_image(job.source, job.zarr_input, overwrite=True),
-    segment=lambda job, parameters, client, progress: segment_chunks(
-        job.zarr_input, job.output, parameters, client
+    segment=lambda job, parameters, client, progress, plan: segment_chunks(
+        job.zarr_input, job.output, parameters, client, source=job.source
     ),
     finish=_finish,
 )
 
 
 def _folder_row(job: ImageJob, outcome: SegmentReport | Exception) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(FOLDER_COLUMNS, "")
+    row["image"] = Path(job.source).name
     if isinstance(outcome, Exception):
-        return {"image": Path(job.source).name, "status": f"failed: {outcome}"}
+        row.update(status="failed", error=summarized(outcome))
+        return row
     report = outcome
-    status = "already complete" if report.chunks_resumed == report.chunks_total else "segmented"
-    return {
-        "image": Path(job.source).name,
-        "status": status,
-        "size": f"{report.shape[2]} x {report.shape[1]} px",
-        "computed": report.chunks_computed,
-        "skipped": report.chunks_skipped,
-        "resumed": report.chunks_resumed,
-        "seconds": round(report.seconds, 1),
-        "Mpx/s": round(report.megapixels_per_second, 2),
-    }
+    row.update(
+        status="already complete" if report.chunks_resumed == report.chunks_total else "segmented",
+        size=f"{report.shape[2]} x {report.shape[1]} px",
+        computed=report.chunks_computed,
+        skipped=report.chunks_skipped,
+        resumed=report.chunks_resumed,
+        seconds=round(report.seconds, 1),
+    )
+    row["Mpx/s"] = round(report.megapixels_per_second, 2)
+    return row

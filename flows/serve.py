@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flows.names import RUN_TAG
 from flows.pipelines import Deployment, load_pipelines
 from unet.errors import ServerUnreachable, UNetError
 
@@ -78,7 +79,7 @@ def runner_deployment(deployment: Deployment) -> Any:
         description=deployment.description,
         parameters=deployment.parameters.flow_parameters(),
         schedules=schedules,
-        tags=list(deployment.tags),
+        tags=list(dict.fromkeys([RUN_TAG, *deployment.tags])),
         concurrency_limit=deployment.concurrency_limit,
         # Import the flows as modules of the installed package, whatever the working directory.
         entrypoint_type=EntrypointType.MODULE_PATH,

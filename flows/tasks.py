@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.handoff import plan_for, terminal_callback
+from flows.names import RUN_TAG, output_key, output_name, task_run_name
 from flows.progress import ProgressArtifact, combine
 from unet.config import SegmentParameters
 from unet.engine.report import SegmentReport
@@ -44,10 +44,26 @@ _task_options: dict[str, Any] = dict(
     cache_policy=NO_CACHE,
     persist_result=False,
     retry_condition_fn=_retry_unless_user_error,
+    tags=[RUN_TAG],
 )
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5, **_task_options)
+def _named(step: str, parameter: str) -> Any:
+    """A ``task_run_name`` callable: ``<step> <image>``, the image named by ``parameter``."""
+
+    def name(parameters: dict[str, Any]) -> str:
+        return task_run_name(step, str(parameters[parameter]))
+
+    return name
+
+
+@task(
+    name="ingest",
+    task_run_name=_named("ingest", "target"),
+    retries=2,
+    retry_delay_seconds=5,
+    **_task_options,
+)
 def ingest_image(source: str, target: str, overwrite: bool = False) -> str:
     """Convert a TIFF/PNG/JPEG file into an OME-Zarr image at ``target``; return ``target``."""
     from unet.io.ingest import ingest
@@ -57,14 +73,25 @@ def ingest_image(source: str, target: str, overwrite: bool = False) -> str:
     return target
 
 
-@task(name="segment", retries=2, retry_delay_seconds=10, **_task_options)
+@task(
+    name="segment",
+    task_run_name=_named("segment", "output"),
+    retries=2,
+    retry_delay_seconds=10,
+    **_task_options,
+)
 def segment_chunks(
-    input: str, output: str, parameters: SegmentParameters, client: Any = None
+    input: str,
+    output: str,
+    parameters: SegmentParameters,
+    client: Any = None,
+    source: str | None = None,
 ) -> SegmentReport:
     """Segment ``input`` into ``output`` on the Dask ``client``; publish progress and a summary.
 
     The progress artifact follows the chunks as they finish; a table artifact summarises the
-    image at the end. Worker log records of the ``unet`` loggers (WARNING and above) are
+    image at the end, naming ``source`` (the file the user gave, when ``input`` is its ingested
+    copy) as its input. Worker log records of the ``unet`` loggers (WARNING and above) are
     forwarded into this task's log when the cluster is this run's own.
     """
     from unet.engine.run import segment
@@ -72,7 +99,7 @@ def segment_chunks(
     logger = get_run_logger()
     name = output_name(output)
     progress = ProgressArtifact(
-        key=f"{artifact_key(name)}-progress", description=f"Chunks of {output} segmented"
+        key=output_key(output, "progress"), description=f"Chunks of {output} segmented"
     )
     forwarding = (
         forwarded_worker_logs(client, logger)
@@ -90,14 +117,14 @@ def segment_chunks(
         )
     logger.info(summary_line(report))
     create_table_artifact(
-        table=report_table(report),
-        key=f"{artifact_key(name)}-summary",
-        description=f"Segmentation of {input} into {output}",
+        table=report_table(report, source),
+        key=output_key(output, "summary"),
+        description=f"Segmentation of {source or input} into {output}",
     )
     return report
 
 
-@task(name="pyramid", retries=1, **_task_options)
+@task(name="pyramid", task_run_name=_named("pyramid", "output"), retries=1, **_task_options)
 def check_pyramid(output: str) -> list[list[int]]:
     """The shapes of the mask's pyramid levels; fails when the output is not complete.
 
@@ -116,7 +143,7 @@ def check_pyramid(output: str) -> list[list[int]]:
     return shapes
 
 
-@task(name="preview", retries=1, **_task_options)
+@task(name="preview", task_run_name=_named("preview", "output"), retries=1, **_task_options)
 def make_preview(input: str, output: str, parameters: SegmentParameters) -> str:
     """Write ``<name>.preview.png`` next to the mask and show it in a markdown artifact."""
     from unet.results.preview import data_uri, preview_path, render_preview, write_bytes
@@ -130,18 +157,22 @@ def make_preview(input: str, output: str, parameters: SegmentParameters) -> str:
             f"![mask over image]({data_uri(png)})\n\n"
             f"Mask `{output}` over image `{input}` (low resolution); full size PNG: `{path}`."
         ),
-        key=f"{artifact_key(output_name(output))}-preview",
+        key=output_key(output, "preview"),
         description=f"Preview of {output}",
     )
     get_run_logger().info("preview written to %s", path)
     return path
 
 
-def report_table(report: SegmentReport) -> list[dict[str, str]]:
-    """The rows of an image's summary table artifact."""
+def report_table(report: SegmentReport, source: str | None = None) -> list[dict[str, str]]:
+    """The rows of an image's summary table artifact; ``source``: the file the user gave, when
+    the report's input is its ingested copy."""
     channels, height, width = report.shape
-    rows = [
-        ("input", report.input),
+    ingested = source is not None and source != report.input
+    rows = [("input", source if ingested else report.input)]
+    if ingested:
+        rows.append(("ingested as", report.input))
+    rows += [
         ("output", report.output),
         ("size", f"{width} x {height} px, {channels} channel(s), {report.megapixels:.2f} Mpx"),
         ("chunks", str(report.chunks_total)),
@@ -166,17 +197,6 @@ def summary_line(report: SegmentReport) -> str:
         f"{report.chunks_total} in {report.seconds:.1f} s "
         f"({report.megapixels_per_second:.2f} Mpx/s)"
     )
-
-
-def output_name(output: str) -> str:
-    """``masks/a.zarr`` -> ``a``."""
-    name = str(output).rstrip("/").rsplit("/", 1)[-1]
-    return name[: -len(".zarr")] if name.endswith(".zarr") else name
-
-
-def artifact_key(name: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits, dashes) naming ``name``."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "image"
 
 
 @contextlib.contextmanager

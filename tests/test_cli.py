@@ -18,8 +18,15 @@ from testdata import write_checkpoint, write_image
 UNET = str(Path(sys.executable).with_name("unet"))
 
 
+def untracked() -> dict[str, str]:
+    """The environment of a user without a Prefect server (no API URL, no Prefect profile)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_PROFILES_PATH": "/nonexistent.toml"}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = untracked()
     return subprocess.run(
         [UNET, *args], capture_output=True, text=True, env=env, timeout=240, **kwargs
     )
@@ -91,12 +98,11 @@ def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
     )
 
     out = tmp_path / "out.zarr"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [UNET, "segment", str(tmp_path / "in.zarr"), str(out), *common],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env=untracked(),
         start_new_session=True,
     )
     ledger = out / "_unet_ledger" / "c"
@@ -119,6 +125,8 @@ def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
         str(tmp_path / "resumed.json"),
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("not tracked") == 1  # said once, and nothing else
+    assert resumed.stderr.strip().splitlines() == [resumed.stderr.strip()]
     report = json.loads((tmp_path / "resumed.json").read_text())
     assert report["chunks_total"] == 25
     assert report["chunks_resumed"] == int(done.sum())

@@ -7,6 +7,7 @@ The CLI options, the Prefect flow parameters and ``pipelines.yaml`` all validate
 from __future__ import annotations
 
 import re
+import typing
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,7 +19,13 @@ Model = TypeVar("Model", bound=BaseModel)
 #: A label image's name under ``IMAGE.zarr/labels/``: one path segment.
 _LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
-Device = Literal["auto", "cpu", "cuda"]
+#: Where to run: a fixed set, so that the CLI and the Prefect parameter form offer choices. Eight
+#: GPUs can be named one by one; with more, ``cuda`` uses them all (one worker per GPU).
+Device = Literal[
+    "auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:4", "cuda:5", "cuda:6",
+    "cuda:7",
+]  # fmt: skip
+DEVICES: tuple[str, ...] = typing.get_args(Device)
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
@@ -32,7 +39,9 @@ class SegmentParameters(BaseModel):
         None, gt=0, description="input side of the model tiles (a valid size); default per model"
     )
     batch_size: int = Field(4, ge=1, le=1024, description="tiles per forward pass")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: Device = Field(
+        "auto", description="auto (a GPU where there is one), cpu, cuda (every GPU) or cuda:N"
+    )
     precision: Precision = Field(
         "fp32", description="fp32, bf16/fp16 autocast, or auto (bf16 where the hardware has it)"
     )
@@ -63,12 +72,14 @@ class SegmentParameters(BaseModel):
         "(OME-NGFF labels) instead of to OUTPUT",
     )
 
-    @field_validator("device")
+    @field_validator("device", mode="before")
     @classmethod
-    def _known_device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+    def _known_device(cls, value: Any) -> Any:
+        if value in DEVICES:
             return value
-        raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N")
+        raise ValueError(
+            f"unknown device {value!r}: use auto, cpu, cuda or cuda:0 to {DEVICES[-1]}"
+        )
 
     @field_validator("labels")
     @classmethod

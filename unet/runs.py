@@ -3,26 +3,31 @@
 The recipe per image is: ingest (a TIFF, SVS, PNG or JPEG file becomes OME-Zarr in
 ``<output folder>/_ingested/``), skip it when its mask is complete with the same fingerprint,
 segment it on Dask, and write ``<name>.preview.png`` beside the mask. One Dask cluster serves
-every image of a run, started at the first image that needs computing; in a folder one failing
-image does not stop the others, and the run fails at the end naming them.
+every image of a run, started at the first image that needs computing; several images of a folder
+are in flight at once (:data:`IMAGES_IN_FLIGHT`); one failing image does not stop the others, and
+the run fails at the end naming them.
 
 The Prefect flows (``flows/segment.py``) run the same jobs, with each step recorded as a task.
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import functools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unet.config import SegmentParameters, validated
 from unet.engine.report import SegmentReport
 from unet.errors import InvalidParameter, UNetError, UnsupportedInput
 from unet.io.folder import INGEST_SUFFIXES, INGESTED_DIR, is_zarr_store, list_images
+
+if TYPE_CHECKING:
+    from unet.engine.plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +141,14 @@ class Steps:
     """How the steps of one image run: plain calls by default; the Prefect flows pass their
     tasks, so that each step is recorded.
 
-    ``ingest(job)``; ``segment(job, parameters, client, progress)`` returns the report;
-    ``finish(job, parameters)`` checks and previews a segmented image (a failure there is logged,
-    the image stays segmented).
+    ``ingest(job)``; ``segment(job, parameters, client, progress, plan)`` returns the report
+    (``plan``: the image's :class:`~unet.engine.plan.RunPlan` when the caller made it already,
+    else None); ``finish(job, parameters)`` checks and previews a segmented image (a failure
+    there is logged, the image stays segmented).
     """
 
     ingest: Callable[[ImageJob], Any]
-    segment: Callable[[ImageJob, SegmentParameters, Any, Any], SegmentReport]
+    segment: Callable[[ImageJob, SegmentParameters, Any, Any, Any], SegmentReport]
     finish: Callable[[ImageJob, SegmentParameters], Any]
 
 
@@ -153,11 +159,13 @@ def _ingest(job: ImageJob) -> None:
 
 
 def _segment(
-    job: ImageJob, parameters: SegmentParameters, client: Any, progress: Any
+    job: ImageJob, parameters: SegmentParameters, client: Any, progress: Any, plan: Any
 ) -> SegmentReport:
     from unet.engine.run import segment as segment_image
 
-    return segment_image(job.zarr_input, job.output, parameters, client=client, progress=progress)
+    return segment_image(
+        job.zarr_input, job.output, parameters, client=client, progress=progress, plan=plan
+    )
 
 
 def _finish(job: ImageJob, parameters: SegmentParameters) -> None:
@@ -166,6 +174,12 @@ def _finish(job: ImageJob, parameters: SegmentParameters) -> None:
 
 #: The steps of a run without Prefect.
 PLAIN_STEPS = Steps(ingest=_ingest, segment=_segment, finish=_finish)
+
+#: Images of a run in flight at once. Around the chunks the cluster computes, each image has
+#: steps in the driver (ingest, planning, pyramid, preview; tracked, Prefect's task runs and
+#: artifacts): while one image's chunks run, the next images go through theirs, so a folder of
+#: small images does not leave the workers waiting between images.
+IMAGES_IN_FLIGHT = 4
 
 
 def run_jobs(
@@ -176,39 +190,152 @@ def run_jobs(
     progress: Callable[[str, int, int], None] | None = None,
     steps: Steps = PLAIN_STEPS,
     logger: logging.Logger | logging.LoggerAdapter = log,
+    plans: Sequence[RunPlan] = (),
+    images_in_flight: int = IMAGES_IN_FLIGHT,
 ) -> list[SegmentReport | Exception]:
-    """Per job, in order, its report or the error that stopped it; one failure stops no other."""
-    from unet.engine.cluster import dask_client, plan_cluster
+    """Per job, in order, its report or the error that stopped it; one failure stops no other.
+
+    Up to ``images_in_flight`` images run at once, each in a thread of its own with a copy of
+    the caller's context variables (so steps that are Prefect tasks belong to the caller's flow
+    run), all on one cluster: ``client``, or one made from ``parameters`` when the first image
+    needs it (a run whose images are all finished starts none). ``plans``: plans the caller
+    made already, used for the job of the same input and output.
+    """
+    planned = {(plan.input, plan.output): plan for plan in plans}
+    stopping = threading.Event()
+    with _Cluster(client, parameters) as cluster:
+        run = functools.partial(
+            _run_job,
+            parameters=parameters,
+            cluster=cluster,
+            progress=progress,
+            steps=steps,
+            logger=logger,
+            planned=planned,
+            stopping=stopping,
+        )
+        if images_in_flight <= 1 or len(jobs) <= 1:
+            return [run(job) for job in jobs]
+        return _concurrently(run, jobs, images_in_flight, stopping)
+
+
+def _concurrently(
+    run: Callable[[ImageJob], SegmentReport | Exception],
+    jobs: list[ImageJob],
+    threads: int,
+    stopping: threading.Event,
+) -> list[SegmentReport | Exception]:
+    """``[run(job) for job in jobs]``, ``threads`` at a time, each in a copy of this context."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="unet-image")
+    try:
+        futures = [pool.submit(contextvars.copy_context().run, run, job) for job in jobs]
+        outcomes = [future.result() for future in futures]
+    except BaseException:
+        # Interrupted: images not started yet never start; those running end with the cluster,
+        # which the caller closes next, releasing their outputs' locks, and say nothing of it.
+        stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return outcomes
+
+
+def _run_job(
+    job: ImageJob,
+    *,
+    parameters: SegmentParameters,
+    cluster: _Cluster,
+    progress: Callable[[str, int, int], None] | None,
+    steps: Steps,
+    logger: logging.Logger | logging.LoggerAdapter,
+    planned: dict[tuple[str, str], RunPlan],
+    stopping: threading.Event,
+) -> SegmentReport | Exception:
+    """One image's steps: its report, or the error that stopped it (logged, unless the run is
+    stopping: then the cluster closing under it is the cause, not news)."""
     from unet.engine.finished import finished_report
 
-    outcomes: list[SegmentReport | Exception] = []
-    with contextlib.ExitStack() as cluster:
-        for job in jobs:
-            try:
-                if needs_ingest(job, parameters):
-                    steps.ingest(job)
-                finished = finished_report(job.zarr_input, job.output, parameters)
-                if finished is not None:
-                    logger.info("%s is complete with these settings: skipped", job.output)
-                    outcomes.append(finished)
-                    continue
-                if client is None:
-                    plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
-                    client = cluster.enter_context(dask_client(plan, parameters.scheduler))
-                callback = None
-                if progress is not None:
-                    callback = functools.partial(progress, job.output)
-                report = steps.segment(job, parameters, client, callback)
-            except Exception as error:  # one image's failure, whatever it is, stops no other
-                logger.error("%s failed: %s", job.source, error)
-                outcomes.append(error)
-                continue
-            outcomes.append(report)
-            try:
-                steps.finish(job, parameters)
-            except Exception as error:
-                logger.warning("no preview for %s: %s", job.output, error)
-    return outcomes
+    try:
+        if needs_ingest(job, parameters):
+            steps.ingest(job)
+        finished = finished_report(job.zarr_input, job.output, parameters)
+        if finished is not None:
+            logger.info("%s is complete with these settings: skipped", job.output)
+            return finished
+        callback = None if progress is None else functools.partial(progress, job.output)
+        plan = planned.get((job.zarr_input, job.output))
+        report = steps.segment(job, parameters, cluster.client(), callback, plan)
+    except Exception as error:  # one image's failure, whatever it is, stops no other
+        if not stopping.is_set():
+            logger.error("%s failed: %s", job.source, error)
+        return error
+    try:
+        steps.finish(job, parameters)
+    except Exception as error:
+        logger.warning("no preview for %s: %s", job.output, error)
+    return report
+
+
+class _Cluster:
+    """The run's Dask client: the caller's, or one started when an image first needs it and
+    closed when the run ends.
+
+    A cluster this run starts lives in a thread of its own, which enters and leaves
+    :func:`~unet.engine.cluster.dask_client` in one context: ``distributed.Client`` keeps
+    itself in a context variable that must be reset where it was set, and the image thread that
+    asks first is not where the run ends.
+    """
+
+    def __init__(self, client: Any, parameters: SegmentParameters):
+        self._client = client
+        self._parameters = parameters
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    def client(self) -> Any:
+        """The client, started now when there is none yet; raises what stopped its start."""
+        with self._lock:
+            if self._client is None:
+                started: list[Any] = []
+                ready = threading.Event()
+                keeper = threading.Thread(
+                    target=self._keep, args=(started, ready), name="unet-cluster"
+                )
+                keeper.start()
+                ready.wait()
+                if isinstance(started[0], BaseException):
+                    raise started[0]
+                self._client, self._keeper = started[0], keeper
+            return self._client
+
+    def _keep(self, started: list[Any], ready: threading.Event) -> None:
+        from unet.engine.cluster import dask_client, plan_cluster
+
+        parameters = self._parameters
+        try:
+            plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
+            with dask_client(plan, parameters.scheduler) as client:
+                started.append(client)
+                ready.set()
+                self._closing.wait()
+        except BaseException as error:
+            if started:  # the run's results are in: a cluster that closes badly changes none
+                log.warning("the run's Dask cluster did not close cleanly: %s", error)
+            else:
+                started.append(error)
+        finally:
+            ready.set()
+
+    def __enter__(self) -> _Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closing.set()
+        if self._keeper is not None:
+            self._keeper.join()
 
 
 def write_preview(input: str, output: str, parameters: SegmentParameters) -> str:

@@ -249,8 +249,8 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path, client, model):
 def test_names_with_spaces_and_accents(tmp_path, client, model):
     from PIL import Image
 
+    from flows.names import artifact_key
     from flows.segment import folder_jobs
-    from flows.tasks import artifact_key
     from unet.io.ingest import ingest
 
     folder = tmp_path / "dossier é"

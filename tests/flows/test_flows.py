@@ -1,10 +1,12 @@
 """The Prefect flows: progress throttling, preview pixels, artifacts, skipping finished outputs.
 
-Flow runs go to a temporary Prefect server (``prefect_test_harness``, one per session) and to a
-small in-process Dask cluster named as the parameters' ``scheduler``.
+Flow runs go to the session's Prefect server (tests/conftest.py) and to a small
+in-process Dask cluster named as the parameters' ``scheduler``.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -13,9 +15,11 @@ from PIL import Image
 from testdata import write_checkpoint, write_image
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
+import unet
 from flows.handoff import terminal_progress
+from flows.names import artifact_key, output_key, output_name
 from flows.progress import Throttle, combine, percent
-from flows.tasks import artifact_key, output_name, report_table
+from flows.tasks import report_table
 from unet.config import SegmentParameters
 from unet.engine.report import SegmentReport
 from unet.errors import ChannelMismatch, InvalidParameter
@@ -28,13 +32,18 @@ from unet.results.preview import (
     resize_nearest,
 )
 
+# The session's Prefect server starts in the first test that needs it: up to a minute or two on a
+# busy machine.
+pytestmark = pytest.mark.timeout(300)
 
-@pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+@pytest.fixture
+def prefect_api(prefect_server):
+    """Flows called in this process record on the session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server[0]}):
+        yield prefect_server[0]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +78,19 @@ def artifacts_of(flow_run_id) -> dict[str, list]:
     for artifact in found:
         by_type.setdefault(artifact.type, []).append(artifact)
     return by_type
+
+
+def runs_of(flow_run_id):
+    """The flow run and its task runs' names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return run, sorted(task.name for task in tasks)
 
 
 # Pure helpers ------------------------------------------------------------------------------
@@ -180,11 +202,14 @@ def test_report_table_lists_size_chunks_speed_and_classes():
         class_pixels=[45000, 15000],
     )
     rows = {row["field"]: row["value"] for row in report_table(report)}
+    assert rows["input"] == "in.zarr" and "ingested as" not in rows
     assert rows["size"] == "300 x 200 px, 1 channel(s), 0.06 Mpx"
     assert (rows["computed"], rows["skipped (background)"], rows["resumed"]) == ("4", "1", "1")
     assert rows["speed"] == "0.03 Mpx/s"
     assert rows["class nuclei"] == "25.00%"
     assert not any(field.startswith("objects") for field in rows)
+    rows = {row["field"]: row["value"] for row in report_table(report, "scans/in.png")}
+    assert (rows["input"], rows["ingested as"]) == ("scans/in.png", "in.zarr")
 
 
 def test_report_table_gives_the_objects_per_class_with_instances():
@@ -223,7 +248,7 @@ def test_folder_output_may_not_be_the_input_folder(tmp_path):
 
 
 def test_segment_image_records_artifacts_preview_and_terminal_progress(
-    prefect_server, scheduler, model, tmp_path
+    prefect_api, scheduler, model, tmp_path
 ):
     from flows.segment import segment_image
 
@@ -243,19 +268,23 @@ def test_segment_image_records_artifacts_preview_and_terminal_progress(
     assert bars["out"][-1] == (9, 9)
 
     artifacts = artifacts_of(state.state_details.flow_run_id)
-    assert [a.key for a in artifacts["progress"]] == ["out-progress"]
+    assert [a.key for a in artifacts["progress"]] == [output_key(str(output), "progress")]
     assert artifacts["progress"][0].data == 100.0
     table = artifacts["table"][0]
-    assert table.key == "out-summary" and "9" in table.data
-    markdown = artifacts["markdown"][0].data
-    assert "data:image/png;base64," in markdown
+    assert table.key == output_key(str(output), "summary") and "9" in table.data
+    (markdown,) = artifacts["markdown"]
+    assert markdown.key == output_key(str(output), "preview")
+    assert "data:image/png;base64," in markdown.data
+    run, task_names = runs_of(state.state_details.flow_run_id)
+    assert run.name == "in → out" and run.flow_version == unet.__version__
+    assert task_names == ["preview out", "pyramid out", "segment out"]
 
     with Image.open(preview_path(str(output))) as preview:
         assert preview.size == (96, 96) and preview.mode == "RGB"
 
 
 def test_a_finished_output_is_skipped_without_starting_dask(
-    prefect_server, scheduler, model, tmp_path, monkeypatch
+    prefect_api, scheduler, model, tmp_path, monkeypatch
 ):
     import unet.engine.cluster
     from flows.segment import segment_image
@@ -274,9 +303,9 @@ def test_a_finished_output_is_skipped_without_starting_dask(
 
 
 def test_segment_folder_ingests_goes_on_after_a_failure_and_names_it(
-    prefect_server, scheduler, model, tmp_path
+    prefect_api, scheduler, model, tmp_path
 ):
-    from flows.segment import segment_folder
+    from flows.segment import FOLDER_COLUMNS, segment_folder
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -293,24 +322,41 @@ def test_segment_folder_ingests_goes_on_after_a_failure_and_names_it(
     assert zarr.open_group(str(out / "a.zarr"), mode="r").attrs["unet"]["complete"]
     assert zarr.open_group(str(out / "b.zarr"), mode="r")["0"].shape == (40, 48)
     assert (out / "_ingested" / "b.zarr").is_dir() and (out / "b.preview.png").is_file()
-    folder_table = [
-        a for a in artifacts_of(state.state_details.flow_run_id)["table"] if a.key == "masks-folder"
+    (folder_table,) = [
+        a
+        for a in artifacts_of(state.state_details.flow_run_id)["table"]
+        if a.key == output_key(str(out), "folder")
     ]
-    assert folder_table and "failed" in folder_table[0].data
+    rows = json.loads(folder_table.data)
+    assert [row["image"] for row in rows] == ["a.zarr", "b.png", "c.zarr"]
+    assert all(list(row) == list(FOLDER_COLUMNS) for row in rows)  # every column in every row
+    assert rows[2]["status"] == "failed" and rows[2]["size"] == ""
+    assert rows[2]["error"].startswith("ChannelMismatch: ") and rows[0]["error"] == ""
+    run, task_names = runs_of(state.state_details.flow_run_id)
+    assert run.name == "in → masks"
+    assert "ChannelMismatch" in state.message  # the reason, on the run's state
+    assert task_names == [
+        "ingest b",
+        "preview a",
+        "preview b",
+        "pyramid a",
+        "pyramid b",
+        "segment a",
+        "segment b",
+        "segment c",
+    ]
 
 
-def test_run_segment_goes_on_locally_when_the_server_does_not_answer(
-    prefect_server, scheduler, model, tmp_path, capsys
+def test_run_segment_goes_on_untracked_when_the_server_does_not_answer(
+    scheduler, model, tmp_path, capsys, monkeypatch
 ):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from flows.runner import run_segment
 
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     write_image(tmp_path / "in.zarr", (32, 32), (32, 32))
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        reports = run_segment(
-            str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), parameters(model, scheduler)
-        )
+    reports = run_segment(
+        str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), parameters(model, scheduler)
+    )
     assert reports[0].chunks_computed == 1
     message = capsys.readouterr().err
     assert "does not answer" in message and "not recorded there" in message

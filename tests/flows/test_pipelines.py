@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
+import unet
 from flows.pipelines import load_pipelines
 from unet.errors import ConfigError
 
@@ -202,7 +203,8 @@ def test_runner_deployments_carry_schedule_tags_limit_and_parameters(tmp_path):
     first, second = runner_deployment(watch), runner_deployment(nightly)
     assert (first.name, first.flow_name) == ("watch", "segment-folder")
     assert second.flow_name == "segment-image"
-    assert first.tags == ["watch-folder"]
+    assert first.tags == ["unet", "watch-folder"] and second.tags == ["unet"]
+    assert first.version == second.version == unet.__version__
     assert first.concurrency_limit == 1
     assert first.parameters["parameters"] == {
         "model": watch.parameters.model,
@@ -215,3 +217,19 @@ def test_runner_deployments_carry_schedule_tags_limit_and_parameters(tmp_path):
     assert interval.timezone == "Europe/Berlin"
     cron = second.schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("0 2 * * *", "UTC")
+
+
+@pytest.mark.parametrize("flow", ["segment_image", "segment_folder"])
+def test_the_parameter_form_has_help_for_every_parameter_and_choices_for_devices(flow):
+    from flows.pipelines import Deployment
+    from flows.serve import runner_deployment
+
+    deployment = Deployment.model_validate(
+        {"name": "d", "flow": flow, "parameters": {"input": "in", "output": "out"}}
+    )
+    form = runner_deployment(deployment)._parameter_openapi_schema.model_dump_for_openapi()
+    settings = form["definitions"]["SegmentParameters"]["properties"]
+    for name, field in [*form["properties"].items(), *settings.items()]:
+        assert field.get("description"), f"{name} has no help in the form"
+    assert settings["device"]["enum"][:3] == ["auto", "cpu", "cuda"]
+    assert settings["precision"]["enum"] == ["fp32", "bf16", "fp16", "auto"]

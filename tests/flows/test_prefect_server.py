@@ -1,80 +1,32 @@
 """Against a real ``prefect server start``: `unet segment` records its runs, serve registers.
 
-One server per module, on a free port of 127.0.0.1, with its own PREFECT_HOME (and SQLite
-database) in a temporary folder. The commands run as subprocesses, as a user runs them.
+The session's server (``prefect_server`` of tests/conftest.py). The commands run as subprocesses, as a user
+runs them.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
-import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from testdata import write_checkpoint, write_image
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
+import unet
+from flows.names import output_key
+from flows.segment import FOLDER_COLUMNS
 
 BIN = Path(sys.executable).parent
-STARTUP_SECONDS = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(API URL, environment for commands using it) of a fresh Prefect server."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("prefect server did not answer /api/health in time")
-            time.sleep(0.3)
-        yield url, {**env, "PREFECT_API_URL": url, "PYTHONUNBUFFERED": "1"}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+REPO = Path(__file__).resolve().parents[2]
 
 
 def client_of(url: str):
@@ -85,64 +37,109 @@ def client_of(url: str):
         return get_client(sync_client=True)
 
 
-def test_unet_segment_records_a_completed_flow_run_with_its_artifacts(server, tmp_path):
+def artifacts_of(client, flow_run_id) -> dict[str, object]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    url, env = server
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    )
+    # Keyless ones are Prefect's own records of where a failed run's result is stored.
+    return {artifact.key: artifact for artifact in found if artifact.key is not None}
+
+
+def task_runs_of(client, flow_run_id) -> list:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    )
+
+
+def wait_until_final(client, flow_run_id, log: Path, seconds: float = 180):
+    deadline = time.monotonic() + seconds
+    while not (run := client.read_flow_run(flow_run_id)).state.is_final():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+    return run
+
+
+@pytest.mark.timeout(400)  # the session server may start in this test
+def test_unet_segment_of_a_folder_records_named_runs_keyed_artifacts_and_its_failure(
+    prefect_server, tmp_path
+):
+    """Two images segmented, one failing: names, tags, version, keys, the failure table."""
+    url, env = prefect_server
     model = write_checkpoint(tmp_path / "m.safetensors")
-    write_image(tmp_path / "in.zarr", (64, 64), (32, 32))
+    folder = tmp_path / "cells"
+    write_image(folder / "a.zarr", (64, 64), (32, 32))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48), np.uint8)).save(
+        folder / "b.png"
+    )
+    write_image(folder / "c.zarr", (3, 32, 32), (3, 32, 32))  # 3 channels, the model takes 1
+    masks = tmp_path / "masks"
     result = subprocess.run(
-        [str(BIN / "unet"), "segment", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")]
-        + ["--model", model, "--tile-size", "204", "--device", "cpu", "--workers", "1"],
+        [str(BIN / "unet"), "segment", str(folder), str(masks)]
+        + ["--model", model, "--tile-size", "204", "--device", "cpu"],
         env=env,
         capture_output=True,
         text=True,
         timeout=240,
     )
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr and "locked" not in result.stderr
-    assert "4 chunks computed" in result.stdout
-    assert "recorded on Prefect:" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "recorded on Prefect:" in result.stderr and "not tracked" not in result.stderr
+    assert "error: " in result.stderr and "3 channels" in result.stderr
 
     with client_of(url) as client:
-        runs = [r for r in client.read_flow_runs() if r.deployment_id is None]  # not scheduled
-        assert len(runs) == 1
-        run = runs[0]
-        assert run.state.is_completed(), run.state
-        assert client.read_flow(run.flow_id).name == "segment-image"
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-        )
-    by_type = {a.type: a for a in artifacts}
-    assert set(by_type) >= {"progress", "table", "markdown"}
-    assert by_type["progress"].data == 100.0
-    assert "data:image/png;base64," in by_type["markdown"].data
-    assert str(run.id) in result.stderr
+        runs = [r for r in client.read_flow_runs() if r.deployment_id is None]
+        (run,) = [r for r in runs if r.name == "cells → masks"]
+        assert str(run.id) in result.stderr
+        assert run.state.is_failed() and "ChannelMismatch" in run.state.message
+        assert client.read_flow(run.flow_id).name == "segment-folder"
+        assert {"unet", "cli"} <= set(run.tags) and run.flow_version == unet.__version__
+        tasks = task_runs_of(client, run.id)
+        artifacts = artifacts_of(client, run.id)
+    assert sorted(t.name for t in tasks) == [
+        "ingest b",
+        "preview a",
+        "preview b",
+        "pyramid a",
+        "pyramid b",
+        "segment a",
+        "segment b",
+        "segment c",
+    ]
+    assert all("unet" in t.tags for t in tasks)
+    failed = [t for t in tasks if t.state.is_failed()]
+    assert [t.name for t in failed] == ["segment c"]
+    expected = {
+        output_key(str(masks / f"{name}.zarr"), kind)
+        for name in "ab"
+        for kind in ("progress", "summary", "preview")
+    }
+    expected |= {output_key(str(masks / "c.zarr"), "progress"), output_key(str(masks), "folder")}
+    assert set(artifacts) == expected
+    assert artifacts[output_key(str(masks / "a.zarr"), "progress")].data == 100.0
+    preview = artifacts[output_key(str(masks / "b.zarr"), "preview")].data
+    assert "data:image/png;base64," in preview
+    summary = json.loads(artifacts[output_key(str(masks / "b.zarr"), "summary")].data)
+    assert summary[0] == {"field": "input", "value": str(folder / "b.png")}
+    rows = json.loads(artifacts[output_key(str(masks), "folder")].data)
+    assert [list(row) for row in rows] == [list(FOLDER_COLUMNS)] * 3
+    assert [row["status"] for row in rows] == ["segmented", "segmented", "failed"]
+    assert rows[0]["computed"] == 4 and rows[2]["computed"] == ""
+    assert rows[2]["error"].startswith("ChannelMismatch: ")
 
 
-def test_serve_registers_the_deployments_and_runs_one_started_from_the_server(server, tmp_path):
-    url, env = server
-    model = write_checkpoint(tmp_path / "m.safetensors", depth=2)
-    (tmp_path / "incoming").mkdir()
-    write_image(tmp_path / "incoming" / "slide one.zarr", (70, 50), (32, 32))
+@pytest.mark.timeout(400)
+def test_the_repositorys_pipelines_serve_and_the_watch_folder_runs_out_of_the_box(
+    prefect_server, tmp_path
+):
+    """pipelines.yaml as cloned: both deployments registered; watch-incoming, triggered from the
+    server, completes although data/incoming does not exist, and segments what is put there."""
+    url, env = prefect_server
     config = tmp_path / "pipelines.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            deployments:
-              - name: watch-incoming
-                flow: segment_folder
-                parameters: {{input: incoming, output: masks, device: cpu, model: {model}}}
-                schedule: {{interval: 86400, timezone: Europe/Berlin}}
-                tags: [watch-folder]
-                concurrency_limit: 1
-              - name: nightly
-                flow: segment_image
-                parameters: {{input: a.zarr, output: a-mask.zarr, precision: bf16}}
-                schedule: {{cron: "0 2 * * *", timezone: UTC}}
-            """
-        )
-    )
+    shutil.copy(REPO / "pipelines.yaml", config)
+    incoming = tmp_path / "data" / "incoming"
     log = tmp_path / "serve.log"
     with log.open("w") as output:
         process = subprocess.Popen(
@@ -161,48 +158,54 @@ def test_serve_registers_the_deployments_and_runs_one_started_from_the_server(se
                 deployments = client.read_deployments()
                 time.sleep(0.5)
             by_name = {d.name: d for d in deployments}
-            assert set(by_name) == {"watch-incoming", "nightly"}
-            watch, nightly = by_name["watch-incoming"], by_name["nightly"]
+            assert set(by_name) == {"watch-incoming", "nightly-slide"}
+            watch, nightly = by_name["watch-incoming"], by_name["nightly-slide"]
             assert client.read_flow(watch.flow_id).name == "segment-folder"
-            assert watch.tags == ["watch-folder"]
+            assert watch.tags == ["unet", "watch-folder"]
             assert watch.global_concurrency_limit.limit == 1
-            assert watch.parameters["input"] == str((tmp_path / "incoming").resolve())
-            assert watch.parameters["parameters"] == {"device": "cpu", "model": model}
-            assert "parameters" in watch.parameter_openapi_schema["properties"]
+            assert watch.parameters["input"] == str(incoming)
+            assert watch.parameters["parameters"] == {
+                "model": "nuclei",
+                "device": "auto",
+                "skip_background": True,
+            }
+            form = watch.parameter_openapi_schema
+            assert all(form["properties"][name].get("description") for name in form["properties"])
             interval = watch.schedules[0].schedule
-            assert interval.interval.total_seconds() == 86400
+            assert interval.interval.total_seconds() == 900
             assert interval.timezone == "Europe/Berlin"
             assert watch.schedules[0].active
             cron = nightly.schedules[0].schedule
-            assert (cron.cron, cron.timezone) == ("0 2 * * *", "UTC")
+            assert (cron.cron, cron.timezone) == ("0 2 * * *", "Europe/Berlin")
 
             # Started from the server (as the UI's Run button does), executed by `unet serve`.
-            run = client.create_flow_run_from_deployment(watch.id)
-            deadline = time.monotonic() + 180
-            while not client.read_flow_run(run.id).state.is_final():
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(1)
-            state = client.read_flow_run(run.id).state
-            assert state.is_completed(), (state, log.read_text()[-3000:])
-            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+            first = client.create_flow_run_from_deployment(watch.id)
+            run = wait_until_final(client, first.id, log)
+            assert run.state.is_completed(), (run.state, log.read_text()[-3000:])
+            assert run.name == "incoming → masks" and "watch-folder" in run.tags
+            assert incoming.is_dir()
 
-            artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-            )
-            assert {"progress", "table", "markdown"} <= {a.type for a in artifacts}
-        assert (tmp_path / "masks" / "slide one.zarr" / "zarr.json").exists()
+            write_image(incoming / "slide one.zarr", (70, 50), (32, 32))
+            second = client.create_flow_run_from_deployment(watch.id)
+            run = wait_until_final(client, second.id, log)
+            assert run.state.is_completed(), (run.state, log.read_text()[-3000:])
+            mask = tmp_path / "data" / "masks" / "slide one.zarr"
+            assert set(artifacts_of(client, run.id)) == {
+                output_key(str(mask), kind) for kind in ("progress", "summary", "preview")
+            } | {output_key(str(mask.parent), "folder")}
+        assert (mask / "zarr.json").exists()
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
-def test_deploy_registers_the_deployments_with_a_work_pool(server, tmp_path):
+def test_deploy_registers_the_deployments_with_a_work_pool(prefect_server, tmp_path):
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.serve import deploy
 
-    url, _ = server
+    url, _ = prefect_server
     config = tmp_path / "pipelines.yaml"
     config.write_text(
         "deployments:\n"
