@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
 import torch.nn.functional as F
 
 from unet.errors import (
@@ -290,8 +289,13 @@ def test_fine_tuning_starts_from_the_initial_model(data_dir, tmp_path):
     assert checkpoint.metadata["init"] == str(first.path)
     assert checkpoint.metadata["init_digest"] == initial.digest
     renormalized = train(
-        brighter, tmp_path / "c.safetensors", init=str(first.path), renormalize=True, steps=1,
-        progress=False, tile_size=60,
+        brighter,
+        tmp_path / "c.safetensors",
+        init=str(first.path),
+        renormalize=True,
+        steps=1,
+        progress=False,
+        tile_size=60,
     )
     assert load_checkpoint(renormalized.path).mean[0] > initial.mean[0] + 50
 
@@ -316,8 +320,13 @@ def test_fine_tuning_refuses_what_does_not_fit(data_dir, tmp_path):
 
 def test_the_bundled_model_can_be_fine_tuned(data_dir, tmp_path):
     result = train(
-        data_dir, tmp_path / "m.safetensors", init="nuclei", steps=1, batch_size=1,
-        tile_size=92, progress=False,
+        data_dir,
+        tmp_path / "m.safetensors",
+        init="nuclei",
+        steps=1,
+        batch_size=1,
+        tile_size=92,
+        progress=False,
     )
     checkpoint = load_checkpoint(result.path)
     assert checkpoint.class_names == ["background", "nucleus"]
@@ -360,8 +369,12 @@ def test_training_never_sees_what_lies_far_from_the_annotations(tmp_path):
         make_pair(tmp_path / name, "x", pixels, mask)
         runs.append(
             train(
-                tmp_path / name, tmp_path / f"{name}.safetensors", steps=3, ignore_label=255,
-                val_fraction=0, **TINY,
+                tmp_path / name,
+                tmp_path / f"{name}.safetensors",
+                steps=3,
+                ignore_label=255,
+                val_fraction=0,
+                **TINY,
             )
         )
     assert same_weights(weights_of(runs[0].path), weights_of(runs[1].path))

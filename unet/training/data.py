@@ -71,7 +71,11 @@ class LabelledImage:
         """Normalized image (float32 (C, h, w)), classes and weights at the pixels
         ``rows`` x ``cols`` (int arrays)."""
         rows, cols = rows[:, None], cols[None, :]
-        return self.normalize(self.image[:, rows, cols]), self.classes[rows, cols], self.weights[rows, cols]
+        return (
+            self.normalize(self.image[:, rows, cols]),
+            self.classes[rows, cols],
+            self.weights[rows, cols],
+        )
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """``(image - mean) / std`` per channel (unchanged before normalization is set)."""
@@ -120,16 +124,16 @@ def load_dataset(
     rules = LabelRules(class_map=class_map, ignore_label=ignore_label)
     if is_zarr_store(root):
         items: list[TrainingItem] = [
-            open_slide(file_stem(root), root, None, rules, label_name=label_name, w0=w0, sigma=sigma)
+            open_slide(
+                file_stem(root), root, None, rules, label_name=label_name, w0=w0, sigma=sigma
+            )
         ]
         return _checked(items, root)
     if not root.is_dir():
         raise InputNotFound(f"data directory {root} does not exist")
     images = _listing(root / "images")
     inner = {
-        name
-        for name, path in images.items()
-        if is_zarr_store(path) and (path / "labels").is_dir()
+        name for name, path in images.items() if is_zarr_store(path) and (path / "labels").is_dir()
     }
     masks = _listing(root / "masks") if (root / "masks").exists() or inner != images.keys() else {}
     inner -= masks.keys()

@@ -374,9 +374,7 @@ def _validation_set(
 
 
 def _plot(path: Path, run: Progress, total_steps: int) -> None:
-    write_training_plot(
-        path, run.losses, run.history["step"], run.history["val_dice"], total_steps
-    )
+    write_training_plot(path, run.losses, run.history["step"], run.history["val_dice"], total_steps)
 
 
 def weighted_cross_entropy(
