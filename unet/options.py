@@ -29,7 +29,14 @@ def with_options(model: type[BaseModel], *, exclude: tuple[str, ...] = ()) -> Ca
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command)
-        own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+        # The command's own annotations may be strings (postponed evaluation); typer reads the
+        # wrapper's signature as it is, so its Annotated options must be real objects.
+        hints = typing.get_type_hints(command, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.kind != p.VAR_KEYWORD
+        ]
         fields = [
             _parameter(name, field)
             for name, field in model.model_fields.items()

@@ -431,3 +431,24 @@ def test_an_interrupted_run_resumes_to_the_same_weights(data_dir, tmp_path, monk
     monkeypatch.undo()
     again = train(data_dir, out, overwrite=True, resume=False, **options)
     assert again.resumed == [] and same_weights(weights_of(whole.path), weights_of(out))
+
+
+def test_the_command_line_fine_tunes_with_sparse_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from unet.cli import app
+
+    image, labels = nuclei_image((64, 64), seed=1)
+    make_pair(tmp_path / "data", "a", image, np.where(np.arange(64) < 32, labels, 255))
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(tmp_path / "data"), "--out", str(out), "--init", "nuclei"]
+    options = ["--ignore-label", "255", "--steps", "1", "--tile-size", "92", "--batch-size", "1"]
+    result = CliRunner().invoke(app, [*args, *options])
+    assert result.exit_code == 0, result.output
+    assert f"plot {tmp_path / 'm.png'}" in result.output
+    metadata = load_checkpoint(out).metadata
+    assert metadata["init"] == "nuclei" and metadata["ignore_label"] == 255
+    assert metadata["annotated_pixels"] == 64 * 32
+    refused = CliRunner().invoke(app, [*args, "--depth", "2", "--overwrite"])
+    assert isinstance(refused.exception, InvalidParameter)
+    assert "--depth 2 differs from the initial model nuclei's 3" in str(refused.exception)
