@@ -35,7 +35,9 @@ class NucleiScene:
 
     Nuclei form a clustered Poisson process: about half of them have neighbours placed so that
     they touch or nearly touch, which is what the weight map's border term is for. Density
-    varies smoothly over the slide (crowded and sparse regions).
+    varies smoothly over the slide (crowded and sparse regions). The defaults draw crisp, bright
+    nuclei; :meth:`varied` draws scenes as real microscopes show them (out of focus, dim, noisy,
+    large or small nuclei), for training models that hold up on real images.
 
     Parameters
     ----------
@@ -43,12 +45,22 @@ class NucleiScene:
     seed: any non-negative integer
     density: mean nuclei per pixel
     radius: range of the nuclei's mean radius in pixels
+    blur: standard deviation in pixels of the optical point-spread function
+    gain: factor on the nuclei's brightness (55 to 200 at 1)
+    background: lowest background level (it rises to twice that over a few hundred pixels)
+    noise: factor on the shot and read noise
+    texture: depth of the chromatin texture (brightness varies by +-texture/2 within a nucleus)
     """
 
     shape: tuple[int, int]
     seed: int = 0
     density: float = 1 / 700
     radius: tuple[float, float] = (5.0, 10.0)
+    blur: float = 1.0
+    gain: float = 1.0
+    background: float = 14.0
+    noise: float = 1.0
+    texture: float = 0.6
 
     channels: ClassVar[int] = 1
     class_names: ClassVar[tuple[str, ...]] = ("background", "nucleus")
@@ -58,17 +70,51 @@ class NucleiScene:
         check_scene(self.shape, self.seed)
         if not (0 < self.radius[0] <= self.radius[1] <= 20):
             raise InvalidParameter(f"radius must satisfy 0 < low <= high <= 20, got {self.radius}")
+        if not (0.3 <= self.blur <= 4 and 0 < self.gain <= 2 and self.background >= 0):
+            raise InvalidParameter(
+                f"need 0.3 <= blur <= 4, 0 < gain <= 2 and background >= 0, got blur "
+                f"{self.blur}, gain {self.gain}, background {self.background}"
+            )
+        if self.noise < 0 or not 0 <= self.texture <= 1:
+            raise InvalidParameter(
+                f"need noise >= 0 and 0 <= texture <= 1, got {self.noise} and {self.texture}"
+            )
+
+    @classmethod
+    def varied(cls, shape: tuple[int, int], seed: int = 0) -> NucleiScene:
+        """A scene whose look is drawn from ``seed``: blur 0.8 to 2.6 pixels, gain 0.3 to 1.2
+        (dim nuclei barely above the background), background 4 to 24, noise 0.6 to 2.5 times the
+        default, chromatin texture 0.1 to 0.6, mean radii from 4-7 up to 7-16 pixels at a
+        density that keeps the nuclei crowded or sparse alike."""
+        rng = np.random.default_rng([seed, 0x5CE9E])
+        low = rng.uniform(4.0, 7.0)
+        high = min(low + rng.uniform(3.0, 9.0), 16.0)
+        mean_radius = (low + high) / 2
+        return cls(
+            shape=shape,
+            seed=seed,
+            density=float(rng.uniform(0.6, 1.5) / 700 * (7.5 / mean_radius) ** 2),
+            radius=(float(low), float(high)),
+            blur=float(rng.uniform(0.8, 2.6)),
+            gain=float(np.exp(rng.uniform(np.log(0.3), np.log(1.2)))),
+            background=float(rng.uniform(4.0, 24.0)),
+            noise=float(rng.uniform(0.6, 2.5)),
+            texture=float(rng.uniform(0.1, 0.6)),
+        )
 
     def render(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         blobs = cluster_blobs(
             self.shape, stream_key(self.seed, 0), rows, cols, self.density, self.radius
         )
-        labels, brightness = draw_nuclei(blobs, self.shape, rows, cols, blur=1.0)
-        texture = 0.7 + 0.6 * value_noise(stream_key(self.seed, 1), rows, cols, 2.5)
-        background = 14.0 + 14.0 * value_noise(stream_key(self.seed, 2), rows, cols, 300.0)
-        clean = background + brightness * texture
+        labels, brightness = draw_nuclei(blobs, self.shape, rows, cols, blur=self.blur)
+        texture = (1.0 - self.texture / 2) + self.texture * value_noise(
+            stream_key(self.seed, 1), rows, cols, 2.5
+        )
+        uneven = value_noise(stream_key(self.seed, 2), rows, cols, 300.0)
+        background = self.background + self.background * uneven
+        clean = background + self.gain * brightness * texture
         # Shot noise grows with the signal, read noise does not.
-        noisy = clean + gaussian_noise(stream_key(self.seed, 3), rows, cols) * np.sqrt(
+        noisy = clean + self.noise * gaussian_noise(stream_key(self.seed, 3), rows, cols) * np.sqrt(
             6.0 + 0.6 * clean
         )
         return to_uint8(noisy)[None], labels
