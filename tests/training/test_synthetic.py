@@ -18,6 +18,7 @@ SCENES = [
     NucleiScene(shape=(300, 260), seed=5),
     NucleiScene.varied((300, 260), seed=7),
     TissueScene(shape=(300, 260), seed=2, tissue_fraction=0.6),
+    TissueScene.varied((300, 260), seed=4),
     SatelliteScene(shape=(300, 260), seed=3, parcel=60, road_spacing=200),
 ]
 
@@ -27,7 +28,8 @@ def whole(scene):
 
 
 def name(scene):
-    return type(scene).__name__ + ("-varied" if getattr(scene, "blur", 1.0) != 1.0 else "")
+    varied = scene.seed in (4, 7)
+    return type(scene).__name__ + ("-varied" if varied else "")
 
 
 @pytest.mark.parametrize("scene", SCENES, ids=name)

@@ -125,7 +125,14 @@ class TissueScene:
     """An H&E-like slide: tissue islands of pink, fibrous stroma with purple nuclei on white glass.
 
     Colours follow Beer-Lambert with the usual haematoxylin and eosin stain vectors. Labels are
-    classes: 0 background (glass), 1 tissue, 2 nucleus.
+    classes: 0 background (glass), 1 tissue, 2 nucleus. :meth:`varied` draws the staining, focus
+    and noise from the seed, as slides from different labs and scanners differ.
+
+    Parameters
+    ----------
+    haematoxylin, eosin: factors on the two stains' optical density
+    blur: standard deviation in pixels of the nuclei's blur (focus)
+    noise: standard deviation of the pixel noise
     """
 
     shape: tuple[int, int]
@@ -133,6 +140,10 @@ class TissueScene:
     tissue_fraction: float = 0.5
     density: float = 1 / 260
     radius: tuple[float, float] = (3.0, 6.5)
+    haematoxylin: float = 1.0
+    eosin: float = 1.0
+    blur: float = 0.8
+    noise: float = 3.0
 
     channels: ClassVar[int] = 3
     class_names: ClassVar[tuple[str, ...]] = ("background", "tissue", "nucleus")
@@ -142,6 +153,28 @@ class TissueScene:
         check_scene(self.shape, self.seed)
         if not 0 < self.tissue_fraction < 1:
             raise InvalidParameter(f"tissue_fraction must be in (0, 1), got {self.tissue_fraction}")
+        if min(self.haematoxylin, self.eosin) <= 0 or not 0.3 <= self.blur <= 4 or self.noise < 0:
+            raise InvalidParameter(
+                "need stains > 0, 0.3 <= blur <= 4 and noise >= 0, got "
+                f"{self.haematoxylin}, {self.eosin}, {self.blur}, {self.noise}"
+            )
+
+    @classmethod
+    def varied(cls, shape: tuple[int, int], seed: int = 0) -> TissueScene:
+        """A slide whose staining and focus are drawn from ``seed``: each stain 0.6 to 1.5 times
+        the default, nuclei blur 0.6 to 2 pixels, noise 2 to 8, nuclei radii from 2.5-5 up to
+        5-9 pixels."""
+        rng = np.random.default_rng([seed, 0x7155E])
+        low = rng.uniform(2.5, 5.0)
+        return cls(
+            shape=shape,
+            seed=seed,
+            radius=(float(low), float(low + rng.uniform(2.5, 4.0))),
+            haematoxylin=float(rng.uniform(0.6, 1.5)),
+            eosin=float(rng.uniform(0.6, 1.5)),
+            blur=float(rng.uniform(0.6, 2.0)),
+            noise=float(rng.uniform(2.0, 8.0)),
+        )
 
     def _tissue_field(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Smooth field whose upper ``tissue_fraction`` is tissue, at points (float64)."""
@@ -164,7 +197,7 @@ class TissueScene:
             self.shape, stream_key(self.seed, 12), rows, cols, self.density, self.radius
         )
         blobs = blobs.take(self._tissue_field(blobs.y, blobs.x) > threshold + 0.01)
-        nuclei, stain = draw_nuclei(blobs, self.shape, rows, cols, blur=0.8)
+        nuclei, stain = draw_nuclei(blobs, self.shape, rows, cols, blur=self.blur)
         # Tissue fades in over a few pixels at its outline, as a cut section does.
         inside = np.clip((field - threshold) / 0.01, 0.0, 1.0)
         y = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
@@ -172,16 +205,16 @@ class TissueScene:
         warp = 7.0 * value_noise(stream_key(self.seed, 13), rows, cols, 40.0)
         fibres = 0.5 + 0.5 * np.sin((0.8 * y + 0.6 * x) / 3.5 + warp)
         patchy = value_noise(stream_key(self.seed, 14), rows, cols, 25.0)
-        eosin = inside * (0.25 + 0.25 * fibres * patchy + 0.15 * patchy)
+        eosin = self.eosin * inside * (0.25 + 0.25 * fibres * patchy + 0.15 * patchy)
         chromatin = 0.75 + 0.5 * value_noise(stream_key(self.seed, 15), rows, cols, 2.0)
         # Nucleus stain is an intensity in 0..200; 1/150 makes a dense nucleus dark purple.
-        haematoxylin = inside * 0.04 + stain * chromatin / 150.0
+        haematoxylin = self.haematoxylin * (inside * 0.04 + stain * chromatin / 150.0)
         optical_density = (
             haematoxylin[None] * np.array([0.65, 0.70, 0.29], np.float32)[:, None, None]
             + eosin[None] * np.array([0.07, 0.99, 0.11], np.float32)[:, None, None]
         )
         noise = gaussian_noise(stream_key(self.seed, 16), rows, cols)
-        image = 245.0 * np.exp(-optical_density) + 3.0 * noise[None]
+        image = 245.0 * np.exp(-optical_density) + self.noise * noise[None]
         labels = np.where(nuclei > 0, 2, field > threshold).astype(np.int32)
         return to_uint8(image), labels
 
