@@ -160,3 +160,18 @@ def test_which_label_image_is_the_mask(scene, tmp_path):
     bare = write_slide(tmp_path / "bare.zarr", image)
     with pytest.raises(InputNotFound, match="no mask"):
         open_slide("b", bare, None, rules)
+
+
+def test_huge_slides_count_annotations_in_larger_cells(scene, tmp_path, monkeypatch):
+    import unet.training.slides as slides
+
+    image, mask = scene
+    monkeypatch.setattr(slides, "MAX_CELLS", 10)
+    slide = open_slide(
+        "s", write_slide(tmp_path / "s.zarr", image, mask), None, LabelRules(ignore_label=IGNORE)
+    )
+    assert slide.cell == 64 and slide.cells.shape == (2, 2)
+    assert slide.cells.sum() == np.sum(mask != IGNORE)
+    sampler = TileSampler([slide], Geometry(depth=2), 60, np.random.default_rng(0))
+    rows = [sampler.place(slide, np.random.default_rng(seed))[0] for seed in range(20)]
+    assert min(rows) >= 0 and max(rows) <= 90 - 20  # windows inside the slide

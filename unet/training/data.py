@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from unet.errors import (
 from unet.io.files import SUFFIXES, file_stem, read_array
 from unet.io.folder import is_zarr_store
 from unet.training.labels import LabelRules
-from unet.training.sampler import cell_counts
+from unet.training.sampler import CELL, cell_counts
 from unet.training.slides import SlideImage, open_slide
 from unet.training.statistics import PixelStatistics
 from unet.training.weightmap import IGNORED, weight_map
@@ -54,6 +55,8 @@ class LabelledImage:
     @property
     def channels(self) -> int:
         return self.image.shape[0]
+
+    cell: ClassVar[int] = CELL
 
     @property
     def cells(self) -> np.ndarray:

@@ -10,19 +10,21 @@ import numpy as np
 from unet.tiling import Geometry, reflect_index
 from unet.training.augment import augment
 
-#: Side in pixels of the cells in which annotated pixels are counted for drawing tiles.
+#: Side in pixels of the cells in which annotated pixels are counted for drawing tiles (a slide
+#: too large for 2**22 such cells uses the smallest power-of-two multiple that fits).
 CELL = 16
 
 
 class TrainingImage(Protocol):
     """What the sampler needs of a training image, in memory or read from a slide.
 
-    ``cells`` holds the annotated pixels (not the ignore label) of each ``CELL`` x ``CELL`` cell,
-    int64 ``(ceil(H / CELL), ceil(W / CELL))``.
+    ``cells`` holds the annotated pixels (not the ignore label) of each ``cell`` x ``cell``
+    square, integer ``(ceil(H / cell), ceil(W / cell))``.
     """
 
     name: str
     shape: tuple[int, int]
+    cell: int
     cells: np.ndarray
 
     def window(
@@ -30,13 +32,13 @@ class TrainingImage(Protocol):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
-def cell_counts(annotated: np.ndarray) -> np.ndarray:
-    """int64 (ceil(h / CELL), ceil(w / CELL)) counts of the true pixels of a bool (h, w) array."""
+def cell_counts(annotated: np.ndarray, cell: int = CELL) -> np.ndarray:
+    """int64 (ceil(h / cell), ceil(w / cell)) counts of the true pixels of a bool (h, w) array."""
     height, width = annotated.shape
-    rows, cols = -(-height // CELL), -(-width // CELL)
-    padded = np.zeros((rows * CELL, cols * CELL), np.int64)
+    rows, cols = -(-height // cell), -(-width // cell)
+    padded = np.zeros((rows * cell, cols * cell), np.int64)
     padded[:height, :width] = annotated
-    return padded.reshape(rows, CELL, cols, CELL).sum(axis=(1, 3))
+    return padded.reshape(rows, cell, cols, cell).sum(axis=(1, 3))
 
 
 class TileSampler:
@@ -44,8 +46,8 @@ class TileSampler:
     weights of their output-size centres.
 
     A tile is drawn around an annotated pixel: the pixel is chosen uniformly among all
-    annotated pixels of all images (to the resolution of ``CELL`` x ``CELL`` cells: a cell by
-    its count, then a pixel of it), then the output window uniformly among the positions inside
+    annotated pixels of all images (to the resolution of the images' cells: a cell by its
+    count, then a pixel of it), then the output window uniformly among the positions inside
     the image that contain it (at the origin along an axis shorter than the window). Input
     windows reach ``halo`` pixels beyond it, mirrored at the image border with numpy "reflect",
     as :func:`unet.predict.predict_array` pads.
@@ -65,7 +67,11 @@ class TileSampler:
         self.output_size = geometry.output_size(tile_size)
         self.rng = rng
         self.elastic = elastic
-        totals = np.array([item.cells.sum() for item in images], np.float64)
+        # Cumulative counts, so that drawing a cell costs a binary search, not a pass.
+        self.cumulative = {
+            id(item): np.cumsum(item.cells.ravel(), dtype=np.int64) for item in images
+        }
+        totals = np.array([self.cumulative[id(item)][-1] for item in images], np.float64)
         self.probabilities = totals / totals.sum()
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,12 +91,14 @@ class TileSampler:
 
     def place(self, item: TrainingImage, rng: np.random.Generator) -> tuple[int, int]:
         """The (top, left) of an output window around a random annotated pixel of ``item``."""
-        counts = item.cells.ravel()
-        cell = int(rng.choice(counts.size, p=counts / counts.sum()))
-        cell_row, cell_col = divmod(cell, item.cells.shape[1])
+        cumulative = self.cumulative.get(id(item))
+        if cumulative is None:
+            cumulative = np.cumsum(item.cells.ravel(), dtype=np.int64)
+        cell = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+        cell_row, cell_col = divmod(min(cell, cumulative.size - 1), item.cells.shape[1])
         origin = []
         for index, length in ((cell_row, item.shape[0]), (cell_col, item.shape[1])):
-            pixel = min(index * CELL + int(rng.integers(CELL)), length - 1)
+            pixel = min(index * item.cell + int(rng.integers(item.cell)), length - 1)
             lowest = max(pixel - self.output_size + 1, 0)
             highest = max(min(pixel, length - self.output_size), 0)
             origin.append(int(rng.integers(lowest, max(highest, lowest) + 1)))

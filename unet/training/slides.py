@@ -28,8 +28,10 @@ from unet.training.weightmap import IGNORED, class_weights, reach, weight_map
 if TYPE_CHECKING:
     from unet.io.source import ImageSource
 
-#: Side of the blocks read when a slide's mask and image are scanned (a multiple of CELL).
+#: Side of the blocks read when a slide's mask and image are scanned (a multiple of any cell).
 SCAN_BLOCK = 2048
+#: Sampling cells per slide at most; larger slides get larger cells.
+MAX_CELLS = 2**22
 
 
 @dataclass
@@ -42,7 +44,8 @@ class SlideImage:
     image, mask: the opened sources, (C, H, W) and (1, H, W)
     rules: how mask values become classes
     w0, sigma: the weight map's border term
-    cells: int64 annotated pixels per ``CELL`` x ``CELL`` cell
+    cell: side of the sampling cells: ``CELL``, or a power-of-two multiple for huge slides
+    cells: int32 annotated pixels per cell
     class_counts: int64 annotated pixels per class
     weights_per_class: ``w_c`` of every class, from the slide's class counts
     mean, std: float32 (C,) normalization applied by :meth:`window`, set by the caller
@@ -54,6 +57,7 @@ class SlideImage:
     rules: LabelRules
     w0: float
     sigma: float
+    cell: int
     cells: np.ndarray = field(repr=False)
     class_counts: np.ndarray = field(repr=False)
     weights_per_class: np.ndarray | None = field(default=None, repr=False)
@@ -100,7 +104,7 @@ class SlideImage:
         scan found annotations."""
         stats = PixelStatistics(self.channels)
         for rows, cols in _blocks(self.shape):
-            if not self.cells[_cells_of(rows, cols)].any():
+            if not self.cells[_cells_of(rows, cols, self.cell)].any():
                 continue
             classes, _ = self.rules.classes(self.mask.read(rows, cols)[0], self.name)
             stats.add(self.image.read(rows, cols), classes != IGNORED)
@@ -151,12 +155,15 @@ def open_slide(
             f"{image.shape[1]}x{image.shape[2]}: masks must match their images"
         )
     height, width = image.shape[1:]
-    cells = np.zeros((-(-height // CELL), -(-width // CELL)), np.int64)
+    cell = CELL
+    while -(-height // cell) * -(-width // cell) > MAX_CELLS:
+        cell *= 2
+    cells = np.zeros((-(-height // cell), -(-width // cell)), np.int32)
     class_counts = np.zeros(0, np.int64)
     for rows, cols in _blocks((height, width)):
         classes, _ = rules.classes(mask.read(rows, cols)[0], where)
         annotated = classes != IGNORED
-        cells[_cells_of(rows, cols)] = cell_counts(annotated)
+        cells[_cells_of(rows, cols, cell)] = cell_counts(annotated, cell)
         counts = np.bincount(classes[annotated].ravel())
         size = max(class_counts.size, counts.size)
         class_counts = np.pad(class_counts, (0, size - class_counts.size)) + np.pad(
@@ -169,6 +176,7 @@ def open_slide(
         rules=rules,
         w0=w0,
         sigma=sigma,
+        cell=cell,
         cells=cells,
         class_counts=class_counts,
         weights_per_class=class_weights(class_counts),
@@ -226,9 +234,9 @@ def _blocks(shape: tuple[int, int]) -> list[tuple[slice, slice]]:
     ]
 
 
-def _cells_of(rows: slice, cols: slice) -> tuple[slice, slice]:
-    """The sampling cells of a block (blocks start on multiples of CELL)."""
+def _cells_of(rows: slice, cols: slice, cell: int) -> tuple[slice, slice]:
+    """The sampling cells of a block (blocks start on multiples of ``cell``)."""
     return (
-        slice(rows.start // CELL, -(-rows.stop // CELL)),
-        slice(cols.start // CELL, -(-cols.stop // CELL)),
+        slice(rows.start // cell, -(-rows.stop // cell)),
+        slice(cols.start // cell, -(-cols.stop // cell)),
     )

@@ -138,7 +138,9 @@ def train(
     if parameters is None:
         parameters = validated(TrainParameters, options)
     elif options:
-        parameters = validated(TrainParameters, {**parameters.model_dump(), **options})
+        # Only what was given: defaults (such as the architecture) resolve again with the options.
+        given = parameters.model_dump(exclude_unset=True)
+        parameters = validated(TrainParameters, {**given, **options})
     config = parameters
     out = Path(out)
     if out.exists() and not config.overwrite:
