@@ -21,7 +21,9 @@ come from the annotated pixels of the training images (or the initial checkpoint
 checkpoint, with how the model was trained.
 
 Everything random derives from ``seed``: on the CPU two runs with one seed and one thread count
-give identical weights.
+give identical weights, and so does a run interrupted and resumed from its saved state
+(:mod:`unet.training.state`). A plot of loss and validation Dice goes beside the checkpoint
+(:mod:`unet.training.plot`).
 """
 
 from __future__ import annotations
