@@ -286,6 +286,7 @@ def test_fine_tuning_starts_from_the_initial_model(data_dir, tmp_path):
     assert not same_weights(checkpoint.model.state_dict(), initial.model.state_dict())
     np.testing.assert_array_equal(checkpoint.mean, initial.mean)  # kept from the initial model
     np.testing.assert_array_equal(checkpoint.std, initial.std)
+    assert checkpoint.metadata["lr"] == pytest.approx(0.001)  # a tenth of SGD's default
     assert checkpoint.metadata["init"] == str(first.path)
     assert checkpoint.metadata["init_digest"] == initial.digest
     renormalized = train(

@@ -14,6 +14,8 @@ Optimizer = Literal["sgd", "adam"]
 OPTIMIZERS = ("sgd", "adam")
 #: Learning rate per optimizer when none is given.
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
+#: The default learning rate is multiplied by this when fine-tuning (--init).
+FINE_TUNE_LR_SCALE = 0.1
 #: Output pixels per tile side aimed at by the default training tile.
 DEFAULT_TRAIN_OUTPUT = 128
 #: The architecture when training from scratch (the paper's); with --init, the checkpoint's.
@@ -61,7 +63,9 @@ class TrainParameters(BaseModel):
     tile_size: int | None = Field(
         None, gt=0, description="input tile side (a valid size); default 128 output pixels"
     )
-    lr: float | None = Field(None, gt=0, description="learning rate (SGD 0.01, Adam 0.001)")
+    lr: float | None = Field(
+        None, gt=0, description="learning rate (SGD 0.01, Adam 0.001; a tenth of that with --init)"
+    )
     optimizer: Optimizer = Field("sgd", description="sgd (momentum 0.99, the paper) or adam")
     momentum: float = Field(0.99, ge=0, lt=1, description="SGD momentum")
     seed: int = Field(0, ge=0, description="random seed (deterministic on CPU)")
@@ -111,7 +115,10 @@ class TrainParameters(BaseModel):
     @model_validator(mode="after")
     def _resolve_defaults(self) -> TrainParameters:
         if self.lr is None:
-            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
+            # Fine-tuning takes smaller steps: at the full rate SGD with momentum 0.99 first
+            # moves a trained model far from where it was (notes/issue-22.md, Measured).
+            scale = FINE_TUNE_LR_SCALE if self.init is not None else 1.0
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer] * scale)
         if self.init is None:
             for name, value in ARCHITECTURE_DEFAULTS.items():
                 if getattr(self, name) is None:
