@@ -8,7 +8,8 @@
   ``DIR/mask2d.tif`` (see benchmarks/real_finetune.py for where they come from).
 
 Foreground Dice and IoU pooled per image and averaged, and object F1 (IoU >= 0.5, objects are
-the connected components of the predicted foreground), from ``unet.evaluate``.
+the connected components of the predicted foreground), from ``unet.evaluate``; predicted at the
+demo's precision ``auto`` (bf16 on CPUs that compute it natively) unless ``--precision``.
 
     .venv/bin/python benchmarks/bundled_scores.py unet/models/nuclei.safetensors --real DIR
 """
@@ -32,19 +33,23 @@ def main() -> None:
     parser.add_argument("model", help="checkpoint or bundled model name")
     parser.add_argument("--real", type=Path, help="folder holding img2d.tif and mask2d.tif")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="auto", help="as the demo: bf16 where native")
     args = parser.parse_args()
 
     import torch
 
     from unet import evaluate, load_checkpoint, predict_array
     from unet.io.files import read_array, read_labels
+    from unet.predict.device import resolve_precision
     from unet.training.synthetic import NucleiScene, nuclei_image, render
 
     torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(args.model)
 
     def score(image: np.ndarray, truth: np.ndarray) -> dict:
-        logits = predict_array(checkpoint.model, checkpoint.normalize(image))
+        logits = predict_array(
+            checkpoint.model, checkpoint.normalize(image), precision=args.precision
+        )
         return evaluate(logits.argmax(axis=0), truth, instances=True)
 
     def summary(scores: list[dict]) -> dict:
@@ -55,7 +60,7 @@ def main() -> None:
             "object_f1": round(float(np.mean([s["objects"]["f1"] for s in scores])), 4),
         }
 
-    results = {}
+    results = {"precision": resolve_precision(args.precision, "cpu")}
     for name, seed, varied in (("default", 10000, False), ("varied", 20000, True)):
         pairs = [nuclei_image((256, 256), seed + i, varied=varied) for i in range(8)]
         results[name] = summary([score(image[None], labels) for image, labels in pairs])
