@@ -142,18 +142,27 @@ def export(
 @app.command()
 @with_options(TrainParameters)
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="folder with images/ and masks/ (same stems)")],
+    data_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="folder with images/ and masks/ (same stems), or a Zarr image with labels/"
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="checkpoint to write (.safetensors)")],
     **options: Any,
 ) -> None:
-    """Train the U-Net the paper's way on annotated images."""
+    """Train the U-Net the paper's way on annotated images, or fine-tune one (--init).
+
+    An interrupted run resumes when the same command is given again.
+    """
     from unet.training.train import train as run_train
 
     result = run_train(data_dir, out, progress=_show_progress(), **options)
     dice = "n/a" if result.val_dice is None else f"{result.val_dice:.3f}"
+    resumed = f" (resumed at step {result.resumed[-1]})" if result.resumed else ""
     typer.echo(
-        f"{result.path}: {result.steps} steps in {result.seconds:.0f} s, "
-        f"final loss {result.final_loss:.4f}, validation Dice {dice}"
+        f"{result.path}: {result.steps} steps in {result.seconds:.0f} s{resumed}, "
+        f"final loss {result.final_loss:.4f}, validation Dice {dice}; plot {result.plot}"
     )
 
 

@@ -16,7 +16,9 @@ from unet.training.synthetic import (
 
 SCENES = [
     NucleiScene(shape=(300, 260), seed=5),
+    NucleiScene.varied((300, 260), seed=7),
     TissueScene(shape=(300, 260), seed=2, tissue_fraction=0.6),
+    TissueScene.varied((300, 260), seed=4),
     SatelliteScene(shape=(300, 260), seed=3, parcel=60, road_spacing=200),
 ]
 
@@ -25,7 +27,12 @@ def whole(scene):
     return render(scene, slice(0, scene.shape[0]), slice(0, scene.shape[1]))
 
 
-@pytest.mark.parametrize("scene", SCENES, ids=lambda s: type(s).__name__)
+def name(scene):
+    varied = scene.seed in (4, 7)
+    return type(scene).__name__ + ("-varied" if varied else "")
+
+
+@pytest.mark.parametrize("scene", SCENES, ids=name)
 def test_render_is_independent_of_the_block_partition(scene):
     image, labels = whole(scene)
     assert image.shape == (scene.channels, *scene.shape) and image.dtype == np.uint8
@@ -43,7 +50,7 @@ def test_render_is_independent_of_the_block_partition(scene):
     np.testing.assert_array_equal(tiled_labels, labels)
 
 
-@pytest.mark.parametrize("scene", SCENES, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("scene", SCENES, ids=name)
 def test_labels_use_the_scene_classes(scene):
     labels = whole(scene)[1]
     if scene.instances:
@@ -140,3 +147,15 @@ def test_an_8192_slide_renders_quickly():
         for x in range(0, 8192, 1024):
             render(scene, slice(y, y + 1024), slice(x, x + 1024))
     assert time.perf_counter() - started < 30
+
+
+def test_varied_scenes_differ_in_look_and_repeat_per_seed():
+    scenes = [NucleiScene.varied((64, 64), seed) for seed in range(6)]
+    assert scenes[0] == NucleiScene.varied((64, 64), 0)
+    for field in ("blur", "gain", "background", "noise", "texture", "radius"):
+        assert len({getattr(scene, field) for scene in scenes}) == 6
+    assert all(0.8 <= s.blur <= 2.6 and 0.3 <= s.gain <= 1.2 for s in scenes)
+    image, labels = nuclei_image((64, 64), 3, varied=True)
+    np.testing.assert_array_equal(image, whole(scenes[3])[0][0])
+    with pytest.raises(InvalidParameter, match="blur"):
+        NucleiScene((10, 10), blur=9.0)

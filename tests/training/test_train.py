@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import torch.nn.functional as F
 
 from unet.errors import (
+    ChannelMismatch,
+    CheckpointError,
+    FingerprintMismatch,
     InputNotFound,
     InvalidImage,
     InvalidInputSize,
@@ -14,11 +18,15 @@ from unet.errors import (
     UnsupportedInput,
 )
 from unet.network.checkpoint import load_checkpoint
+from unet.network.model import UNet
 from unet.predict.window import predict_array
 from unet.tiling import Geometry
-from unet.training.data import TileSampler, load_dataset, parse_class_map
+from unet.training.data import load_dataset, parse_class_map
+from unet.training.sampler import TileSampler
+from unet.training.state import state_path
 from unet.training.synthetic import nuclei_image, write_nuclei_dataset
-from unet.training.train import train
+from unet.training.train import train, validate, weighted_cross_entropy
+from unet.training.weightmap import IGNORED
 
 # A tiny network: depth 2 has a halo of 20, so a 60-pixel tile gives 20 output pixels.
 TINY = dict(base_channels=4, depth=2, tile_size=60, batch_size=2, progress=False)
@@ -224,3 +232,224 @@ def test_bf16_autocast_trains_on_cpu(data_dir, tmp_path):
     result = train(data_dir, tmp_path / "m.safetensors", steps=1, precision="bf16", **TINY)
     assert np.isfinite(result.final_loss)
     assert load_checkpoint(result.path).metadata["precision"] == "bf16"
+
+
+def weights_of(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_records_how_it_was_trained(data_dir, tmp_path):
+    result = train(data_dir, tmp_path / "m.safetensors", steps=4, val_every=2, seed=0, **TINY)
+    metadata = load_checkpoint(result.path).metadata
+    training = [tifffile.imread(data_dir / "images" / f"{n}.tif") for n in result.train_images]
+    assert metadata["input_dtype"] == "uint8"
+    assert metadata["input_range"] == [
+        float(min(t.min() for t in training)),
+        float(max(t.max() for t in training)),
+    ]
+    assert metadata["data"] == str(data_dir) and metadata["steps"] == 4
+    assert metadata["history"]["step"] == [2, 4] and len(metadata["history"]["val_dice"]) == 2
+    assert metadata["val_dice"] == metadata["history"]["val_dice"][-1] == result.val_dice
+    assert metadata["annotated_pixels"] == 2 * 48 * 48 and metadata["init"] is None
+    # The plot of loss and validation Dice lies beside the checkpoint.
+    assert result.plot == tmp_path / "m.png"
+    from PIL import Image
+
+    with Image.open(result.plot) as plot:
+        assert plot.format == "PNG" and plot.size == (800, 520)
+
+
+def test_fine_tuning_starts_from_the_initial_model(data_dir, tmp_path):
+    first = train(data_dir, tmp_path / "a.safetensors", steps=2, seed=0, **TINY)
+    initial = load_checkpoint(first.path)
+    # Other data: brighter images, so that their own normalization would differ.
+    brighter = tmp_path / "brighter"
+    shutil.copytree(data_dir, brighter)
+    for path in (brighter / "images").iterdir():
+        tifffile.imwrite(path, tifffile.imread(path) // 2 + 100)
+    tuned = train(
+        brighter,
+        tmp_path / "b.safetensors",
+        init=str(first.path),
+        steps=2,
+        seed=3,
+        progress=False,
+        batch_size=2,
+        tile_size=60,
+    )
+    checkpoint = load_checkpoint(tuned.path)
+    assert checkpoint.model.config == initial.model.config
+    assert not same_weights(checkpoint.model.state_dict(), initial.model.state_dict())
+    np.testing.assert_array_equal(checkpoint.mean, initial.mean)  # kept from the initial model
+    np.testing.assert_array_equal(checkpoint.std, initial.std)
+    assert checkpoint.metadata["lr"] == pytest.approx(0.001)  # a tenth of SGD's default
+    assert checkpoint.metadata["init"] == str(first.path)
+    assert checkpoint.metadata["init_digest"] == initial.digest
+    renormalized = train(
+        brighter,
+        tmp_path / "c.safetensors",
+        init=str(first.path),
+        renormalize=True,
+        steps=1,
+        progress=False,
+        tile_size=60,
+    )
+    assert load_checkpoint(renormalized.path).mean[0] > initial.mean[0] + 50
+
+
+def test_fine_tuning_refuses_what_does_not_fit(data_dir, tmp_path):
+    first = train(data_dir, tmp_path / "a.safetensors", steps=1, **TINY)
+    init = str(first.path)
+    with pytest.raises(InvalidParameter, match="--depth 3 differs .* drop --depth"):
+        train(data_dir, tmp_path / "b.safetensors", init=init, depth=3, progress=False)
+    rgb = tmp_path / "rgb"
+    make_pair(rgb, "a", np.stack([IMAGE] * 3), MASK)
+    with pytest.raises(ChannelMismatch, match="3 channels but the initial model"):
+        train(rgb, tmp_path / "b.safetensors", init=init, progress=False)
+    three = tmp_path / "three"
+    make_pair(three, "a", IMAGE, MASK * 2)
+    with pytest.raises(InvalidParameter, match="3 classes .* --class-map"):
+        train(three, tmp_path / "b.safetensors", init=init, class_map="2:2", progress=False)
+    with pytest.raises(CheckpointError, match="not found"):
+        train(data_dir, tmp_path / "b.safetensors", init="no-such-model", progress=False)
+    assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_the_bundled_model_can_be_fine_tuned(data_dir, tmp_path):
+    result = train(
+        data_dir,
+        tmp_path / "m.safetensors",
+        init="nuclei",
+        steps=1,
+        batch_size=1,
+        tile_size=92,
+        progress=False,
+    )
+    checkpoint = load_checkpoint(result.path)
+    assert checkpoint.class_names == ["background", "nucleus"]
+    assert checkpoint.model.config == load_checkpoint("nuclei").model.config
+
+
+def test_ignored_pixels_add_nothing_to_the_loss():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, 6, generator=generator)
+    targets = torch.randint(0, 3, (2, 5, 6), generator=generator)
+    weights = torch.rand(2, 5, 6, generator=generator)
+    ignored = torch.rand(2, 5, 6, generator=generator) < 0.4
+    targets[ignored] = IGNORED
+    losses, gradients = [], []
+    for fill in (0.0, 50.0):
+        changed = logits.clone()
+        changed[ignored.unsqueeze(1).expand_as(changed)] = fill
+        changed.requires_grad_(True)
+        loss = weighted_cross_entropy(changed, targets, weights)
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append(changed.grad)
+    assert torch.equal(losses[0], losses[1])
+    assert torch.equal(gradients[0], gradients[1])
+    assert not gradients[0][ignored.unsqueeze(1).expand_as(logits)].any()
+    # With nothing ignored it is the plain weighted mean.
+    full = torch.randint(0, 3, (2, 5, 6), generator=generator)
+    expected = (F.cross_entropy(logits, full, reduction="none") * weights).mean()
+    torch.testing.assert_close(weighted_cross_entropy(logits, full, weights), expected)
+
+
+def test_training_never_sees_what_lies_far_from_the_annotations(tmp_path):
+    image, labels = nuclei_image((160, 160), seed=1)
+    mask = np.full((160, 160), 255, np.int32)
+    mask[:32, :32] = labels[:32, :32]  # annotated: one corner; the rest is the ignore label
+    changed = image.copy()
+    changed[100:, 100:] = 255 - changed[100:, 100:]  # beyond any tile around the annotations
+    runs = []
+    for name, pixels in (("a", image), ("b", changed)):
+        make_pair(tmp_path / name, "x", pixels, mask)
+        runs.append(
+            train(
+                tmp_path / name,
+                tmp_path / f"{name}.safetensors",
+                steps=3,
+                ignore_label=255,
+                val_fraction=0,
+                **TINY,
+            )
+        )
+    assert same_weights(weights_of(runs[0].path), weights_of(runs[1].path))
+    assert runs[0].losses == runs[1].losses
+    assert load_checkpoint(runs[0].path).metadata["annotated_pixels"] == 32 * 32
+
+
+def test_validation_scores_only_annotated_pixels():
+    torch.manual_seed(0)
+    model = UNet(1, 2, base_channels=4, depth=2).eval()
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 30, 34)).astype(np.float32)
+    truth = rng.integers(0, 2, (30, 34))
+    annotated = rng.random((30, 34)) < 0.5
+    partial = np.where(annotated, truth, IGNORED)
+    pred = predict_array(model, image).argmax(axis=0)[annotated]
+    tp = np.sum((pred == 1) & (truth[annotated] == 1))
+    expected = 2 * tp / (np.sum(pred == 1) + np.sum(truth[annotated] == 1))
+    dice = validate(model, [(image, partial)], torch.device("cpu"), "fp32")
+    assert dice == pytest.approx(expected)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(data_dir, tmp_path, monkeypatch):
+    options = dict(steps=6, save_every=2, val_every=3, seed=2, **TINY)
+    whole = train(data_dir, tmp_path / "whole.safetensors", **options)
+    out = tmp_path / "parts.safetensors"
+    original, calls = TileSampler.batch, []
+
+    def interrupted(self, size):
+        calls.append(size)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # as Ctrl-C (or a kill) during step 5
+        return original(self, size)
+
+    monkeypatch.setattr(TileSampler, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(data_dir, out, **options)
+    monkeypatch.undo()
+    assert not out.exists() and state_path(out).exists()
+    with pytest.raises(FingerprintMismatch, match="other lr: .*--no-resume"):
+        train(data_dir, out, **{**options, "lr": 0.02})
+    resumed = train(data_dir, out, **options)
+    assert resumed.resumed == [4] and not state_path(out).exists()
+    assert same_weights(weights_of(whole.path), weights_of(out))
+    assert resumed.losses == whole.losses
+    metadata = load_checkpoint(out).metadata
+    assert metadata["history"] == load_checkpoint(whole.path).metadata["history"]
+    assert metadata["resumed"] == [4]
+    # --no-resume starts over: the same run again, not resumed.
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(TileSampler, "batch", interrupted)
+        calls.clear()
+        train(data_dir, out, overwrite=True, **options)
+    monkeypatch.undo()
+    again = train(data_dir, out, overwrite=True, resume=False, **options)
+    assert again.resumed == [] and same_weights(weights_of(whole.path), weights_of(out))
+
+
+def test_the_command_line_fine_tunes_with_sparse_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from unet.cli import app
+
+    image, labels = nuclei_image((64, 64), seed=1)
+    make_pair(tmp_path / "data", "a", image, np.where(np.arange(64) < 32, labels, 255))
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(tmp_path / "data"), "--out", str(out), "--init", "nuclei"]
+    options = ["--ignore-label", "255", "--steps", "1", "--tile-size", "92", "--batch-size", "1"]
+    result = CliRunner().invoke(app, [*args, *options])
+    assert result.exit_code == 0, result.output
+    assert f"plot {tmp_path / 'm.png'}" in result.output
+    metadata = load_checkpoint(out).metadata
+    assert metadata["init"] == "nuclei" and metadata["ignore_label"] == 255
+    assert metadata["annotated_pixels"] == 64 * 32
+    refused = CliRunner().invoke(app, [*args, "--depth", "2", "--overwrite"])
+    assert isinstance(refused.exception, InvalidParameter)
+    assert "--depth 2 differs from the initial model nuclei's 3" in str(refused.exception)

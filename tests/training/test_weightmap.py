@@ -6,7 +6,14 @@ from scipy.ndimage import distance_transform_edt
 
 from unet.errors import InvalidImage, InvalidParameter
 from unet.training.synthetic import nuclei_image
-from unet.training.weightmap import class_balance, weight_map
+from unet.training.weightmap import (
+    IGNORED,
+    NEGLIGIBLE,
+    class_balance,
+    class_weights,
+    reach,
+    weight_map,
+)
 
 
 def border(distance_sum, w0=10.0, sigma=5.0):
@@ -76,3 +83,25 @@ def test_refuses_bad_input():
         weight_map(np.zeros((3, 3, 3), np.int32))
     with pytest.raises(InvalidParameter):
         weight_map(np.zeros((3, 3), np.int32), sigma=0)
+
+
+def test_ignored_pixels_weigh_nothing_and_count_in_no_class():
+    instances = np.array([[1, 0, 0, 2, 0, 0]])
+    classes = np.array([[1, 0, IGNORED, 1, 0, IGNORED]])
+    weights = weight_map(instances, classes)
+    # w_c over the 4 annotated pixels: 2 foreground -> 4 / (2 * 2) = 1, 2 background -> 1.
+    expected = [1.0, 1.0 + border(1 + 2), 0.0, 1.0, 1.0 + border(1 + 4), 0.0]
+    np.testing.assert_allclose(weights[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(class_weights([2, 2, 0]), [1.0, 1.0, 0.0])
+
+
+def test_a_window_with_reach_of_context_has_the_whole_image_weights():
+    labels = nuclei_image((120, 130), seed=4)[1]
+    whole = weight_map(labels)
+    margin = reach(10.0, 5.0)
+    rows, cols = slice(40, 80), slice(30, 75)
+    context = (slice(40 - margin, 80 + margin), slice(30 - margin, 75 + margin))
+    balance = class_weights(np.bincount((labels > 0).ravel()))
+    window = weight_map(labels[context], weights_per_class=balance)
+    inner = (slice(margin, margin + 40), slice(margin, margin + 45))
+    np.testing.assert_allclose(window[inner], whole[rows, cols], atol=NEGLIGIBLE)

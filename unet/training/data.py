@@ -1,13 +1,13 @@
-"""Training data: image/mask pairs read and checked, weight maps, the per-channel
-normalization, and random augmented tiles cut as inference cuts them."""
+"""Training data: image/mask pairs found and checked; images read whole (TIFF, PNG) with their
+weight maps, or opened as slides read window by window (Zarr, :mod:`unet.training.slides`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,109 +18,129 @@ from unet.errors import (
     UnsupportedInput,
 )
 from unet.io.files import SUFFIXES, file_stem, read_array
-from unet.tiling import Geometry, reflect_index
-from unet.training.augment import augment
-from unet.training.weightmap import weight_map
-
-if TYPE_CHECKING:
-    pass
+from unet.io.folder import is_zarr_store
+from unet.training.labels import LabelRules
+from unet.training.sampler import CELL, cell_counts
+from unet.training.slides import SlideImage, open_slide
+from unet.training.statistics import PixelStatistics
+from unet.training.weightmap import IGNORED, weight_map
 
 
 @dataclass
 class LabelledImage:
-    """One training image in memory.
+    """One training image read whole into memory (TIFF, PNG).
 
     Attributes
     ----------
     name: file stem
     image: float32 (C, H, W), raw values (not normalized)
-    classes: int64 (H, W) class index per pixel
+    classes: int64 (H, W) class index per pixel, :data:`IGNORED` where unannotated
     weights: float32 (H, W) loss weights (:func:`unet.training.weightmap.weight_map`)
+    dtype: numpy dtype name of the stored image
+    mean, std: float32 (C,) normalization applied by :meth:`window`, set by the caller
     """
 
     name: str
     image: np.ndarray
     classes: np.ndarray
     weights: np.ndarray
+    dtype: str = "float32"
+    mean: np.ndarray | None = field(default=None, repr=False)
+    std: np.ndarray | None = field(default=None, repr=False)
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.classes.shape
 
-class TileSampler:
-    """Random training tiles: input windows of the mirror-padded image and the classes and
-    weights of their output-size centres.
+    @property
+    def channels(self) -> int:
+        return self.image.shape[0]
 
-    An image is chosen with probability proportional to its area, the output window uniformly
-    among positions inside the image (or at the origin for images smaller than it). Input
-    windows reach ``halo`` pixels beyond it, mirrored at the image border with numpy "reflect",
-    as :func:`unet.predict.predict_array` pads.
-    """
+    cell: ClassVar[int] = CELL
 
-    def __init__(
-        self,
-        images: list[LabelledImage],
-        geometry: Geometry,
-        tile_size: int,
-        rng: np.random.Generator,
-        elastic: bool = True,
-    ) -> None:
-        self.images = images
-        self.halo = geometry.halo
-        self.tile_size = tile_size
-        self.output_size = geometry.output_size(tile_size)
-        self.rng = rng
-        self.elastic = elastic
-        areas = np.array([item.classes.size for item in images], np.float64)
-        self.probabilities = areas / areas.sum()
+    @property
+    def cells(self) -> np.ndarray:
+        """Annotated pixels per sampling cell (:func:`unet.training.sampler.cell_counts`)."""
+        return cell_counts(self.classes != IGNORED)
 
-    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """float32 (N, C, T, T) images, int64 (N, O, O) classes, float32 (N, O, O) weights."""
-        samples = [self.sample() for _ in range(size)]
-        return tuple(np.stack(parts) for parts in zip(*samples, strict=True))
-
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One augmented tile: (C, T, T) image, (O, O) classes and weights."""
-        item = self.images[self.rng.choice(len(self.images), p=self.probabilities)]
-        height, width = item.classes.shape
-        top = int(self.rng.integers(max(height - self.output_size, 0) + 1))
-        left = int(self.rng.integers(max(width - self.output_size, 0) + 1))
-        image, classes, weights = augment(
-            *self.window(item, top, left), rng=self.rng, elastic=self.elastic
-        )
-        centre = slice(self.halo, self.halo + self.output_size)
-        return image, classes[centre, centre], weights[centre, centre]
+    @property
+    def class_counts(self) -> np.ndarray:
+        """int64 annotated pixels per class."""
+        return np.bincount(self.classes[self.classes != IGNORED].ravel())
 
     def window(
-        self, item: LabelledImage, top: int, left: int
+        self, rows: np.ndarray, cols: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The input window whose output starts at image pixel (top, left): image, classes and
-        weights of the image mirror-padded by ``halo``, each (.., T, T)."""
-        height, width = item.classes.shape
-        rows = reflect_index(top - self.halo, top - self.halo + self.tile_size, height)[:, None]
-        cols = reflect_index(left - self.halo, left - self.halo + self.tile_size, width)[None]
-        return item.image[:, rows, cols], item.classes[rows, cols], item.weights[rows, cols]
+        """Normalized image (float32 (C, h, w)), classes and weights at the pixels
+        ``rows`` x ``cols`` (int arrays)."""
+        rows, cols = rows[:, None], cols[None, :]
+        return (
+            self.normalize(self.image[:, rows, cols]),
+            self.classes[rows, cols],
+            self.weights[rows, cols],
+        )
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """``(image - mean) / std`` per channel (unchanged before normalization is set)."""
+        if self.mean is None:
+            return image
+        return ((image - self.mean[:, None, None]) / self.std[:, None, None]).astype(np.float32)
+
+    def statistics(self) -> PixelStatistics:
+        """Mean, std and range of the annotated pixels."""
+        stats = PixelStatistics(self.channels)
+        stats.add(self.image, self.classes != IGNORED, dtype=self.dtype)
+        return stats
+
+
+TrainingItem = LabelledImage | SlideImage
 
 
 def load_dataset(
     data_dir: str | os.PathLike[str],
     *,
     class_map: Mapping[int, int] | None = None,
+    ignore_label: int | None = None,
+    label_name: str | None = None,
     w0: float = 10.0,
     sigma: float = 5.0,
-) -> list[LabelledImage]:
-    """Read and check every image/mask pair of a data directory and compute its weight map.
+) -> list[TrainingItem]:
+    """Read and check every image/mask pair of a data directory.
+
+    ``data_dir`` holds ``images/`` and ``masks/`` with matching names (TIFF, PNG or Zarr); a
+    Zarr image may instead hold its mask as an OME-NGFF label image ``labels/<name>``, and
+    ``data_dir`` may itself be such a Zarr image. TIFF and PNG pairs are read whole and get
+    their weight map once; Zarr images are whole slides read window by window
+    (:mod:`unet.training.slides`).
 
     Masks must be integer (or boolean) (Y, X) labels, 0 = background, of the image's size.
     Without ``class_map`` a mask's non-zero values are object ids of class 1; with it they are
-    mapped to classes and objects are the connected regions of one value.
+    mapped to classes and objects are the connected regions of one value. Pixels holding
+    ``ignore_label`` are unannotated (:class:`~unet.training.labels.LabelRules`).
 
     Returns
     -------
-    one :class:`LabelledImage` per pair, sorted by name
+    one :class:`LabelledImage` or :class:`~unet.training.slides.SlideImage` per pair, sorted by
+    name
     """
     root = Path(data_dir)
+    rules = LabelRules(class_map=class_map, ignore_label=ignore_label)
+    if is_zarr_store(root):
+        items: list[TrainingItem] = [
+            open_slide(
+                file_stem(root), root, None, rules, label_name=label_name, w0=w0, sigma=sigma
+            )
+        ]
+        return _checked(items, root)
     if not root.is_dir():
         raise InputNotFound(f"data directory {root} does not exist")
-    images, masks = _listing(root / "images"), _listing(root / "masks")
-    missing_masks = sorted(images.keys() - masks.keys())
+    images = _listing(root / "images")
+    inner = {
+        name for name, path in images.items() if is_zarr_store(path) and (path / "labels").is_dir()
+    }
+    masks = _listing(root / "masks") if (root / "masks").exists() or inner != images.keys() else {}
+    inner -= masks.keys()
+    missing_masks = sorted(images.keys() - masks.keys() - inner)
     missing_images = sorted(masks.keys() - images.keys())
     if missing_masks or missing_images:
         problems = []
@@ -131,17 +151,34 @@ def load_dataset(
         raise InvalidImage(
             f"{root}: {'; '.join(problems)}: give every image a mask with the same name"
         )
-    dataset = [
-        _labelled(name, images[name], masks[name], class_map, w0, sigma) for name in sorted(images)
-    ]
-    channels = {item.image.shape[0] for item in dataset}
+    items = []
+    for name in sorted(images):
+        if is_zarr_store(images[name]):
+            items.append(
+                open_slide(
+                    name,
+                    images[name],
+                    masks.get(name),
+                    rules,
+                    label_name=label_name,
+                    w0=w0,
+                    sigma=sigma,
+                )
+            )
+        else:
+            items.append(_labelled(name, images[name], masks[name], rules, w0, sigma))
+    return _checked(items, root / "images")
+
+
+def _checked(items: list[TrainingItem], where: Path) -> list[TrainingItem]:
+    channels = {item.channels for item in items}
     if len(channels) > 1:
+        raise InvalidImage(f"{where} mixes images of {sorted(channels)} channels: use one count")
+    if not any(item.class_counts[1:].any() for item in items):
         raise InvalidImage(
-            f"{root}/images mixes images of {sorted(channels)} channels: use one channel count"
+            f"no mask of {where} has an annotated object (all 0 or ignored): nothing to learn"
         )
-    if not any(item.classes.any() for item in dataset):
-        raise InvalidImage(f"every mask in {root}/masks is empty (all 0): nothing to learn")
-    return dataset
+    return items
 
 
 def split(
@@ -157,20 +194,6 @@ def split(
     validation = sorted(order[:held_out].tolist())
     training = sorted(order[held_out:].tolist())
     return [dataset[i] for i in training], [dataset[i] for i in validation]
-
-
-def normalization(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std (float32 (C,)) over all pixels of ``images`` ((C, H, W) each);
-    a constant channel gets std 1."""
-    total = sum(image.reshape(image.shape[0], -1).sum(axis=1, dtype=np.float64) for image in images)
-    count = sum(image[0].size for image in images)
-    mean = total / count
-    squares = sum(
-        ((image.reshape(image.shape[0], -1) - mean[:, None]) ** 2).sum(axis=1) for image in images
-    )
-    std = np.sqrt(squares / count)
-    std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def parse_class_map(text: str) -> dict[int, int]:
@@ -194,12 +217,7 @@ def parse_class_map(text: str) -> dict[int, int]:
 
 
 def _labelled(
-    name: str,
-    image_path: Path,
-    mask_path: Path,
-    class_map: Mapping[int, int] | None,
-    w0: float,
-    sigma: float,
+    name: str, image_path: Path, mask_path: Path, rules: LabelRules, w0: float, sigma: float
 ) -> LabelledImage:
     image = read_array(image_path)
     if image.dtype == bool:
@@ -217,37 +235,14 @@ def _labelled(
             f"{mask_path} is {mask.shape[0]}x{mask.shape[1]} but its image is "
             f"{image.shape[1]}x{image.shape[2]}: masks must match their images"
         )
-    mask = mask.astype(np.int64)
-    if mask.min() < 0:
-        raise InvalidImage(f"{mask_path} holds negative labels: use 0 for background, >0 objects")
-    if class_map is None:
-        classes, objects = (mask > 0).astype(np.int64), mask
-    else:
-        classes = _apply_class_map(mask, class_map, mask_path)
-        from skimage.measure import label
-
-        objects = label(np.where(classes > 0, mask, 0), background=0, connectivity=1)
+    classes, objects = rules.classes(mask, str(mask_path))
     return LabelledImage(
         name=name,
         image=image.astype(np.float32),
         classes=classes,
         weights=weight_map(objects, classes, w0=w0, sigma=sigma),
+        dtype=image.dtype.name,
     )
-
-
-def _apply_class_map(mask: np.ndarray, class_map: Mapping[int, int], path: Path) -> np.ndarray:
-    values = np.unique(mask)
-    unmapped = [int(v) for v in values if v != 0 and int(v) not in class_map]
-    if unmapped:
-        raise InvalidImage(
-            f"{path} holds values {_names([str(v) for v in unmapped])} that the class map does "
-            "not assign: add them to the class map"
-        )
-    lookup = np.zeros(int(values.max()) + 1, np.int64)
-    for value, cls in class_map.items():
-        if value < lookup.size:
-            lookup[value] = cls
-    return lookup[mask]
 
 
 def _listing(folder: Path) -> dict[str, Path]:

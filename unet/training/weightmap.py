@@ -7,6 +7,9 @@ the second-nearest object. The border term gives the thin background gaps betwee
 objects a large weight, so the network learns to separate them. It applies to background pixels
 only (inside an object ``d1`` is 0 and the term would merely up-weight object pixels near a
 neighbour); with fewer than two objects it is zero.
+
+Pixels of class :data:`IGNORED` (unannotated) get weight 0, count in no class frequency and are
+no object.
 """
 
 from __future__ import annotations
@@ -20,25 +23,50 @@ from unet.errors import InvalidImage, InvalidParameter
 #: Border terms smaller than this are dropped, which bounds how far each object's distance
 #: transform has to reach.
 NEGLIGIBLE = 1e-3
+#: The class of unannotated pixels (a mask's ignore label): no loss, no weight, no score.
+IGNORED = -1
 
 
-def class_balance(classes: np.ndarray) -> np.ndarray:
-    """Per-pixel class-balancing weights ``w_c``: ``N / (K * n_k)`` for a pixel of class ``k``.
+def class_weights(counts: np.ndarray) -> np.ndarray:
+    """``w_c`` per class from pixel counts per class: ``N / (K * n_k)``.
 
-    ``N`` is the number of pixels, ``n_k`` that of class ``k`` and ``K`` the number of classes
-    present, so every present class carries the same total weight and the mean weight is 1.
+    ``N`` is the number of (annotated) pixels, ``n_k`` that of class ``k`` and ``K`` the number of
+    classes present, so every present class carries the same total weight and the mean weight
+    is 1. Absent classes get 0.
 
     Parameters
     ----------
-    classes: integer (H, W) class indices
+    counts: integer (num_classes,) pixels per class
+
+    Returns
+    -------
+    float64 (num_classes,)
+    """
+    counts = np.asarray(counts, np.float64)
+    present = counts > 0
+    weights = np.zeros(counts.shape, np.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def class_balance(classes: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel class-balancing weights ``w_c`` (:func:`class_weights`), 0 on :data:`IGNORED`.
+
+    Parameters
+    ----------
+    classes: integer (H, W) class indices, :data:`IGNORED` for unannotated pixels
+    weights: float (num_classes,) ``w_c`` per class; default from the counts in ``classes``
+        (a whole slide passes the slide's, counted once)
 
     Returns
     -------
     float32 (H, W)
     """
-    values, inverse, counts = np.unique(classes, return_inverse=True, return_counts=True)
-    per_class = classes.size / (values.size * counts)
-    return per_class[inverse.reshape(classes.shape)].astype(np.float32)
+    annotated = classes != IGNORED
+    if weights is None:
+        weights = class_weights(np.bincount(classes[annotated].ravel()))
+    lookup = np.append(np.asarray(weights, np.float64), 0.0)  # index -1: IGNORED
+    return lookup[np.where(annotated, classes, -1)].astype(np.float32)
 
 
 def weight_map(
@@ -47,19 +75,25 @@ def weight_map(
     *,
     w0: float = 10.0,
     sigma: float = 5.0,
+    weights_per_class: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Loss weights of one labelled image, computed once per image.
+    """Loss weights of one labelled image (or of a window of a slide with :func:`reach` of
+    context on every side).
 
     Parameters
     ----------
-    instances: integer (H, W) object ids, 0 = background; ids need not be consecutive
-    classes: integer (H, W) class indices for ``w_c``; default ``instances > 0``
-        (background/foreground)
+    instances: integer (H, W) object ids, 0 = background or unannotated; ids need not be
+        consecutive
+    classes: integer (H, W) class indices for ``w_c``, :data:`IGNORED` where unannotated;
+        default ``instances > 0`` (background/foreground)
     w0, sigma: the border term's height and width in pixels (10 and 5 in the paper)
+    weights_per_class: ``w_c`` per class (:func:`class_weights`); default from ``classes``
 
     Returns
     -------
-    float32 (H, W); exact up to border terms below :data:`NEGLIGIBLE`.
+    float32 (H, W); exact up to border terms below :data:`NEGLIGIBLE`, 0 where ``classes`` is
+    :data:`IGNORED`. A pixel's border term depends only on the objects within :func:`reach` of
+    it, so a window read with that much context has the whole image's weights inside.
     """
     if instances.ndim != 2 or instances.dtype.kind not in "iub":
         raise InvalidImage(
@@ -72,17 +106,17 @@ def weight_map(
         classes = instances > 0
     elif classes.shape != instances.shape:
         raise InvalidImage(f"classes {classes.shape} and instances {instances.shape} differ")
-    weights = class_balance(classes)
+    weights = class_balance(classes, weights_per_class)
     if w0 == 0:
         return weights
-    nearest, second = _two_nearest(instances, reach=_reach(w0, sigma))
+    nearest, second = _two_nearest(instances, reach=reach(w0, sigma))
     border = w0 * np.exp(-((nearest + second) ** 2) / (2 * sigma**2))
-    weights += np.where(instances == 0, border, 0.0).astype(np.float32)
+    weights += np.where((instances == 0) & (classes != IGNORED), border, 0.0).astype(np.float32)
     return weights
 
 
-def _reach(w0: float, sigma: float) -> int:
-    """Distance beyond which the border term is below NEGLIGIBLE."""
+def reach(w0: float, sigma: float) -> int:
+    """Distance in pixels beyond which an object's border term is below :data:`NEGLIGIBLE`."""
     if w0 <= NEGLIGIBLE:
         return 0
     return math.ceil(sigma * math.sqrt(2 * math.log(w0 / NEGLIGIBLE)))

@@ -116,8 +116,13 @@ def write_to_zarr(
             progress(done, len(regions))
 
 
-def nuclei_image(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def nuclei_image(
+    shape: tuple[int, int], seed: int = 0, *, varied: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """A small fluorescent-nuclei image in memory.
+
+    ``varied`` draws the scene's look from ``seed`` (:meth:`NucleiScene.varied`) instead of the
+    default crisp, bright nuclei.
 
     Returns
     -------
@@ -126,7 +131,8 @@ def nuclei_image(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.
     """
     from skimage.segmentation import relabel_sequential
 
-    scene = NucleiScene(shape=(int(shape[0]), int(shape[1])), seed=seed)
+    shape = (int(shape[0]), int(shape[1]))
+    scene = NucleiScene.varied(shape, seed) if varied else NucleiScene(shape=shape, seed=seed)
     image, labels = render(scene, slice(0, scene.shape[0]), slice(0, scene.shape[1]))
     return image[0], relabel_sequential(labels)[0].astype(np.int32)
 
@@ -137,11 +143,14 @@ def write_nuclei_dataset(
     count: int = 16,
     size: int = 256,
     seed: int = 0,
+    varied: bool = False,
 ) -> Path:
     """Write ``count`` nuclei images of ``size`` x ``size`` as a training data directory.
 
-    Image ``i`` is ``nuclei_image((size, size), seed + i)``, written as ``images/nuclei_<i>.tif``
-    (uint8) and ``masks/nuclei_<i>.tif`` (int32 instance labels), the layout ``unet train`` reads.
+    Image ``i`` is ``nuclei_image((size, size), seed + i, varied=varied)``, written as
+    ``images/<kind>_<i>.tif`` (uint8) and ``masks/<kind>_<i>.tif`` (int32 instance labels), the
+    layout ``unet train`` reads; ``<kind>`` is ``nuclei`` or ``varied``, so both kinds can share
+    one directory.
     """
     import tifffile
 
@@ -150,8 +159,9 @@ def write_nuclei_dataset(
     root = Path(data_dir)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
+    kind = "varied" if varied else "nuclei"
     for index in range(count):
-        image, labels = nuclei_image((size, size), seed + index)
-        tifffile.imwrite(root / "images" / f"nuclei_{index:04d}.tif", image)
-        tifffile.imwrite(root / "masks" / f"nuclei_{index:04d}.tif", labels)
+        image, labels = nuclei_image((size, size), seed + index, varied=varied)
+        tifffile.imwrite(root / "images" / f"{kind}_{index:04d}.tif", image)
+        tifffile.imwrite(root / "masks" / f"{kind}_{index:04d}.tif", labels)
     return root

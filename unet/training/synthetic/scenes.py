@@ -35,7 +35,9 @@ class NucleiScene:
 
     Nuclei form a clustered Poisson process: about half of them have neighbours placed so that
     they touch or nearly touch, which is what the weight map's border term is for. Density
-    varies smoothly over the slide (crowded and sparse regions).
+    varies smoothly over the slide (crowded and sparse regions). The defaults draw crisp, bright
+    nuclei; :meth:`varied` draws scenes as real microscopes show them (out of focus, dim, noisy,
+    large or small nuclei), for training models that hold up on real images.
 
     Parameters
     ----------
@@ -43,12 +45,22 @@ class NucleiScene:
     seed: any non-negative integer
     density: mean nuclei per pixel
     radius: range of the nuclei's mean radius in pixels
+    blur: standard deviation in pixels of the optical point-spread function
+    gain: factor on the nuclei's brightness (55 to 200 at 1)
+    background: lowest background level (it rises to twice that over a few hundred pixels)
+    noise: factor on the shot and read noise
+    texture: depth of the chromatin texture (brightness varies by +-texture/2 within a nucleus)
     """
 
     shape: tuple[int, int]
     seed: int = 0
     density: float = 1 / 700
     radius: tuple[float, float] = (5.0, 10.0)
+    blur: float = 1.0
+    gain: float = 1.0
+    background: float = 14.0
+    noise: float = 1.0
+    texture: float = 0.6
 
     channels: ClassVar[int] = 1
     class_names: ClassVar[tuple[str, ...]] = ("background", "nucleus")
@@ -58,17 +70,51 @@ class NucleiScene:
         check_scene(self.shape, self.seed)
         if not (0 < self.radius[0] <= self.radius[1] <= 20):
             raise InvalidParameter(f"radius must satisfy 0 < low <= high <= 20, got {self.radius}")
+        if not (0.3 <= self.blur <= 4 and 0 < self.gain <= 2 and self.background >= 0):
+            raise InvalidParameter(
+                f"need 0.3 <= blur <= 4, 0 < gain <= 2 and background >= 0, got blur "
+                f"{self.blur}, gain {self.gain}, background {self.background}"
+            )
+        if self.noise < 0 or not 0 <= self.texture <= 1:
+            raise InvalidParameter(
+                f"need noise >= 0 and 0 <= texture <= 1, got {self.noise} and {self.texture}"
+            )
+
+    @classmethod
+    def varied(cls, shape: tuple[int, int], seed: int = 0) -> NucleiScene:
+        """A scene whose look is drawn from ``seed``: blur 0.8 to 2.6 pixels, gain 0.3 to 1.2
+        (dim nuclei barely above the background), background 4 to 24, noise 0.6 to 2.5 times the
+        default, chromatin texture 0.1 to 0.6, mean radii from 4-7 up to 7-16 pixels at a
+        density that keeps the nuclei crowded or sparse alike."""
+        rng = np.random.default_rng([seed, 0x5CE9E])
+        low = rng.uniform(4.0, 7.0)
+        high = min(low + rng.uniform(3.0, 9.0), 16.0)
+        mean_radius = (low + high) / 2
+        return cls(
+            shape=shape,
+            seed=seed,
+            density=float(rng.uniform(0.6, 1.5) / 700 * (7.5 / mean_radius) ** 2),
+            radius=(float(low), float(high)),
+            blur=float(rng.uniform(0.8, 2.6)),
+            gain=float(np.exp(rng.uniform(np.log(0.3), np.log(1.2)))),
+            background=float(rng.uniform(4.0, 24.0)),
+            noise=float(rng.uniform(0.6, 2.5)),
+            texture=float(rng.uniform(0.1, 0.6)),
+        )
 
     def render(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         blobs = cluster_blobs(
             self.shape, stream_key(self.seed, 0), rows, cols, self.density, self.radius
         )
-        labels, brightness = draw_nuclei(blobs, self.shape, rows, cols, blur=1.0)
-        texture = 0.7 + 0.6 * value_noise(stream_key(self.seed, 1), rows, cols, 2.5)
-        background = 14.0 + 14.0 * value_noise(stream_key(self.seed, 2), rows, cols, 300.0)
-        clean = background + brightness * texture
+        labels, brightness = draw_nuclei(blobs, self.shape, rows, cols, blur=self.blur)
+        texture = (1.0 - self.texture / 2) + self.texture * value_noise(
+            stream_key(self.seed, 1), rows, cols, 2.5
+        )
+        uneven = value_noise(stream_key(self.seed, 2), rows, cols, 300.0)
+        background = self.background + self.background * uneven
+        clean = background + self.gain * brightness * texture
         # Shot noise grows with the signal, read noise does not.
-        noisy = clean + gaussian_noise(stream_key(self.seed, 3), rows, cols) * np.sqrt(
+        noisy = clean + self.noise * gaussian_noise(stream_key(self.seed, 3), rows, cols) * np.sqrt(
             6.0 + 0.6 * clean
         )
         return to_uint8(noisy)[None], labels
@@ -79,7 +125,14 @@ class TissueScene:
     """An H&E-like slide: tissue islands of pink, fibrous stroma with purple nuclei on white glass.
 
     Colours follow Beer-Lambert with the usual haematoxylin and eosin stain vectors. Labels are
-    classes: 0 background (glass), 1 tissue, 2 nucleus.
+    classes: 0 background (glass), 1 tissue, 2 nucleus. :meth:`varied` draws the staining, focus
+    and noise from the seed, as slides from different labs and scanners differ.
+
+    Parameters
+    ----------
+    haematoxylin, eosin: factors on the two stains' optical density
+    blur: standard deviation in pixels of the nuclei's blur (focus)
+    noise: standard deviation of the pixel noise
     """
 
     shape: tuple[int, int]
@@ -87,6 +140,10 @@ class TissueScene:
     tissue_fraction: float = 0.5
     density: float = 1 / 260
     radius: tuple[float, float] = (3.0, 6.5)
+    haematoxylin: float = 1.0
+    eosin: float = 1.0
+    blur: float = 0.8
+    noise: float = 3.0
 
     channels: ClassVar[int] = 3
     class_names: ClassVar[tuple[str, ...]] = ("background", "tissue", "nucleus")
@@ -96,6 +153,28 @@ class TissueScene:
         check_scene(self.shape, self.seed)
         if not 0 < self.tissue_fraction < 1:
             raise InvalidParameter(f"tissue_fraction must be in (0, 1), got {self.tissue_fraction}")
+        if min(self.haematoxylin, self.eosin) <= 0 or not 0.3 <= self.blur <= 4 or self.noise < 0:
+            raise InvalidParameter(
+                "need stains > 0, 0.3 <= blur <= 4 and noise >= 0, got "
+                f"{self.haematoxylin}, {self.eosin}, {self.blur}, {self.noise}"
+            )
+
+    @classmethod
+    def varied(cls, shape: tuple[int, int], seed: int = 0) -> TissueScene:
+        """A slide whose staining and focus are drawn from ``seed``: each stain 0.6 to 1.5 times
+        the default, nuclei blur 0.6 to 2 pixels, noise 2 to 8, nuclei radii from 2.5-5 up to
+        5-9 pixels."""
+        rng = np.random.default_rng([seed, 0x7155E])
+        low = rng.uniform(2.5, 5.0)
+        return cls(
+            shape=shape,
+            seed=seed,
+            radius=(float(low), float(low + rng.uniform(2.5, 4.0))),
+            haematoxylin=float(rng.uniform(0.6, 1.5)),
+            eosin=float(rng.uniform(0.6, 1.5)),
+            blur=float(rng.uniform(0.6, 2.0)),
+            noise=float(rng.uniform(2.0, 8.0)),
+        )
 
     def _tissue_field(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Smooth field whose upper ``tissue_fraction`` is tissue, at points (float64)."""
@@ -118,7 +197,7 @@ class TissueScene:
             self.shape, stream_key(self.seed, 12), rows, cols, self.density, self.radius
         )
         blobs = blobs.take(self._tissue_field(blobs.y, blobs.x) > threshold + 0.01)
-        nuclei, stain = draw_nuclei(blobs, self.shape, rows, cols, blur=0.8)
+        nuclei, stain = draw_nuclei(blobs, self.shape, rows, cols, blur=self.blur)
         # Tissue fades in over a few pixels at its outline, as a cut section does.
         inside = np.clip((field - threshold) / 0.01, 0.0, 1.0)
         y = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
@@ -126,16 +205,16 @@ class TissueScene:
         warp = 7.0 * value_noise(stream_key(self.seed, 13), rows, cols, 40.0)
         fibres = 0.5 + 0.5 * np.sin((0.8 * y + 0.6 * x) / 3.5 + warp)
         patchy = value_noise(stream_key(self.seed, 14), rows, cols, 25.0)
-        eosin = inside * (0.25 + 0.25 * fibres * patchy + 0.15 * patchy)
+        eosin = self.eosin * inside * (0.25 + 0.25 * fibres * patchy + 0.15 * patchy)
         chromatin = 0.75 + 0.5 * value_noise(stream_key(self.seed, 15), rows, cols, 2.0)
         # Nucleus stain is an intensity in 0..200; 1/150 makes a dense nucleus dark purple.
-        haematoxylin = inside * 0.04 + stain * chromatin / 150.0
+        haematoxylin = self.haematoxylin * (inside * 0.04 + stain * chromatin / 150.0)
         optical_density = (
             haematoxylin[None] * np.array([0.65, 0.70, 0.29], np.float32)[:, None, None]
             + eosin[None] * np.array([0.07, 0.99, 0.11], np.float32)[:, None, None]
         )
         noise = gaussian_noise(stream_key(self.seed, 16), rows, cols)
-        image = 245.0 * np.exp(-optical_density) + 3.0 * noise[None]
+        image = 245.0 * np.exp(-optical_density) + self.noise * noise[None]
         labels = np.where(nuclei > 0, 2, field > threshold).astype(np.int32)
         return to_uint8(image), labels
 
