@@ -135,12 +135,16 @@ def _tile_size(parameters: SegmentParameters, geometry: Geometry, chunks: tuple[
 
 
 def _check_output_location(input_url: str, output: str) -> None:
-    from unet.io.locations import is_url, resolve_location
+    """Refuse an output inside the input, also where a symbolic link leads there."""
+    from unet.io.locations import is_url, real_location, resolve_location
 
     if is_url(output) or is_url(input_url):
         return
-    source, target = Path(input_url), Path(resolve_location(output))
+    source, target = Path(real_location(input_url)), Path(real_location(output))
     if target == source or source in target.parents:
+        linked = str(target) != resolve_location(output)
         raise InvalidParameter(
-            f"output {output} lies inside the input {input_url}: choose an output outside it"
+            f"output {output} lies inside the input {input_url}"
+            + (f" (a symbolic link leads to {target})" if linked else "")
+            + ": choose an output outside it"
         )
