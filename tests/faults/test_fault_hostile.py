@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 from testdata import assert_same_mask, reference_mask, write_checkpoint, write_image
@@ -71,3 +70,44 @@ def test_preview_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
         "in.zarr",
         "mask.preview.png",
     ]
+
+
+@pytest.fixture(scope="module")
+def depth3_model(tmp_path_factory):
+    """Depth 3, as the bundled model: its smallest tile (100) is above the smallest valid input
+    side (92) that a one-pixel chunk's default tile rounded to."""
+    return write_checkpoint(tmp_path_factory.mktemp("model3") / "m3.safetensors", depth=3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (3, 2), (2, 40)])
+def test_tiny_images_are_segmented_exactly(tmp_path, client, depth3_model, shape):
+    from unet.network.checkpoint import load_checkpoint
+
+    raw = write_image(tmp_path / "in.zarr", shape, shape, seed=sum(shape))
+    report = segment(
+        str(tmp_path / "in.zarr"),
+        str(tmp_path / "out.zarr"),
+        SegmentParameters(model=depth3_model, device="cpu"),
+        client=client,
+    )
+    assert report.chunks_computed == 1
+    tile = load_checkpoint(depth3_model).model.geometry.smallest_tile
+    expected, near_tie = reference_mask(depth3_model, raw[None], tile)
+    mask = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["0"][...]
+    assert mask.shape == shape
+    assert_same_mask(mask, expected, near_tie)
+
+
+def test_overwrite_replaces_a_plain_file(tmp_path, client, model):
+    raw = write_image(tmp_path / "in.zarr", (8, 8), (8, 8))
+    output = tmp_path / "out.zarr"
+    output.write_text("not a store")
+    segment(
+        str(tmp_path / "in.zarr"),
+        str(output),
+        SegmentParameters(model=model, device="cpu", overwrite=True),
+        client=client,
+    )
+    expected, near_tie = reference_mask(model, raw[None], 44)
+    assert_same_mask(zarr.open_group(str(output), mode="r")["0"][...], expected, near_tie)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr", "out.zarr"]

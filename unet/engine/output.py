@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unet.engine.ledger import ATTRIBUTE, create_ledger
+from unet.engine.ledger import ATTRIBUTE, LEDGER_PATH, create_ledger
 from unet.errors import OutputExists
 
 if TYPE_CHECKING:
@@ -19,6 +19,11 @@ def open_output(plan: RunPlan) -> zarr.Group:
     """The output group of ``plan``: resumed when the fingerprint matches, created (or
     replaced with ``overwrite``) otherwise.
 
+    The store is recognisable as this run's from its first write: a local one is built under a
+    hidden sibling name and renamed into place complete (levels, ledger, fingerprint), and the
+    group's first metadata of a URL already holds the fingerprint. So a run stopped by a write
+    error at any point leaves either nothing or an output the same command resumes.
+
     Raises
     ------
     OutputExists: something that ``unet segment`` did not write is there, without ``overwrite``
@@ -26,37 +31,73 @@ def open_output(plan: RunPlan) -> zarr.Group:
     """
     import zarr
 
-    output, fingerprint, checkpoint = plan.output, plan.fingerprint, plan.checkpoint
-    parameters, chunks, shape = plan.parameters, plan.chunks, plan.source.shape[1:]
+    from unet.io.locations import is_url, location_exists, remove_location, resolve_location
+    from unet.io.staging import (
+        remove_staging,
+        remove_stale_staging,
+        replace_location,
+        staging_location,
+    )
 
-    from unet.engine.worker import PROBABILITIES_PATH
-    from unet.io.locations import remove_location, resolve_location
-    from unet.io.omezarr import create_label_image
-    from unet.io.pyramid import chunk_levels, create_chunk_levels
-
-    existing = existing_group(output)
+    output, fingerprint, overwrite = plan.output, plan.fingerprint, plan.parameters.overwrite
+    location = resolve_location(output)
+    if not is_url(location):
+        remove_stale_staging(location)
+    existing = None if overwrite else existing_group(output)
     if existing is not None:
         stored = existing.attrs.get(ATTRIBUTE)
-        if stored is None and not parameters.overwrite:
+        if stored is None:
             raise OutputExists(
                 f"{output} exists and was not written by unet segment: "
                 "use --overwrite to replace it, or choose another output"
             )
-        if stored is not None and not parameters.overwrite:
-            fingerprint.check_against(stored.get("fingerprint"), output)
+        fingerprint.check_against(stored.get("fingerprint"), output)
+        if LEDGER_PATH in existing:  # created last: the layout is whole
             return existing
-        remove_location(resolve_location(output))
+    if is_url(location):
+        if location_exists(location):
+            remove_location(location)
+        _create_layout(location, plan)
+    else:
+        staging = staging_location(location)
+        try:
+            _create_layout(staging, plan)
+        except BaseException:
+            remove_staging(staging)
+            raise
+        replace_location(staging, location)
+    return zarr.open_group(output, mode="r+")
 
+
+def _create_layout(location: str, plan: RunPlan) -> None:
+    """Create the empty output at ``location``: the label image with the run's fingerprint in
+    its first metadata, the probabilities and pyramid levels the chunks write, the ledger last."""
+    import zarr
+
+    from unet.engine.worker import PROBABILITIES_PATH
+    from unet.io.omezarr import create_label_image
+    from unet.io.pyramid import chunk_levels, create_chunk_levels
+
+    checkpoint, chunks, shape = plan.checkpoint, plan.chunks, plan.source.shape[1:]
+    levels = chunk_levels(shape, chunks)
+    state = {
+        "fingerprint": plan.fingerprint.components,
+        "digest": plan.fingerprint.digest,
+        "complete": False,
+        "chunks": list(chunks),
+        "chunk_levels": levels,
+    }
     create_label_image(
-        output,
+        location,
         shape,
         chunks,
         class_names=list(checkpoint.class_names),
         colours=[tuple(c) for c in checkpoint.colours],
-        name=Path(str(output).rstrip("/")).stem,
+        name=Path(str(plan.output).rstrip("/")).stem,
+        attributes={ATTRIBUTE: state},
     )
-    group = zarr.open_group(output, mode="r+")
-    if parameters.probabilities:
+    group = zarr.open_group(location, mode="r+")
+    if plan.parameters.probabilities:
         num = checkpoint.model.num_classes
         group.create_array(
             PROBABILITIES_PATH,
@@ -66,17 +107,8 @@ def open_output(plan: RunPlan) -> zarr.Group:
             fill_value=0,
             dimension_names=("c", "y", "x"),
         )
-    levels = chunk_levels(shape, chunks)
     create_chunk_levels(group, levels)
     create_ledger(group, plan.grid.counts)
-    group.attrs[ATTRIBUTE] = {
-        "fingerprint": fingerprint.components,
-        "digest": fingerprint.digest,
-        "complete": False,
-        "chunks": list(chunks),
-        "chunk_levels": levels,
-    }
-    return group
 
 
 def existing_group(output: str):
@@ -92,6 +124,7 @@ def existing_group(output: str):
     except (
         FileNotFoundError,
         FileExistsError,  # a plain file where the store would be
+        NotADirectoryError,
         zarr.errors.GroupNotFoundError,
         zarr.errors.NodeTypeValidationError,
     ):

@@ -130,7 +130,9 @@ def _load_in_one_thread(path: str, size: int, modified: int) -> Checkpoint:
 
 def _tile_size(parameters: SegmentParameters, geometry: Geometry, chunks: tuple[int, int]) -> int:
     if parameters.tile_size is None:
-        return default_tile_size(geometry, max(chunks))
+        # Checked as a given size is: a tile the chunk tasks would refuse must fail here,
+        # before the output exists.
+        return geometry.check_tile_size(default_tile_size(geometry, max(chunks)))
     return geometry.check_tile_size(parameters.tile_size)
 
 

@@ -247,12 +247,12 @@ def _skip_background(
 ) -> list[tuple[int, int]]:
     """Mark chunks without tissue finished (label 0 is the fill value); return the rest."""
     from unet.engine.background import chunks_with_tissue, tissue_mask
-    from unet.engine.ledger import LEDGER_PATH
+    from unet.engine.ledger import open_ledger
 
     low, factor = source.low_resolution()
     # One low-resolution pixel of margin: tissue seen only between the strided samples still counts.
     tissue = chunks_with_tissue(tissue_mask(low, dilation=1), factor, grid)
-    ledger = group[LEDGER_PATH]
+    ledger = open_ledger(group)
     remaining = []
     for index in pending:
         if tissue[index]:

@@ -8,7 +8,9 @@ their CRS, geotransform, nodata value and band names are stored with the image (
 :mod:`unet.io.geo`). PNG and JPEG have no random access and are decoded whole.
 
 A local output is written to a hidden sibling folder and renamed into place at the end, so a
-failed ingest leaves no partial output and an overwritten output is replaced only on success.
+failed ingest leaves no partial output and an overwritten output is replaced only on success;
+the sibling of an ingest that was killed is removed by the next ingest of the same output
+(:mod:`unet.io.staging`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ from unet.io.locations import is_url, location_exists, remove_location, resolve_
 from unet.io.omezarr import create_image
 from unet.io.pyramid import build_pyramid
 from unet.io.source import ImageSource, open_image
+from unet.io.staging import (
+    remove_staging,
+    remove_stale_staging,
+    replace_location,
+    staging_location,
+)
 
 if TYPE_CHECKING:
     import zarr
@@ -120,8 +127,10 @@ def ingest(
         raise OutputExists(
             f"output {location} exists: choose another path or pass overwrite=True (--overwrite)"
         )
+    if not is_url(location):
+        remove_stale_staging(location)
     with _open_reader(path) as reader:
-        staging = location if is_url(location) else _sibling(location, "partial")
+        staging = location if is_url(location) else staging_location(location)
         try:
             level0 = create_image(
                 staging,
@@ -138,27 +147,14 @@ def ingest(
             if reader.georeference is not None:
                 write_georeference(staging, reader.georeference)
         except BaseException:
-            remove_location(staging)
+            if staging == location:
+                remove_location(staging)
+            else:
+                remove_staging(staging)
             raise
     if staging != location:
-        _replace(staging, location)
+        replace_location(staging, location)
     return open_image(location)
-
-
-def _sibling(location: str, purpose: str) -> str:
-    target = Path(location)
-    return str(target.with_name(f".{target.name}.{purpose}-{uuid.uuid4().hex[:8]}"))
-
-
-def _replace(staging: str, location: str) -> None:
-    """Move the finished output into place, removing an old one only after the move."""
-    old = None
-    if os.path.lexists(location):
-        old = _sibling(location, "old")
-        os.replace(location, old)
-    os.replace(staging, location)
-    if old is not None:
-        remove_location(old)
 
 
 def _copy(

@@ -44,6 +44,7 @@ def create_image(
     name: str | None = None,
     overwrite: bool = False,
     compression: tuple[int, str] | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> zarr.Array:
     """Create an OME-Zarr 0.5 image group with an empty level ``"0"`` to be filled.
 
@@ -59,6 +60,8 @@ def create_image(
     overwrite: replace whatever exists at ``url``
     compression: Blosc zstd ``(clevel, shuffle)``; default ``(5, "bitshuffle")`` for 1-byte
         types and ``(5, "shuffle")`` for others
+    attributes: more group attributes, written with the OME ones in the group's first metadata
+        write (entries of an ``"ome"`` key join the OME metadata)
 
     Returns
     -------
@@ -98,8 +101,10 @@ def create_image(
     ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [multiscale]}
     if channel_names is not None:
         ome["omero"] = {"channels": [_omero_channel(n, numpy_dtype) for n in channel_names]}
+    extra = dict(attributes or {})
+    ome.update(extra.pop("ome", {}))
     _make_room(location, overwrite)
-    group = zarr.create_group(store=location, zarr_format=3, attributes={"ome": ome})
+    group = zarr.create_group(store=location, zarr_format=3, attributes={"ome": ome, **extra})
     clevel, shuffle = compression or (5, "bitshuffle" if numpy_dtype.itemsize == 1 else "shuffle")
     return group.create_array(
         LEVEL0,
@@ -129,11 +134,13 @@ def create_label_image(
     pixel_size: tuple[float, float] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    attributes: dict[str, Any] | None = None,
 ) -> zarr.Array:
     """Create an OME-Zarr 0.5 label image: a uint8 ``(Y, X)`` mask with ``image-label`` metadata.
 
     Label value ``i`` is class ``class_names[i]`` shown in ``colours[i]``; label 0 (background)
-    is transparent. Returns the level-0 array, filled with 0.
+    is transparent. ``attributes``: more group attributes, written with the OME ones in the
+    group's first metadata write. Returns the level-0 array, filled with 0.
     """
     if not 1 <= len(class_names) <= 256 or len(colours) != len(class_names):
         raise InvalidParameter(
@@ -145,22 +152,7 @@ def create_label_image(
             isinstance(v, int | np.integer) and 0 <= v <= 255 for v in colour
         ):
             raise InvalidParameter(f"colour {colour} is not an RGB triple of 0..255 integers")
-    level0 = create_image(
-        url,
-        tuple(shape),
-        np.uint8,
-        chunks,
-        axes=("y", "x"),
-        pixel_size=pixel_size,
-        name=name,
-        overwrite=overwrite,
-        compression=LABEL_COMPRESSION,
-    )
-    import zarr
-
-    group = zarr.open_group(store=resolve_location(url), mode="r+")
-    ome = copy.deepcopy(group.attrs["ome"])
-    ome["image-label"] = {
+    image_label = {
         "version": NGFF_VERSION,
         "colors": [
             {"label-value": value, "rgba": [*map(int, colour), 0 if value == 0 else 255]}
@@ -171,8 +163,20 @@ def create_label_image(
             for value, class_name in enumerate(class_names)
         ],
     }
-    group.update_attributes({"ome": ome})
-    return level0
+    extra = copy.deepcopy(attributes or {})
+    extra.setdefault("ome", {})["image-label"] = image_label
+    return create_image(
+        url,
+        tuple(shape),
+        np.uint8,
+        chunks,
+        axes=("y", "x"),
+        pixel_size=pixel_size,
+        name=name,
+        overwrite=overwrite,
+        compression=LABEL_COMPRESSION,
+        attributes=extra,
+    )
 
 
 def set_multiscales(
