@@ -111,3 +111,89 @@ def test_overwrite_replaces_a_plain_file(tmp_path, client, model):
     expected, near_tie = reference_mask(model, raw[None], 44)
     assert_same_mask(zarr.open_group(str(output), mode="r")["0"][...], expected, near_tie)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr", "out.zarr"]
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+deployments:
+  - name: x
+    flow: segment_image
+    parameters: {input: a.zarr, output: b.zarr}
+    tags: *i
+"""
+
+#: Loads argv[1] as unet serve does, in at most 1 GiB of address space over what imports take.
+LOAD_PIPELINES = """
+import resource, sys
+from flows.pipelines import load_pipelines
+from unet.errors import ConfigError
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY))
+try:
+    load_pipelines(sys.argv[1])
+except ConfigError as error:
+    print(error)
+"""
+
+
+def test_yaml_alias_bomb_is_refused_at_once_in_little_memory(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(BILLION_LAUGHS)
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_PIPELINES, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    lines = loaded.stdout.splitlines()
+    assert len(lines) == 1 and "aliases expand to more than" in lines[0], loaded.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("a: &a [1, *a]\n", "refers to itself"),
+        ("deployments: " + "[" * 600 + "]" * 600 + "\n", "nested too deeply"),
+        ("# " + "x" * 1_000_001 + "\n", "more than a pipelines.yaml needs"),
+    ],
+    ids=["self-reference", "deep-nesting", "huge-file"],
+)
+def test_hostile_pipelines_files_are_one_line_config_errors(tmp_path, text, match):
+    from flows.pipelines import load_pipelines
+    from unet.errors import ConfigError
+
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=match) as caught:
+        load_pipelines(config)
+    assert "\n" not in str(caught.value)
+
+
+def test_yaml_anchors_within_reason_still_work(tmp_path):
+    from flows.pipelines import load_pipelines
+
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        "deployments:\n"
+        "  - name: a\n"
+        "    flow: segment_image\n"
+        "    parameters: &common {model: nuclei, device: cpu, input: a.zarr, output: m.zarr}\n"
+        "  - name: b\n"
+        "    flow: segment_image\n"
+        "    parameters: {<<: *common, input: b.zarr, output: n.zarr}\n"
+    )
+    deployments = load_pipelines(config).deployments
+    assert [d.parameters.device for d in deployments] == ["cpu", "cpu"]
+    assert Path(deployments[1].parameters.input) == tmp_path / "b.zarr"
