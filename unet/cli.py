@@ -44,20 +44,24 @@ def segment(
     """Segment an image, or every image of a folder, into OME-Zarr label masks."""
     from flows.runner import run_segment
     from unet.config import validated
-    from unet.errors import ChunksFailed
+    from unet.errors import ChunksFailed, writing
 
     parameters = validated(SegmentParameters, options)
+    if report is not None:
+        _check_writable(report)
     try:
         reports = run_segment(input, output, parameters, progress=_show_progress())
     except ChunksFailed as error:
         if report is not None:  # the report names the failed chunks
-            report.write_text(json.dumps(error.report.to_dict(), indent=2))
+            with writing(f"--report {report}"):
+                report.write_text(json.dumps(error.report.to_dict(), indent=2))
         raise
     for item in reports:
         _print_summary(item)
     if report is not None:
         data = [r.to_dict() for r in reports]
-        report.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        with writing(f"--report {report}"):
+            report.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2))
 
 
 @app.command()
@@ -182,6 +186,23 @@ def demo(
     from flows.demo import run_demo
 
     run_demo(output, progress=_show_progress())
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a file that cannot be written before a run whose result it would record."""
+    from unet.errors import OutputWriteError
+
+    existed = path.exists()
+    try:
+        with path.open("a"):
+            pass
+    except OSError as error:
+        raise OutputWriteError(
+            f"--report {path} cannot be written ({error.strerror or error}): choose a writable "
+            "path for the report"
+        ) from None
+    if not existed:
+        path.unlink()
 
 
 def _show_progress() -> bool:

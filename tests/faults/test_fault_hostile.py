@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 from testdata import assert_same_mask, reference_mask, write_checkpoint, write_image
@@ -197,3 +198,55 @@ def test_yaml_anchors_within_reason_still_work(tmp_path):
     deployments = load_pipelines(config).deployments
     assert [d.parameters.device for d in deployments] == ["cpu", "cpu"]
     assert Path(deployments[1].parameters.input) == tmp_path / "b.zarr"
+
+
+def run_main(monkeypatch, capsys, *arguments: str) -> tuple[int, list[str]]:
+    """``unet ARGUMENTS`` in this process: (exit status, the lines on stderr)."""
+    import sys
+
+    from unet.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["unet", *arguments])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return exit.value.code, lines
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_damaged_tiff_is_one_line_exit_2_and_no_output(tmp_path, monkeypatch, capsys, damage):
+    import tifffile
+
+    pixels = np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", pixels, tile=(64, 64), compression="zlib")
+    data = bytearray((tmp_path / "in.tif").read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[1000:3000] = bytes(2000)
+    (tmp_path / "in.tif").write_bytes(bytes(data))
+    code, lines = run_main(monkeypatch, capsys, "ingest", str(tmp_path / "in.tif"), "out.zarr")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and "truncated or corrupt" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_non_numeric_tile_size_is_one_line_exit_2(monkeypatch, capsys):
+    code, lines = run_main(
+        monkeypatch, capsys, "segment", "in.zarr", "out.zarr", "--tile-size", "x"
+    )
+    assert code == 2 and len(lines) == 1 and "--tile-size" in lines[0], lines
+
+
+def test_unwritable_report_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    import flows.runner
+
+    def run_segment(*args, **kwargs):
+        raise AssertionError("the run started although its report cannot be written")
+
+    monkeypatch.setattr(flows.runner, "run_segment", run_segment)
+    for report in (tmp_path / "missing" / "r.json", tmp_path):
+        arguments = ["segment", "in.zarr", "out.zarr", "--report", str(report)]
+        code, lines = run_main(monkeypatch, capsys, *arguments)
+        assert code == 2 and len(lines) == 1 and "--report" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []

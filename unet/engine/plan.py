@@ -50,11 +50,16 @@ def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
     of a folder one after the other loads it once.
 
     Raises the same errors as :func:`unet.engine.run.segment` would at its start (missing input
-    or checkpoint, channel or band mismatch, invalid tile size, output inside the input).
+    or checkpoint, channel or band mismatch, invalid tile size, output inside the input, a
+    ``scheduler`` where nothing listens).
     """
     from unet.io.geo import check_bands, read_georeference
     from unet.io.source import open_image
 
+    if parameters.scheduler is not None:
+        from unet.engine.cluster import check_scheduler
+
+        check_scheduler(parameters.scheduler)
     source = open_image(input, channels_last=parameters.channels_last)
     checkpoint = driver_checkpoint(parameters.model)
     model = checkpoint.model

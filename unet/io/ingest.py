@@ -27,6 +27,7 @@ import numpy as np
 
 from unet.errors import (
     InputNotFound,
+    InputReadError,
     InvalidImage,
     InvalidParameter,
     OutputExists,
@@ -142,7 +143,7 @@ def ingest(
                 name=path.stem,
                 overwrite=True,
             )
-            _copy(reader, level0, chunks, progress, label=path.name)
+            _copy(reader, level0, chunks, progress, path)
             build_pyramid(staging, reduction="mean")
             if reader.georeference is not None:
                 write_georeference(staging, reader.georeference)
@@ -158,9 +159,14 @@ def ingest(
 
 
 def _copy(
-    reader: _Reader, level0: zarr.Array, chunks: tuple[int, int], progress: bool, label: str
+    reader: _Reader, level0: zarr.Array, chunks: tuple[int, int], progress: bool, path: Path
 ) -> None:
-    """Copy the input into level 0 block by block; each block is whole output chunks."""
+    """Copy the input into level 0 block by block; each block is whole output chunks.
+
+    Raises
+    ------
+    InputReadError: a block of the file cannot be read or decoded (truncated, corrupt)
+    """
     from rich.console import Console
     from rich.progress import Progress
 
@@ -170,11 +176,20 @@ def _copy(
     starts = [(r, c) for r in range(0, height, block_rows) for c in range(0, width, block_cols)]
     console = Console(stderr=True)
     with Progress(console=console, disable=not progress, transient=False) as bar:
-        task = bar.add_task(f"ingest {label}", total=len(starts))
+        task = bar.add_task(f"ingest {path.name}", total=len(starts))
         for row, col in starts:
             rows = slice(row, min(row + block_rows, height))
             cols = slice(col, min(col + block_cols, width))
-            level0[:, rows, cols] = reader.read(rows, cols)
+            try:
+                block = reader.read(rows, cols)
+            except Exception as error:  # tifffile, imagecodecs and rasterio each raise their own
+                reason = " ".join(str(error).split()) or "no detail"
+                raise InputReadError(
+                    f"{path} cannot be read at rows {rows.start}-{rows.stop - 1}, columns "
+                    f"{cols.start}-{cols.stop - 1} ({type(error).__name__}: {reason}): the file "
+                    "is truncated or corrupt; copy or export it again"
+                ) from error
+            level0[:, rows, cols] = block
             bar.advance(task)
 
 
