@@ -250,3 +250,81 @@ def test_unwritable_report_is_refused_before_the_run(tmp_path, monkeypatch, caps
         code, lines = run_main(monkeypatch, capsys, *arguments)
         assert code == 2 and len(lines) == 1 and "--report" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def write_model(path: Path, **metadata) -> str:
+    """A depth-2 model normalizing with mean 100, std 40 (8-bit data), with ``metadata``."""
+    from conftest import make_model
+
+    from unet.network.checkpoint import save_checkpoint
+
+    return str(save_checkpoint(path, make_model(depth=2), mean=100.0, std=40.0, **metadata))
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["mean-std-only", "recorded-range"])
+def test_image_on_another_scale_is_refused_and_8_bit_values_in_uint16_work(
+    tmp_path, client, recorded
+):
+    from unet.errors import RangeMismatch
+
+    metadata = {"input_range": [0.0, 235.0], "input_dtype": "uint8"} if recorded else {}
+    model = write_model(tmp_path / "m.safetensors", **metadata)
+    raw = np.random.default_rng(5).integers(0, 236, (40, 40)).astype(np.uint16)
+    for name, pixels in (("in8.zarr", raw.astype(np.uint8)), ("in16.zarr", raw)):
+        zarr.create_array(str(tmp_path / name), data=pixels, chunks=(32, 32))
+        segment(
+            str(tmp_path / name),
+            str(tmp_path / f"out-{name}"),
+            SegmentParameters(model=model, device="cpu"),
+            client=client,
+        )
+    masks = [
+        zarr.open_group(str(tmp_path / f"out-{n}"))["0"][...] for n in ("in8.zarr", "in16.zarr")
+    ]
+    assert np.array_equal(*masks), "8-bit values in a uint16 array segment as before"
+
+    zarr.create_array(str(tmp_path / "x257.zarr"), data=raw * 257, chunks=(32, 32))
+    with pytest.raises(RangeMismatch, match="rescale the image") as caught:
+        segment(
+            str(tmp_path / "x257.zarr"),
+            str(tmp_path / "out-x257.zarr"),
+            SegmentParameters(model=model, device="cpu"),
+            client=client,
+        )
+    assert "\n" not in str(caught.value) and "uint16 values" in str(caught.value)
+    assert ("uint8 pixels in [0, 235]" in str(caught.value)) == recorded
+    assert not (tmp_path / "out-x257.zarr").exists()
+
+
+def test_float_image_scaled_to_0_1_is_refused_for_a_model_of_raw_intensities(tmp_path):
+    from unet.errors import RangeMismatch
+
+    model = write_model(tmp_path / "m.safetensors", input_range=[0.0, 255.0])
+    pixels = np.random.default_rng(6).random((24, 24), dtype=np.float32)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=pixels, chunks=(24, 24))
+    with pytest.raises(RangeMismatch, match=r"within \[0, 1\].*multiply"):
+        segment(
+            str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), SegmentParameters(model=model)
+        )
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_checkpoint_with_nan_weights_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    import torch
+    from conftest import make_model
+
+    from unet.errors import CheckpointError
+    from unet.network.checkpoint import load_checkpoint, save_checkpoint
+
+    model = make_model(depth=2)
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    path = save_checkpoint(tmp_path / "nan.safetensors", model, mean=100.0, std=40.0)
+    with pytest.raises(CheckpointError, match="NaN or infinite") as caught:
+        load_checkpoint(path)
+    assert "\n" not in str(caught.value)
+    write_image(tmp_path / "in.zarr", (8, 8), (8, 8))
+    code, lines = run_main(
+        monkeypatch, capsys, "segment", str(tmp_path / "in.zarr"), "out.zarr", "--model", str(path)
+    )
+    assert code == 2 and len(lines) == 1 and "NaN or infinite" in lines[0], lines

@@ -43,7 +43,9 @@ class RunPlan:
         return ChunkGrid(self.source.shape[1:], self.chunks)
 
 
-def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
+def plan_run(
+    input: str, output: str, parameters: SegmentParameters, *, check_values: bool = True
+) -> RunPlan:
     """Open the input and the checkpoint and check everything a run depends on; write nothing.
 
     The checkpoint is loaded once per process (:func:`driver_checkpoint`), so planning the images
@@ -51,7 +53,8 @@ def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
 
     Raises the same errors as :func:`unet.engine.run.segment` would at its start (missing input
     or checkpoint, channel or band mismatch, invalid tile size, output inside the input, a
-    ``scheduler`` where nothing listens).
+    ``scheduler`` where nothing listens, and with ``check_values`` an image on another scale than
+    the model's training data: :func:`unet.engine.valuerange.check_value_range`).
     """
     from unet.io.geo import check_bands, read_georeference
     from unet.io.source import open_image
@@ -77,6 +80,10 @@ def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
             f"{model.in_channels}: use a model trained on {source.shape[0]}-channel images"
             + ("" if parameters.channels_last else " (or --channels-last for (Y, X, C) arrays)")
         )
+    if check_values:
+        from unet.engine.valuerange import check_value_range
+
+        check_value_range(source, checkpoint, parameters.model, parameters.nodata)
     chunks = source.chunks or (DEFAULT_CHUNK, DEFAULT_CHUNK)
     tile_size = _tile_size(parameters, model.geometry, chunks)
     if parameters.precision == "auto":

@@ -130,6 +130,11 @@ def train(
         )
     training, validation = split(dataset, config.val_fraction, config.seed)
     mean, std = normalization([item.image for item in training])
+    # Recorded so that segmenting an image on another scale is refused (unet.engine.valuerange).
+    input_range = [
+        float(min(i.image.min() for i in training)),
+        float(max(i.image.max() for i in training)),
+    ]
     for item in dataset:
         item.image = ((item.image - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
 
@@ -193,6 +198,7 @@ def train(
         std=std,
         class_names=class_names,
         trainer="unet.train",
+        input_range=input_range,
         **config.recorded(),
         train_images=train_names,
         val_images=val_names,
