@@ -217,6 +217,13 @@ def _print_summary(report) -> None:
         f"{report.chunks_resumed} resumed, {report.megapixels_per_second:.3g} Mpx/s"
         + (f" ({fractions})" if fractions else "")
     )
+    if report.input_chunks_missing:
+        typer.echo(
+            f"warning: {report.input_chunks_missing} stored chunk(s) of {report.input} are "
+            "missing and were read as its fill value (Zarr leaves out chunks equal to it): if "
+            f"chunks were lost, restore them and rerun with --overwrite",
+            err=True,
+        )
 
 
 def main() -> None:

@@ -207,10 +207,13 @@ def run_main(monkeypatch, capsys, *arguments: str) -> tuple[int, list[str]]:
     from unet.cli import main
 
     monkeypatch.setattr(sys, "argv", ["unet", *arguments])
-    with pytest.raises(SystemExit) as exit:
+    try:
         main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    return exit.value.code, lines
+    return code, lines
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
@@ -328,3 +331,61 @@ def test_checkpoint_with_nan_weights_is_refused_in_one_line(tmp_path, monkeypatc
         monkeypatch, capsys, "segment", str(tmp_path / "in.zarr"), "out.zarr", "--model", str(path)
     )
     assert code == 2 and len(lines) == 1 and "NaN or infinite" in lines[0], lines
+
+
+def test_missing_chunk_of_a_foreign_store_is_counted_and_warned(tmp_path, client, model, caplog):
+    import logging
+
+    raw = write_image(tmp_path / "in.zarr", (64, 64), (32, 32))
+    (tmp_path / "in.zarr" / "c" / "1" / "0").unlink()  # lost, or left out as all fill value
+    with caplog.at_level(logging.WARNING, logger="unet"):
+        report = segment(
+            str(tmp_path / "in.zarr"),
+            str(tmp_path / "out.zarr"),
+            SegmentParameters(model=model, device="cpu"),
+            client=client,
+        )
+    assert report.chunks_computed == 4 and report.to_dict()["input_chunks_missing"] == 1
+    assert "1 stored chunk(s) of" in caplog.text and "--overwrite" in caplog.text
+    raw[32:, :32] = 0  # what was read
+    expected, near_tie = reference_mask(model, raw[None], 72)
+    assert_same_mask(zarr.open_group(str(tmp_path / "out.zarr"))["0"][...], expected, near_tie)
+
+
+def test_cli_says_once_that_input_chunks_were_missing(monkeypatch, capsys):
+    import flows.runner
+    from unet.engine.report import SegmentReport
+
+    report = SegmentReport("in.zarr", "out.zarr", (1, 64, 64), 4, 4, input_chunks_missing=2)
+    monkeypatch.setattr(flows.runner, "run_segment", lambda *args, **kwargs: [report])
+    code, lines = run_main(monkeypatch, capsys, "segment", "in.zarr", "out.zarr")
+    assert code == 0 and len(lines) == 1, lines
+    assert lines[0].startswith("warning: 2 stored chunk(s) of in.zarr are missing")
+
+
+def test_missing_chunk_of_an_ingested_image_fails_the_chunks_that_need_it(tmp_path, client, model):
+    from PIL import Image
+
+    from unet.errors import ChunksFailed
+    from unet.io.ingest import ingest
+
+    pixels = np.random.default_rng(7).integers(1, 255, (96, 96), dtype=np.uint8)
+    pixels[:32, 64:] = 0  # a chunk equal to the fill value: stored all the same
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    ingest(tmp_path / "in.png", str(tmp_path / "in.zarr"), chunks=(32, 32), progress=False)
+    level0 = tmp_path / "in.zarr" / "0" / "c" / "0"
+    assert sum(1 for path in level0.rglob("*") if path.is_file()) == 9, "every chunk is stored"
+    lost = level0 / "2" / "2"
+    kept = lost.read_bytes()
+    lost.unlink()
+    output = tmp_path / "out.zarr"
+    parameters = SegmentParameters(model=model, device="cpu")
+    with pytest.raises(ChunksFailed, match=r"input chunk \(2, 2\).*is missing") as caught:
+        segment(str(tmp_path / "in.zarr"), str(output), parameters, client=client)
+    failed = caught.value.report.chunks_failed
+    assert [2, 2] in failed and [0, 0] not in failed and "\n" not in str(caught.value)
+    lost.write_bytes(kept)  # restored: the rerun computes only those chunks
+    report = segment(str(tmp_path / "in.zarr"), str(output), parameters, client=client)
+    assert report.chunks_computed == len(failed) and report.input_chunks_missing == 0
+    expected, near_tie = reference_mask(model, pixels[None], 72)
+    assert_same_mask(zarr.open_group(str(output))["0"][...], expected, near_tie)

@@ -28,9 +28,6 @@ import numpy as np
 from unet.errors import FingerprintMismatch
 
 LEDGER_PATH = "_unet_ledger"
-#: zarr-python's own codec pipeline, which writes through the store (local files: written beside
-#: and renamed into place).
-STORE_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 ATTRIBUTE = "unet"
 #: Bumped whenever the engine's output for the same inputs could change.
 ENGINE_VERSION = 1
@@ -104,6 +101,8 @@ def open_ledger(group):
     unreadable, and the run impossible to resume. A ledger chunk is one byte: speed is no concern.
     """
     import zarr
+
+    from unet.io.codecs import STORE_PIPELINE
 
     with zarr.config.set({"codec_pipeline.path": STORE_PIPELINE}):
         return group[LEDGER_PATH]

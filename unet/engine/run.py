@@ -10,6 +10,7 @@ grow with the image. The data flow is drawn in the README's "Architecture" secti
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from unet.tiling import ChunkGrid, strip_order
 
 if TYPE_CHECKING:
     from unet.io.source import ImageSource
+
+log = logging.getLogger(__name__)
 
 #: Tasks in flight per worker: enough to keep workers busy, few enough to keep the driver flat.
 IN_FLIGHT_PER_WORKER = 4
@@ -135,8 +138,10 @@ def _segment(
         torch_threads=cluster_plan.torch_threads,
         pyramid_levels=group.attrs[ATTRIBUTE].get("chunk_levels", 0),
     )
-    done = report.chunks_resumed + report.chunks_skipped
     reasons: list[str] = []
+    if pending:
+        pending = _check_input_chunks(job, checkpoint.model.geometry, pending, report, reasons)
+    done = report.chunks_resumed + report.chunks_skipped
     if progress:
         progress(done, report.chunks_total)
     if pending:
@@ -236,6 +241,56 @@ def _client_or(client: Any, plan: Any, scheduler: str | None):
     if client is not None:
         return contextlib.nullcontext(client)
     return dask_client(plan, scheduler)
+
+
+def _check_input_chunks(
+    job: Any,
+    geometry: Any,
+    pending: list[tuple[int, int]],
+    report: SegmentReport,
+    reasons: list[str],
+) -> list[tuple[int, int]]:
+    """The pending chunks whose input is all stored; the others fail, or are counted.
+
+    In an image that stores every chunk (``unet ingest``'s) a missing input chunk is lost data:
+    each output chunk whose window needs one fails as a corrupt one would. Elsewhere a missing
+    chunk may be one Zarr left out as equal to the fill value: the run goes on, and the report's
+    ``input_chunks_missing`` and a warning say how many were read as the fill value.
+    """
+    from unet.io.presence import every_chunk_stored, missing_chunks, stored_chunk_shape
+
+    source = job.source
+    missing = missing_chunks(source)
+    if not missing:
+        return pending
+    if not every_chunk_stored(source):
+        report.input_chunks_missing = len(missing)
+        log.warning(
+            "%d stored chunk(s) of %s are missing and were read as its fill value (Zarr leaves "
+            "out chunks equal to it): if chunks were lost, restore them and rerun with "
+            "--overwrite",
+            len(missing),
+            source.url,
+        )
+        return pending
+    rows, cols = stored_chunk_shape(source)
+    runnable = []
+    for index in pending:
+        window = job.window(index, geometry)
+        needed = {
+            (i, j)
+            for i in range(window.read_rows.start // rows, -(-window.read_rows.stop // rows))
+            for j in range(window.read_cols.start // cols, -(-window.read_cols.stop // cols))
+        }
+        lost = sorted(needed & missing)
+        if not lost:
+            runnable.append(index)
+            continue
+        report.chunks_failed.append(list(index))
+        reasons.append(
+            f"input chunk {lost[0]} of {source.url} is missing from a store that holds every chunk"
+        )
+    return runnable
 
 
 def _skip_background(

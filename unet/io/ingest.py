@@ -5,7 +5,9 @@ a region overlaps, and copied one block of output chunks at a time: memory stays
 for a tiled slide of any size (a band of full-width strips for a striped TIFF). GeoTIFFs and
 Cloud-Optimized GeoTIFFs (TIFFs with GeoTIFF tags) are read the same way through rasterio, and
 their CRS, geotransform, nodata value and band names are stored with the image (see
-:mod:`unet.io.geo`). PNG and JPEG have no random access and are decoded whole.
+:mod:`unet.io.geo`). PNG and JPEG have no random access and are decoded whole. Every chunk of
+level 0 is stored, also those equal to the fill value, and the image says so
+(:mod:`unet.io.presence`): a chunk missing later is known to be lost.
 
 A local output is written to a hidden sibling folder and renamed into place at the end, so a
 failed ingest leaves no partial output and an overwritten output is replaced only on success;
@@ -35,7 +37,8 @@ from unet.errors import (
 )
 from unet.io.geo import is_geotiff, open_geotiff, write_georeference
 from unet.io.locations import is_url, location_exists, remove_location, resolve_location
-from unet.io.omezarr import create_image
+from unet.io.omezarr import LEVEL0, create_image
+from unet.io.presence import store_every_chunk
 from unet.io.pyramid import build_pyramid
 from unet.io.source import ImageSource, open_image
 from unet.io.staging import (
@@ -144,6 +147,8 @@ def ingest(
                 overwrite=True,
             )
             _copy(reader, level0, chunks, progress, path)
+            # So that a chunk missing later is known to be lost (see unet.io.presence).
+            store_every_chunk(staging, LEVEL0)
             build_pyramid(staging, reduction="mean")
             if reader.georeference is not None:
                 write_georeference(staging, reader.georeference)
