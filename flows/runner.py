@@ -28,26 +28,62 @@ def run_segment(
     input: str, output: str, parameters: SegmentParameters, *, progress: bool = False
 ) -> list[SegmentReport]:
     """Segment ``input`` (an image or a folder of images) into ``output``; one report per image."""
-    from flows.settings import QUIET_CONSOLE, apply_defaults
+    from flows.settings import FEW_RETRIES, QUIET_CONSOLE, apply_defaults
 
-    apply_defaults(QUIET_CONSOLE)
+    apply_defaults({**QUIET_CONSOLE, **FEW_RETRIES})
     folder = _is_folder(input)
     plans = _check_early(input, output, parameters, folder)
     from flows.handoff import planned, terminal_progress
+    from flows.recording import is_server_problem, recording
     from flows.segment import segment_folder, segment_image
 
     run_flow = segment_folder if folder else segment_image
     with (
         _prefect_api() as server,
+        recording(server) as record,
         _progress_bar(progress) as bar,
         terminal_progress(bar),
         planned(plans, parameters),
     ):
-        state = run_flow(input, output, parameters, return_state=True)
-    if server:
+        try:
+            state = run_flow(input, output, parameters, return_state=True)
+        except Exception as error:
+            if server is None or not is_server_problem(error):
+                raise
+            record.fail(error)  # the run's end could not be recorded: the outputs say how it went
+            state = None
+    if record.lost is not None:
+        _say(
+            f"warning: the Prefect server at {server or 'PREFECT_API_URL'} stopped answering "
+            f"during the run ({record.lost}): its record of this run is incomplete; the results "
+            "on disk are not affected"
+        )
+    elif server:
         _say(f"recorded on Prefect: {_flow_run_url(state.state_details.flow_run_id)}")
+    if state is None:
+        return _reports_from_outputs(input, output, parameters, folder)
     result = state.result()
     return result if isinstance(result, list) else [result]
+
+
+def _reports_from_outputs(
+    input: str, output: str, parameters: SegmentParameters, folder: bool
+) -> list[SegmentReport]:
+    """The reports of a run whose end the Prefect server did not take, from its outputs: each
+    must be complete with this run's settings."""
+    from unet.engine.finished import finished_report
+    from unet.errors import ServerUnreachable
+    from unet.runs import folder_jobs, image_job
+
+    jobs = folder_jobs(input, output) if folder else [image_job(input, output)]
+    reports = [finished_report(job.zarr_input, job.output, parameters) for job in jobs]
+    unfinished = [job.output for job, report in zip(jobs, reports, strict=True) if report is None]
+    if unfinished:
+        raise ServerUnreachable(
+            f"the Prefect server stopped answering and {', '.join(unfinished)} did not finish: "
+            "rerun the same command to resume"
+        )
+    return [report for report in reports if report is not None]
 
 
 def _is_folder(input: str) -> bool:
@@ -93,6 +129,9 @@ def _prefect_api() -> Iterator[str | None]:
         return
     problem = _health_problem(url)
     if problem is None:
+        from flows.heartbeats import ensure_crash_automation
+
+        ensure_crash_automation()  # a run killed from now on is marked Crashed, not Running
         yield url
         return
     _say(

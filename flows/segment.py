@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from flows.recording import best_effort
 from flows.tasks import (
     artifact_key,
     check_pyramid,
@@ -59,7 +60,8 @@ def segment_folder(
     jobs = folder_jobs(input, output)
     outcomes = _segment_images(jobs, parameters)
     if jobs:
-        create_table_artifact(
+        best_effort(
+            create_table_artifact,
             table=[_folder_row(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)],
             key=f"{artifact_key(Path(output).name)}-folder",
             description=f"Images of {input} segmented into {output}",
