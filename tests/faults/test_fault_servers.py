@@ -284,3 +284,42 @@ def test_unet_serve_survives_a_server_restart(prefect_server, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(serving.pid, signal.SIGKILL)
             serving.wait()
+
+
+def test_recording_drops_calls_after_the_first_failure_and_counts_lost_deliveries():
+    import logging
+
+    from flows.recording import Recording, recording
+
+    calls = []
+
+    def unreachable(*args):
+        calls.append(args)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    record = Recording()
+    assert record.call(lambda: 7) == 7
+    assert record.call(unreachable, 1) is None and record.call(unreachable, 2) is None
+    assert calls == [(1,)] and "Connection refused" in record.lost
+    with recording() as run:
+        logging.getLogger("prefect._internal.concurrency").error(
+            "Service %r failed to process item %r", "EventsWorker", "event"
+        )
+    assert run.lost == "the server did not take the run's events"
+
+
+@pytest.mark.filterwarnings("ignore:Artifact creation outside of a flow:FutureWarning")
+def test_progress_artifact_never_waits_for_a_server_that_does_not_answer():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.progress import ProgressArtifact, Throttle
+
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        started = time.monotonic()
+        progress = ProgressArtifact("k", "d", throttle=Throttle(interval=0.0))
+        for done in range(1, 1001):
+            progress(done, 1000)
+        calling = time.monotonic() - started
+        progress.close()
+    assert calling < 1.0, f"{calling:.2f} s in the progress callback"
+    assert progress.artifact_id is None and progress.record.lost is not None
