@@ -30,7 +30,9 @@ from unet.errors import (
 from unet.tiling import ChunkGrid, strip_order
 
 if TYPE_CHECKING:
+    from unet.engine.worker import ChunkJob
     from unet.io.source import ImageSource
+    from unet.tiling import Geometry
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +246,8 @@ def _client_or(client: Any, plan: Any, scheduler: str | None):
 
 
 def _check_input_chunks(
-    job: Any,
-    geometry: Any,
+    job: ChunkJob,
+    geometry: Geometry,
     pending: list[tuple[int, int]],
     report: SegmentReport,
     reasons: list[str],
