@@ -221,7 +221,7 @@ def _print_summary(report) -> None:
         typer.echo(
             f"warning: {report.input_chunks_missing} stored chunk(s) of {report.input} are "
             "missing and were read as its fill value (Zarr leaves out chunks equal to it): if "
-            f"chunks were lost, restore them and rerun with --overwrite",
+            "chunks were lost, restore them and rerun with --overwrite",
             err=True,
         )
 
