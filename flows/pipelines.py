@@ -32,6 +32,11 @@ from unet.errors import ConfigError
 
 FlowName = Literal["segment_image", "segment_folder"]
 
+#: A pipelines.yaml is a few kilobytes. These bound what reading one may cost: YAML aliases
+#: repeat what they name, so a small file can stand for billions of values ("billion laughs").
+MAX_FILE_BYTES = 1_000_000
+MAX_VALUES = 100_000
+
 
 class Schedule(BaseModel):
     """When a deployment runs: a cron expression or an interval, in a time zone."""
@@ -150,18 +155,62 @@ def load_pipelines(path: str | os.PathLike[str]) -> Pipelines:
 
     file = Path(path)
     try:
-        data = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
+        size = file.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"{file} is {size} bytes, more than a pipelines.yaml needs (at most "
+                f"{MAX_FILE_BYTES}): give the path of a pipelines.yaml"
+            )
+        text = file.read_text()
+        _check_expanded_size(file, yaml.compose(text, Loader=yaml.SafeLoader))
+        data = yaml.safe_load(text)
+    except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{file}: no such file: give the path of a pipelines.yaml") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"{file}:{line} not valid YAML ({_problem(error)})") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: nested too deeply to be a pipelines.yaml") from None
     try:
         pipelines = Pipelines.model_validate(data)
     except ValidationError as error:
         raise ConfigError(f"{file}: {_describe(error)}") from None
     return _resolved(pipelines, file.resolve().parent)
+
+
+def _check_expanded_size(file: Path, root: Any) -> None:
+    """Refuse a document whose aliases expand to more than ``MAX_VALUES`` values, or into
+    themselves; each node of the composed (not yet expanded) document is counted once."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def expanded(node: Any) -> int:
+        identity = id(node)
+        if identity in sizes:
+            return sizes[identity]
+        if identity in open_nodes:
+            raise ConfigError(f"{file}: a YAML alias refers to itself: write the values out")
+        open_nodes.add(identity)
+        if isinstance(node, yaml.SequenceNode):
+            count = 1 + sum(expanded(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            count = 1 + sum(expanded(name) + expanded(value) for name, value in node.value)
+        else:
+            count = 1
+        open_nodes.discard(identity)
+        if count > MAX_VALUES:
+            raise ConfigError(
+                f"{file}: its YAML aliases expand to more than {MAX_VALUES} values: "
+                "a pipelines.yaml needs no more; write the values out"
+            )
+        sizes[identity] = count
+        return count
+
+    if root is not None:
+        expanded(root)
 
 
 def _resolved(pipelines: Pipelines, base: Path) -> Pipelines:

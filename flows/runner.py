@@ -48,9 +48,9 @@ def run_segment(
     invalid tile size, output inside the input, output locked by another run) before any
     cluster or Prefect starts.
     """
-    from flows.settings import QUIET_CONSOLE, apply_defaults, configured_api_url
+    from flows.settings import FEW_RETRIES, QUIET_CONSOLE, apply_defaults, configured_api_url
 
-    apply_defaults(QUIET_CONSOLE)
+    apply_defaults({**QUIET_CONSOLE, **FEW_RETRIES})
     folder = is_folder(input)
     plans = _check_early(input, output, parameters, folder)
     url = configured_api_url()
@@ -65,7 +65,7 @@ def run_segment(
             "(prefect server start) or unset PREFECT_API_URL."
         )
         return _run_untracked(input, output, parameters, folder, plans, progress)
-    return _run_tracked(input, output, parameters, folder, plans, progress)
+    return _run_tracked(input, output, parameters, folder, plans, progress, url)
 
 
 def _run_untracked(
@@ -91,24 +91,64 @@ def _run_tracked(
     folder: bool,
     plans: list[RunPlan],
     progress: bool,
+    url: str,
 ) -> list[SegmentReport]:
     from prefect import tags
 
     from flows.handoff import planned, terminal_progress
+    from flows.heartbeats import ensure_crash_automation
     from flows.names import RUN_TAG
+    from flows.recording import is_server_problem, recording
     from flows.segment import segment_folder, segment_image
 
+    ensure_crash_automation()  # a run killed from now on is marked Crashed, not Running
     run_flow = segment_folder if folder else segment_image
     with (
+        recording(url) as record,
         _progress_bar(progress) as bar,
         terminal_progress(bar),
         planned(plans, parameters),
         tags(RUN_TAG, CLI_TAG),
     ):
-        state = run_flow(input, output, parameters, return_state=True)
-    _say(f"recorded on Prefect: {_flow_run_url(state.state_details.flow_run_id)}")
+        try:
+            state = run_flow(input, output, parameters, return_state=True)
+        except Exception as error:
+            if not is_server_problem(error):
+                raise
+            record.fail(error)  # the run's end could not be recorded: the outputs say how it went
+            state = None
+    if record.lost is not None:
+        _say(
+            f"warning: the Prefect server at {url} stopped answering during the run "
+            f"({record.lost}): its record of this run is incomplete; the results on disk are "
+            "not affected"
+        )
+    else:
+        _say(f"recorded on Prefect: {_flow_run_url(state.state_details.flow_run_id)}")
+    if state is None:
+        return _reports_from_outputs(input, output, parameters, folder)
     result = state.result()
     return result if isinstance(result, list) else [result]
+
+
+def _reports_from_outputs(
+    input: str, output: str, parameters: SegmentParameters, folder: bool
+) -> list[SegmentReport]:
+    """The reports of a run whose end the Prefect server did not take, from its outputs: each
+    must be complete with this run's settings."""
+    from unet.engine.finished import finished_report
+    from unet.errors import ServerUnreachable
+    from unet.runs import folder_jobs, image_job
+
+    jobs = folder_jobs(input, output) if folder else [image_job(input, output)]
+    reports = [finished_report(job.zarr_input, job.output, parameters) for job in jobs]
+    unfinished = [job.output for job, report in zip(jobs, reports, strict=True) if report is None]
+    if unfinished:
+        raise ServerUnreachable(
+            f"the Prefect server stopped answering and {', '.join(unfinished)} did not finish: "
+            "rerun the same command to resume"
+        )
+    return [report for report in reports if report is not None]
 
 
 def _check_early(

@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.names import flow_run_name, output_key, summarized
+from flows.recording import best_effort
 from flows.tasks import check_pyramid, ingest_image, make_preview, segment_chunks
 from unet import __version__
 from unet.config import SegmentParameters
@@ -104,7 +105,8 @@ def segment_folder(
     jobs = folder_jobs(input, output)
     outcomes = _segment_images(jobs, parameters)
     if jobs:
-        create_table_artifact(
+        best_effort(
+            create_table_artifact,
             table=[_folder_row(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)],
             key=output_key(output, "folder"),
             description=f"Images of {input} segmented into {output}",

@@ -14,28 +14,95 @@ process, so there is no ephemeral fallback here.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from flows.names import RUN_TAG
 from flows.pipelines import Deployment, load_pipelines
+from flows.recording import is_server_problem
 from unet.errors import ServerUnreachable, UNetError
 
 
 def serve(path: Path) -> None:
     """Serve the deployments declared in ``path`` until interrupted.
 
+    The server may go away meanwhile (a restart, an outage): Prefect's runner then stops, and
+    this waits until the server answers again, says so on stderr, and serves again, which
+    registers the deployments anew.
+
     Raises
     ------
     ConfigError: the file is invalid (named key, expected value)
     UNetError: no Prefect server is configured
-    ServerUnreachable: the configured server does not answer
+    ServerUnreachable: the configured server does not answer at the start
     """
-    pipelines = load_pipelines(path)
-    check_server()
-    from prefect import serve as prefect_serve
+    from flows.settings import FEW_RETRIES, apply_defaults
 
-    prefect_serve(*(runner_deployment(d) for d in pipelines.deployments))
+    # Before prefect is imported: a lost server is found in seconds, not minutes.
+    apply_defaults(FEW_RETRIES)
+    pipelines = load_pipelines(path)
+    url = check_server()
+    from flows.heartbeats import ensure_crash_automation
+
+    ensure_crash_automation()
+    for deployment in pipelines.deployments:
+        print(f"serving {deployment.name!r} ({deployment.flow}) on {url}; Ctrl-C stops")
+    while not _serve_until_stopped(pipelines.deployments):
+        _wait_until_answering(url)
+        print(f"the Prefect server at {url} answers again: serving", file=sys.stderr)
+
+
+def _serve_until_stopped(deployments: list[Deployment]) -> bool:
+    """Run Prefect's runner on ``deployments``: True once it was stopped (Ctrl-C, SIGTERM),
+    False when it lost the server (said on stderr)."""
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    # What prefect.serve does, with the runner at hand: it says whether a stop was asked for.
+    runner = Runner(pause_on_shutdown=True)
+    for deployment in deployments:
+        runner.add_deployment(runner_deployment(deployment))
+    try:
+        asyncio.run(runner.start())
+        return True
+    except (KeyboardInterrupt, TerminationSignal):
+        return True
+    except Exception as error:
+        if not is_server_problem(error):
+            raise
+        reason = " ".join(str(error).split()) or type(error).__name__
+    if runner.stopping:  # asked to stop, and the server was away to take the pause
+        print(
+            f"warning: stopped while the Prefect server did not answer ({reason}): the "
+            "deployments' schedules are not paused",
+            file=sys.stderr,
+        )
+        return True
+    print(
+        f"warning: the Prefect server stopped answering ({reason}): serving again once it answers",
+        file=sys.stderr,
+    )
+    return False
+
+
+#: Seconds between health checks while the server is away.
+WAIT_SECONDS = 5.0
+
+
+def _wait_until_answering(url: str) -> None:
+    import httpx
+
+    while True:
+        try:
+            if httpx.get(f"{url.rstrip('/')}/health", timeout=WAIT_SECONDS).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(WAIT_SECONDS)
 
 
 def deploy(path: Path, work_pool: str, image: str | None = None) -> list[Any]:

@@ -1,6 +1,8 @@
 """The Prefect tasks of one image: ingest, segment, pyramid check, preview.
 
-Each task is a thin call into the library plus what Prefect records about it (logs, artifacts).
+Each task is a thin call into the library plus what Prefect records about it (logs, artifacts);
+the recording is best-effort (:mod:`flows.recording`): a lost server costs the run its record,
+never its result.
 Failures a rerun can fix (a worker died, a store timed out) are retried; the engine resumes from
 its ledger, so a retry redoes only unfinished chunks. Errors the user must fix
 (:class:`~unet.errors.UNetError`: a wrong channel count, another run's output) are not retried.
@@ -21,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.handoff import plan_for, terminal_callback
 from flows.names import RUN_TAG, output_key, output_name, task_run_name
 from flows.progress import ProgressArtifact, combine
+from flows.recording import best_effort
 from unet.config import SegmentParameters
 from unet.engine.report import SegmentReport
 from unet.errors import UNetError
@@ -106,17 +109,21 @@ def segment_chunks(
         if client is not None and parameters.scheduler is None
         else contextlib.nullcontext()
     )
-    with forwarding:
-        report = segment(
-            input,
-            output,
-            parameters,
-            client=client,
-            progress=combine(progress, terminal_callback(name)),
-            plan=plan_for(input, output, parameters),
-        )
+    try:
+        with forwarding:
+            report = segment(
+                input,
+                output,
+                parameters,
+                client=client,
+                progress=combine(progress, terminal_callback(name)),
+                plan=plan_for(input, output, parameters),
+            )
+    finally:
+        progress.close()
     logger.info(summary_line(report))
-    create_table_artifact(
+    best_effort(
+        create_table_artifact,
         table=report_table(report, source),
         key=output_key(output, "summary"),
         description=f"Segmentation of {source or input} into {output}",
@@ -151,7 +158,8 @@ def make_preview(input: str, output: str, parameters: SegmentParameters) -> str:
     png = render_preview(input, output, channels_last=parameters.channels_last)
     path = preview_path(output, image=input if parameters.labels else None)
     write_bytes(path, png)
-    create_markdown_artifact(
+    best_effort(
+        create_markdown_artifact,
         markdown=(
             f"### {output_name(output)}\n\n"
             f"![mask over image]({data_uri(png)})\n\n"

@@ -48,21 +48,25 @@ def segment(
     from flows.runner import run_segment
     from unet.config import validated
     from unet.engine.destination import mask_location
-    from unet.errors import ChunksFailed
+    from unet.errors import ChunksFailed, writing
 
     parameters = validated(SegmentParameters, options)
     output = mask_location(input, output, parameters.labels)
+    if report is not None:
+        _check_writable(report)
     try:
         reports = run_segment(input, output, parameters, progress=_show_progress())
     except ChunksFailed as error:
         if report is not None:  # the report names the failed chunks
-            report.write_text(json.dumps(error.report.to_dict(), indent=2))
+            with writing(f"--report {report}"):
+                report.write_text(json.dumps(error.report.to_dict(), indent=2))
         raise
     for item in reports:
         _print_summary(item)
     if report is not None:
         data = [r.to_dict() for r in reports]
-        report.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        with writing(f"--report {report}"):
+            report.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2))
 
 
 @app.command()
@@ -231,6 +235,23 @@ def demo(
     run_demo(output, progress=_show_progress())
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse a file that cannot be written before a run whose result it would record."""
+    from unet.errors import OutputWriteError
+
+    existed = path.exists()
+    try:
+        with path.open("a"):
+            pass
+    except OSError as error:
+        raise OutputWriteError(
+            f"--report {path} cannot be written ({error.strerror or error}): choose a writable "
+            "path for the report"
+        ) from None
+    if not existed:
+        path.unlink()
+
+
 def _show_progress() -> bool:
     return sys.stderr.isatty()
 
@@ -248,6 +269,13 @@ def _print_summary(report) -> None:
         + (f" ({fractions})" if fractions else "")
         + objects
     )
+    if report.input_chunks_missing:
+        typer.echo(
+            f"warning: {report.input_chunks_missing} stored chunk(s) of {report.input} are "
+            "missing and were read as its fill value (Zarr leaves out chunks equal to it): if "
+            "chunks were lost, restore them and rerun with --overwrite",
+            err=True,
+        )
 
 
 def main() -> None:

@@ -31,6 +31,10 @@ class ChannelMismatch(UNetError, ValueError):
     """The image has a different number of channels than the model expects."""
 
 
+class RangeMismatch(UNetError, ValueError):
+    """The image's values lie far outside the range the model was trained on (another scale)."""
+
+
 class InvalidParameter(UNetError, ValueError):
     """A parameter outside its allowed set (device, precision, batch size, ...)."""
 

@@ -73,6 +73,7 @@ def test_train_checkpoint_predict_round_trip(data_dir, tmp_path):
     np.testing.assert_allclose(checkpoint.mean, [pixels.mean()], rtol=1e-5)
     np.testing.assert_allclose(checkpoint.std, [pixels.std()], rtol=1e-5)
     assert checkpoint.metadata["steps"] == 2 and checkpoint.metadata["optimizer"] == "sgd"
+    assert checkpoint.metadata["input_range"] == [pixels.min(), pixels.max()]
     image = nuclei_image((30, 41), seed=99)[0]
     logits = predict_array(checkpoint.model, checkpoint.normalize(image[None]))
     assert logits.shape == (2, 30, 41) and np.isfinite(logits).all()

@@ -24,6 +24,11 @@ from unet.io.codecs import ENVIRONMENT as CODEC_ENVIRONMENT
 from unet.io.codecs import use_fast_codecs
 
 SPAWN_KEY = "distributed.nanny.pre-spawn-environ"
+#: Port of a scheduler address without one (Dask's default).
+DEFAULT_SCHEDULER_PORT = 8786
+#: Seconds to wait for a scheduler's port to accept a connection, and for its handshake.
+CONNECT_SECONDS = 3.0
+HANDSHAKE_SECONDS = 30
 #: Dask's periodic housekeeping, slowed or switched off for the clusters unet starts. Every
 #: wake-up of these takes the GIL and a core from the chunk running beside it; the worker's
 #: profiler samples the task's thread every 10 ms. With the defaults a forward pass of the
@@ -121,7 +126,12 @@ def dask_client(plan: ClusterPlan, scheduler: str | None = None) -> Iterator[obj
     for name in ("distributed", "distributed.core", "distributed.worker", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if scheduler is not None:
-        with Client(scheduler, timeout="30s") as client:
+        check_scheduler(scheduler)
+        try:
+            client = Client(scheduler, timeout=f"{HANDSHAKE_SECONDS}s")
+        except Exception as error:  # refused, timed out, or a peer that speaks no Dask
+            raise _unreachable(scheduler, error) from None
+        with client:
             yield client
         return
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which also freezes glibc's
@@ -138,6 +148,37 @@ def dask_client(plan: ClusterPlan, scheduler: str | None = None) -> Iterator[obj
     with dask.config.set({**environ, **QUIET}), _local_cluster(plan) as cluster:
         with Client(cluster) as client:
             yield client
+
+
+def check_scheduler(address: str) -> None:
+    """Raise :class:`~unet.errors.ServerUnreachable` at once when nothing listens at the
+    ``tcp://`` or ``tls://`` address of a Dask scheduler (other protocols are not probed).
+
+    Dask's client retries a refused connection until its timeout; a probe of the port answers
+    in milliseconds, or in ``CONNECT_SECONDS`` where packets are dropped.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        port = parts.port or DEFAULT_SCHEDULER_PORT
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), CONNECT_SECONDS):
+            pass
+    except (OSError, ValueError) as error:
+        raise _unreachable(address, error) from None
+
+
+def _unreachable(address: str, error: BaseException):
+    from unet.errors import ServerUnreachable
+
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return ServerUnreachable(
+        f"the Dask scheduler at {address} does not answer ({reason}): start it "
+        "(dask scheduler) or fix --scheduler"
+    )
 
 
 def _local_cluster(plan: ClusterPlan):

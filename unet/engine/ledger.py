@@ -6,9 +6,14 @@ differs) unless ``--overwrite``.
 
 The ledger is a uint8 Zarr array with one element per output chunk and one Zarr chunk per element,
 so each Dask task marks its own chunk without touching anyone else's and no lock is needed. A task
-marks its chunk only after the mask chunk's write returned, and Zarr stores write each chunk
-atomically (local files through a rename, object stores by a single PUT): a kill can lose work but
-never leave a chunk marked done that was not fully written.
+marks its chunk only after the mask chunk's write returned, so a kill or a failed write can lose
+work but never leave a chunk marked done that was not fully written. The ledger itself is written
+atomically (:func:`open_ledger`): a local chunk file through a rename, an object by a single PUT.
+
+Mask chunks are not: the zarrs codec pipeline writes a local chunk file in place, so a write that
+fails (a full disk) or a kill can leave a partial or empty file of a chunk that is not marked. The
+ledger, not the files, says what is done: an unmarked chunk is computed again by the rerun, and a
+chunk task whose write fails deletes what it wrote (see :func:`unet.engine.worker.run_chunk`).
 
 The ledger is bookkeeping of an unfinished run: once the run is complete (every chunk written,
 the pyramid built, ``complete`` set in the ``unet`` attribute) it is deleted, so that a finished
@@ -92,6 +97,21 @@ def create_ledger(group, chunk_counts: tuple[int, int]) -> None:
         compressors=None,
         overwrite=True,
     )
+
+
+def open_ledger(group):
+    """The ledger array of an output group, written atomically.
+
+    It is opened with zarr-python's codec pipeline rather than zarrs: zarrs writes a local chunk
+    file in place, and a ledger chunk left empty by a full disk would make the whole ledger
+    unreadable, and the run impossible to resume. A ledger chunk is one byte: speed is no concern.
+    """
+    import zarr
+
+    from unet.io.codecs import STORE_PIPELINE
+
+    with zarr.config.set({"codec_pipeline.path": STORE_PIPELINE}):
+        return group[LEDGER_PATH]
 
 
 def finished_chunks(group) -> np.ndarray:

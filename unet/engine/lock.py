@@ -25,6 +25,7 @@ from typing import Any
 
 from unet.errors import OutputLocked, OutputWriteError
 from unet.io.locations import is_url, resolve_location
+from unet.io.staging import process_alive
 
 LOCK_SUFFIX = ".lock"
 
@@ -178,13 +179,7 @@ def _is_stale(holder: dict[str, Any]) -> bool:
     pid = holder.get("pid")
     if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by another user
-        return False
-    return False
+    return not process_alive(pid)
 
 
 def _locked(output: str, location: str, holder: dict[str, Any] | None) -> OutputLocked:

@@ -24,6 +24,11 @@ def open_output(plan: RunPlan) -> zarr.Group:
     """The output group of ``plan``: resumed when the fingerprint matches, created (or
     replaced with ``overwrite``) otherwise.
 
+    The store is recognisable as this run's from its first write: a local one is built under a
+    hidden sibling name and renamed into place complete (levels, ledger, fingerprint), and the
+    group's first metadata of a URL already holds the fingerprint. So a run stopped by a write
+    error at any point leaves either nothing or an output the same command resumes.
+
     Raises
     ------
     OutputExists: something that ``unet segment`` did not write is there, without ``overwrite``
@@ -31,46 +36,87 @@ def open_output(plan: RunPlan) -> zarr.Group:
     """
     import zarr
 
-    output, fingerprint, checkpoint = plan.output, plan.fingerprint, plan.checkpoint
-    parameters, chunks, shape = plan.parameters, plan.chunks, plan.source.shape[1:]
+    from unet.io.locations import is_url, location_exists, remove_location, resolve_location
+    from unet.io.omezarr import set_label_listed
+    from unet.io.staging import (
+        remove_staging,
+        remove_stale_staging,
+        replace_location,
+        staging_location,
+    )
 
-    from unet.engine.worker import PROBABILITIES_PATH
-    from unet.io.locations import remove_location, resolve_location
-    from unet.io.omezarr import create_label_image, image_calibration, set_label_listed
-    from unet.io.pyramid import chunk_levels, create_chunk_levels
-
-    existing = existing_group(output)
+    output, fingerprint, overwrite = plan.output, plan.fingerprint, plan.parameters.overwrite
+    location = resolve_location(output)
+    if not is_url(location):
+        remove_stale_staging(location)
+    existing = None if overwrite else existing_group(output)
     if existing is not None:
         stored = existing.attrs.get(ATTRIBUTE)
-        if stored is None and not parameters.overwrite:
+        if stored is None:
             raise OutputExists(
                 f"{output} exists and was not written by unet segment: "
                 "use --overwrite to replace it, or choose another output"
             )
-        if stored is not None and not parameters.overwrite:
-            fingerprint.check_against(stored.get("fingerprint"), output)
-            if not stored.get("complete") and LEDGER_PATH not in existing:
-                create_ledger(existing, plan.grid.counts)  # lost: redo every chunk
+        fingerprint.check_against(stored.get("fingerprint"), output)
+        # The ledger is created last and deleted once the run is complete: with neither, the
+        # layout of a URL output was cut short, and it is created again.
+        if LEDGER_PATH in existing or stored.get("complete"):
             return existing
-        remove_location(resolve_location(output))
-
     destination = plan.destination
     if destination.inside_image:
         set_label_listed(destination.image, destination.label_name, listed=False)
+    if is_url(location):
+        if location_exists(location):
+            remove_location(location)
+        _create_layout(location, plan)
+    else:
+        staging = staging_location(location)
+        try:
+            _create_layout(staging, plan)
+        except BaseException:
+            remove_staging(staging)
+            raise
+        replace_location(staging, location)
+    return zarr.open_group(output, mode="r+")
+
+
+def _create_layout(location: str, plan: RunPlan) -> None:
+    """Create the empty output at ``location``: the label image with the run's fingerprint in
+    its first metadata, the probabilities and pyramid levels the chunks write, the ledger last."""
+    import zarr
+
+    from unet.engine.worker import PROBABILITIES_PATH
+    from unet.io.omezarr import create_label_image, image_calibration
+    from unet.io.pyramid import chunk_levels, create_chunk_levels
+
+    checkpoint, chunks, shape = plan.checkpoint, plan.chunks, plan.source.shape[1:]
+    destination = plan.destination
+    # NGFF: a label image inside an image has as many levels as the image.
+    image_levels = len(plan.source.level_paths) if destination.inside_image else None
+    levels = chunk_levels(shape, chunks, levels_wanted=image_levels)
+    state = {
+        "fingerprint": plan.fingerprint.components,
+        "digest": plan.fingerprint.digest,
+        "complete": False,
+        "chunks": list(chunks),
+        "chunk_levels": levels,
+        "levels": image_levels,
+    }
     pixel_size, unit = image_calibration(destination.image)
     create_label_image(
-        output,
+        location,
         shape,
         chunks,
         class_names=list(checkpoint.class_names),
         colours=[tuple(c) for c in checkpoint.colours],
         pixel_size=pixel_size,
         unit=unit,
-        name=Path(str(output).rstrip("/")).stem,
+        name=Path(str(plan.output).rstrip("/")).stem,
         source=destination.source_reference,
+        attributes={ATTRIBUTE: state},
     )
-    group = zarr.open_group(output, mode="r+")
-    if parameters.probabilities:
+    group = zarr.open_group(location, mode="r+")
+    if plan.parameters.probabilities:
         num = checkpoint.model.num_classes
         group.create_array(
             PROBABILITIES_PATH,
@@ -80,20 +126,8 @@ def open_output(plan: RunPlan) -> zarr.Group:
             fill_value=0,
             dimension_names=("c", "y", "x"),
         )
-    # NGFF: a label image inside an image has as many levels as the image.
-    image_levels = len(plan.source.level_paths) if destination.inside_image else None
-    levels = chunk_levels(shape, chunks, levels_wanted=image_levels)
     create_chunk_levels(group, levels)
     create_ledger(group, plan.grid.counts)
-    group.attrs[ATTRIBUTE] = {
-        "fingerprint": fingerprint.components,
-        "digest": fingerprint.digest,
-        "complete": False,
-        "chunks": list(chunks),
-        "chunk_levels": levels,
-        "levels": image_levels,
-    }
-    return group
 
 
 def existing_group(output: str):
@@ -109,6 +143,7 @@ def existing_group(output: str):
     except (
         FileNotFoundError,
         FileExistsError,  # a plain file where the store would be
+        NotADirectoryError,
         zarr.errors.GroupNotFoundError,
         zarr.errors.NodeTypeValidationError,
     ):

@@ -45,7 +45,9 @@ class RunPlan:
         return ChunkGrid(self.source.shape[1:], self.chunks)
 
 
-def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
+def plan_run(
+    input: str, output: str, parameters: SegmentParameters, *, check_values: bool = True
+) -> RunPlan:
     """Open the input and the checkpoint and check everything a run depends on; write nothing.
 
     The checkpoint is loaded once per process (:func:`driver_checkpoint`), so planning the images
@@ -53,11 +55,17 @@ def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
 
     Raises the same errors as :func:`unet.engine.run.segment` would at its start (missing input
     or checkpoint, channel or band mismatch, invalid tile size, output inside the input, labels
-    for an input that is not an OME-Zarr image group).
+    for an input that is not an OME-Zarr image group, a ``scheduler`` where nothing listens, and
+    with ``check_values`` an image on another scale than the model's training data:
+    :func:`unet.engine.valuerange.check_value_range`).
     """
     from unet.io.geo import check_bands, read_georeference
     from unet.io.source import open_image
 
+    if parameters.scheduler is not None:
+        from unet.engine.cluster import check_scheduler
+
+        check_scheduler(parameters.scheduler)
     source = open_image(input, channels_last=parameters.channels_last)
     checkpoint = driver_checkpoint(parameters.model)
     model = checkpoint.model
@@ -75,6 +83,10 @@ def plan_run(input: str, output: str, parameters: SegmentParameters) -> RunPlan:
             f"{model.in_channels}: use a model trained on {source.shape[0]}-channel images"
             + ("" if parameters.channels_last else " (or --channels-last for (Y, X, C) arrays)")
         )
+    if check_values:
+        from unet.engine.valuerange import check_value_range
+
+        check_value_range(source, checkpoint, parameters.model, parameters.nodata)
     chunks = source.chunks or (DEFAULT_CHUNK, DEFAULT_CHUNK)
     tile_size = _tile_size(parameters, model.geometry, chunks)
     if parameters.precision == "auto":
@@ -138,7 +150,9 @@ def _load_in_one_thread(path: str, size: int, modified: int) -> Checkpoint:
 
 def _tile_size(parameters: SegmentParameters, geometry: Geometry, chunks: tuple[int, int]) -> int:
     if parameters.tile_size is None:
-        return default_tile_size(geometry, max(chunks))
+        # Checked as a given size is: a tile the chunk tasks would refuse must fail here,
+        # before the output exists.
+        return geometry.check_tile_size(default_tile_size(geometry, max(chunks)))
     return geometry.check_tile_size(parameters.tile_size)
 
 
@@ -154,12 +168,16 @@ def _check_holds_labels(input: str, source: ImageSource) -> None:
 
 
 def _check_output_location(input_url: str, output: str) -> None:
-    from unet.io.locations import is_url, resolve_location
+    """Refuse an output inside the input, also where a symbolic link leads there."""
+    from unet.io.locations import is_url, real_location, resolve_location
 
     if is_url(output) or is_url(input_url):
         return
-    source, target = Path(input_url), Path(resolve_location(output))
+    source, target = Path(real_location(input_url)), Path(real_location(output))
     if target == source or source in target.parents:
+        linked = str(target) != resolve_location(output)
         raise InvalidParameter(
-            f"output {output} lies inside the input {input_url}: choose an output outside it"
+            f"output {output} lies inside the input {input_url}"
+            + (f" (a symbolic link leads to {target})" if linked else "")
+            + ": choose an output outside it"
         )

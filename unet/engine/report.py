@@ -21,6 +21,9 @@ class SegmentReport:
     chunks_skipped: int = 0
     chunks_resumed: int = 0
     chunks_failed: list[list[int]] = field(default_factory=list)
+    #: Stored chunks of the input absent from its store, read as its fill value (a store that
+    #: unet ingest did not write; in one it did, they fail the chunks that need them instead).
+    input_chunks_missing: int = 0
     seconds: float = 0.0
     class_names: list[str] = field(default_factory=list)
     class_pixels: list[int] = field(default_factory=list)

@@ -10,6 +10,7 @@ grow with the image. The data flow is drawn in the README's "Architecture" secti
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,11 @@ from unet.errors import (
 from unet.tiling import ChunkGrid, strip_order
 
 if TYPE_CHECKING:
+    from unet.engine.worker import ChunkJob
     from unet.io.source import ImageSource
+    from unet.tiling import Geometry
+
+log = logging.getLogger(__name__)
 
 #: Tasks in flight per worker: enough to keep workers busy, few enough to keep the driver flat.
 IN_FLIGHT_PER_WORKER = 4
@@ -138,8 +143,10 @@ def _segment(
         torch_threads=cluster_plan.torch_threads,
         pyramid_levels=group.attrs[ATTRIBUTE].get("chunk_levels", 0),
     )
-    done = report.chunks_resumed + report.chunks_skipped
     reasons: list[str] = []
+    if pending:
+        pending = _check_input_chunks(job, checkpoint.model.geometry, pending, report, reasons)
+    done = report.chunks_resumed + report.chunks_skipped
     if progress:
         progress(done, report.chunks_total)
     if pending:
@@ -262,6 +269,56 @@ def _client_or(client: Any, plan: Any, scheduler: str | None):
     return dask_client(plan, scheduler)
 
 
+def _check_input_chunks(
+    job: ChunkJob,
+    geometry: Geometry,
+    pending: list[tuple[int, int]],
+    report: SegmentReport,
+    reasons: list[str],
+) -> list[tuple[int, int]]:
+    """The pending chunks whose input is all stored; the others fail, or are counted.
+
+    In an image that stores every chunk (``unet ingest``'s) a missing input chunk is lost data:
+    each output chunk whose window needs one fails as a corrupt one would. Elsewhere a missing
+    chunk may be one Zarr left out as equal to the fill value: the run goes on, and the report's
+    ``input_chunks_missing`` and a warning say how many were read as the fill value.
+    """
+    from unet.io.presence import every_chunk_stored, missing_chunks, stored_chunk_shape
+
+    source = job.source
+    missing = missing_chunks(source)
+    if not missing:
+        return pending
+    if not every_chunk_stored(source):
+        report.input_chunks_missing = len(missing)
+        log.warning(
+            "%d stored chunk(s) of %s are missing and were read as its fill value (Zarr leaves "
+            "out chunks equal to it): if chunks were lost, restore them and rerun with "
+            "--overwrite",
+            len(missing),
+            source.url,
+        )
+        return pending
+    rows, cols = stored_chunk_shape(source)
+    runnable = []
+    for index in pending:
+        window = job.window(index, geometry)
+        needed = {
+            (i, j)
+            for i in range(window.read_rows.start // rows, -(-window.read_rows.stop // rows))
+            for j in range(window.read_cols.start // cols, -(-window.read_cols.stop // cols))
+        }
+        lost = sorted(needed & missing)
+        if not lost:
+            runnable.append(index)
+            continue
+        report.chunks_failed.append(list(index))
+        reasons.append(
+            f"input chunk {lost[0]} of {source.url} is missing from a store that holds every chunk"
+        )
+    return runnable
+
+
 def _skip_background(
     source: ImageSource,
     group: Any,
@@ -271,12 +328,12 @@ def _skip_background(
 ) -> list[tuple[int, int]]:
     """Mark chunks without tissue finished (label 0 is the fill value); return the rest."""
     from unet.engine.background import chunks_with_tissue, tissue_mask
-    from unet.engine.ledger import LEDGER_PATH
+    from unet.engine.ledger import open_ledger
 
     low, factor = source.low_resolution()
     # One low-resolution pixel of margin: tissue seen only between the strided samples still counts.
     tissue = chunks_with_tissue(tissue_mask(low, dilation=1), factor, grid)
-    ledger = group[LEDGER_PATH]
+    ledger = open_ledger(group)
     remaining = []
     for index in pending:
         if tissue[index]:

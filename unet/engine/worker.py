@@ -9,6 +9,7 @@ once per worker process (cached by checkpoint digest), never shipped in the task
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from unet.engine.allocator import reuse_freed_memory
-from unet.engine.ledger import LEDGER_PATH, mark_finished
+from unet.engine.ledger import mark_finished, open_ledger
 from unet.errors import InputReadError, writing
 from unet.io.codecs import use_fast_codecs
 from unet.io.pyramid import write_chunk_levels
@@ -128,11 +129,30 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     if nodata_pixels is not None:
         mask[nodata_pixels] = 0
     with writing(f"chunk {index} of {job.output}"):
-        write_chunk_levels(levels, mask, rows, cols, level0=mask_array)
-        if probabilities_array is not None and logits is not None:
-            probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
-        mark_finished(ledger, index)
+        try:
+            write_chunk_levels(levels, mask, rows, cols, level0=mask_array)
+            if probabilities_array is not None and logits is not None:
+                probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
+            mark_finished(ledger, index)
+        except BaseException:
+            _erase_chunk(levels, mask_array, probabilities_array, rows, cols)
+            raise
     return ChunkResult(index, class_counts(mask, num_labels), time.perf_counter() - started, False)
+
+
+def _erase_chunk(levels, mask_array, probabilities_array, rows: slice, cols: slice) -> None:
+    """Delete the files of an output chunk whose write failed, as far as that is possible.
+
+    zarrs writes a chunk file in place, so a full disk leaves a partial or empty one behind.
+    Writing the fill value deletes a chunk file instead (Zarr stores no chunk equal to it),
+    which needs no space. Best effort: the chunk is unmarked and the rerun computes it anyway.
+    """
+    blank = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint8)
+    with contextlib.suppress(Exception):
+        write_chunk_levels(levels, blank, rows, cols, level0=mask_array)
+    if probabilities_array is not None:
+        with contextlib.suppress(Exception):
+            probabilities_array[:, rows, cols] = 0
 
 
 def read_window(source: ImageSource, window: Window) -> np.ndarray:
@@ -225,7 +245,7 @@ def _output_arrays(output: str, probabilities: bool, pyramid_levels: int):
     group = zarr.open_group(output, mode="r+")
     probabilities_array = group[PROBABILITIES_PATH] if probabilities else None
     levels = [group[str(k)] for k in range(1, pyramid_levels + 1)]
-    return group[MASK_PATH], group[LEDGER_PATH], probabilities_array, levels
+    return group[MASK_PATH], open_ledger(group), probabilities_array, levels
 
 
 def _worker_device(device: str) -> str:

@@ -15,6 +15,10 @@ import importlib.util
 import warnings
 
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+#: zarr-python's own codec pipeline. It writes through the store (a local chunk file is written
+#: beside and renamed into place, where zarrs writes it in place) and honours
+#: ``write_empty_chunks``: arrays opened with it where either matters more than speed.
+STORE_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 #: The same setting for processes started from here (zarr reads ZARR_* variables at import).
 ENVIRONMENT = {"ZARR_CODEC_PIPELINE__PATH": ZARRS_PIPELINE}
 

@@ -5,10 +5,14 @@ a region overlaps, and copied one block of output chunks at a time: memory stays
 for a tiled slide of any size (a band of full-width strips for a striped TIFF). GeoTIFFs and
 Cloud-Optimized GeoTIFFs (TIFFs with GeoTIFF tags) are read the same way through rasterio, and
 their CRS, geotransform, nodata value and band names are stored with the image (see
-:mod:`unet.io.geo`). PNG and JPEG have no random access and are decoded whole.
+:mod:`unet.io.geo`). PNG and JPEG have no random access and are decoded whole. Every chunk of
+level 0 is stored, also those equal to the fill value, and the image says so
+(:mod:`unet.io.presence`): a chunk missing later is known to be lost.
 
 A local output is written to a hidden sibling folder and renamed into place at the end, so a
-failed ingest leaves no partial output and an overwritten output is replaced only on success.
+failed ingest leaves no partial output and an overwritten output is replaced only on success;
+the sibling of an ingest that was killed is removed by the next ingest of the same output
+(:mod:`unet.io.staging`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ import numpy as np
 
 from unet.errors import (
     InputNotFound,
+    InputReadError,
     InvalidImage,
     InvalidParameter,
     OutputExists,
@@ -33,9 +37,16 @@ from unet.errors import (
 )
 from unet.io.geo import is_geotiff, open_geotiff, write_georeference
 from unet.io.locations import is_url, location_exists, remove_location, resolve_location
-from unet.io.omezarr import create_image
+from unet.io.omezarr import LEVEL0, create_image
+from unet.io.presence import store_every_chunk
 from unet.io.pyramid import build_pyramid
 from unet.io.source import ImageSource, open_image
+from unet.io.staging import (
+    remove_staging,
+    remove_stale_staging,
+    replace_location,
+    staging_location,
+)
 
 if TYPE_CHECKING:
     import zarr
@@ -120,8 +131,10 @@ def ingest(
         raise OutputExists(
             f"output {location} exists: choose another path or pass overwrite=True (--overwrite)"
         )
+    if not is_url(location):
+        remove_stale_staging(location)
     with _open_reader(path) as reader:
-        staging = location if is_url(location) else _sibling(location, "partial")
+        staging = location if is_url(location) else staging_location(location)
         try:
             level0 = create_image(
                 staging,
@@ -133,38 +146,32 @@ def ingest(
                 name=path.stem,
                 overwrite=True,
             )
-            _copy(reader, level0, chunks, progress, label=path.name)
+            _copy(reader, level0, chunks, progress, path)
+            # So that a chunk missing later is known to be lost (see unet.io.presence).
+            store_every_chunk(staging, LEVEL0)
             build_pyramid(staging, reduction="mean")
             if reader.georeference is not None:
                 write_georeference(staging, reader.georeference)
         except BaseException:
-            remove_location(staging)
+            if staging == location:
+                remove_location(staging)
+            else:
+                remove_staging(staging)
             raise
     if staging != location:
-        _replace(staging, location)
+        replace_location(staging, location)
     return open_image(location)
 
 
-def _sibling(location: str, purpose: str) -> str:
-    target = Path(location)
-    return str(target.with_name(f".{target.name}.{purpose}-{uuid.uuid4().hex[:8]}"))
-
-
-def _replace(staging: str, location: str) -> None:
-    """Move the finished output into place, removing an old one only after the move."""
-    old = None
-    if os.path.lexists(location):
-        old = _sibling(location, "old")
-        os.replace(location, old)
-    os.replace(staging, location)
-    if old is not None:
-        remove_location(old)
-
-
 def _copy(
-    reader: _Reader, level0: zarr.Array, chunks: tuple[int, int], progress: bool, label: str
+    reader: _Reader, level0: zarr.Array, chunks: tuple[int, int], progress: bool, path: Path
 ) -> None:
-    """Copy the input into level 0 block by block; each block is whole output chunks."""
+    """Copy the input into level 0 block by block; each block is whole output chunks.
+
+    Raises
+    ------
+    InputReadError: a block of the file cannot be read or decoded (truncated, corrupt)
+    """
     from rich.console import Console
     from rich.progress import Progress
 
@@ -174,11 +181,20 @@ def _copy(
     starts = [(r, c) for r in range(0, height, block_rows) for c in range(0, width, block_cols)]
     console = Console(stderr=True)
     with Progress(console=console, disable=not progress, transient=False) as bar:
-        task = bar.add_task(f"ingest {label}", total=len(starts))
+        task = bar.add_task(f"ingest {path.name}", total=len(starts))
         for row, col in starts:
             rows = slice(row, min(row + block_rows, height))
             cols = slice(col, min(col + block_cols, width))
-            level0[:, rows, cols] = reader.read(rows, cols)
+            try:
+                block = reader.read(rows, cols)
+            except Exception as error:  # tifffile, imagecodecs and rasterio each raise their own
+                reason = " ".join(str(error).split()) or "no detail"
+                raise InputReadError(
+                    f"{path} cannot be read at rows {rows.start}-{rows.stop - 1}, columns "
+                    f"{cols.start}-{cols.stop - 1} ({type(error).__name__}: {reason}): the file "
+                    "is truncated or corrupt; copy or export it again"
+                ) from error
+            level0[:, rows, cols] = block
             bar.advance(task)
 
 

@@ -25,6 +25,13 @@ def resolve_location(location: str | os.PathLike[str]) -> str:
     return str(Path(text).expanduser().absolute())
 
 
+def real_location(location: str | os.PathLike[str]) -> str:
+    """:func:`resolve_location` with every symbolic link of a local path followed, as far as the
+    path exists: where the bytes would really go. A URL unchanged."""
+    resolved = resolve_location(location)
+    return resolved if is_url(resolved) else os.path.realpath(resolved)
+
+
 def location_exists(location: str) -> bool:
     """Whether anything (file, folder, Zarr node) exists at a resolved path or URL."""
     if not is_url(location):

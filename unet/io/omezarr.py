@@ -49,6 +49,7 @@ def create_image(
     name: str | None = None,
     overwrite: bool = False,
     compression: tuple[int, str] | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> zarr.Array:
     """Create an OME-Zarr 0.5 image group with an empty level ``"0"`` to be filled.
 
@@ -65,6 +66,8 @@ def create_image(
     overwrite: replace whatever exists at ``url``
     compression: Blosc zstd ``(clevel, shuffle)``; default ``(5, "bitshuffle")`` for 1-byte
         types and ``(5, "shuffle")`` for others
+    attributes: more group attributes, written with the OME ones in the group's first metadata
+        write (entries of an ``"ome"`` key join the OME metadata)
 
     Returns
     -------
@@ -104,8 +107,10 @@ def create_image(
     ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [multiscale]}
     if channel_names is not None:
         ome["omero"] = {"channels": [_omero_channel(n, numpy_dtype) for n in channel_names]}
+    extra = dict(attributes or {})
+    ome.update(extra.pop("ome", {}))
     _make_room(location, overwrite)
-    group = zarr.create_group(store=location, zarr_format=3, attributes={"ome": ome})
+    group = zarr.create_group(store=location, zarr_format=3, attributes={"ome": ome, **extra})
     clevel, shuffle = compression or (5, "bitshuffle" if numpy_dtype.itemsize == 1 else "shuffle")
     return group.create_array(
         LEVEL0,
@@ -137,13 +142,16 @@ def create_label_image(
     name: str | None = None,
     source: str | None = None,
     overwrite: bool = False,
+    attributes: dict[str, Any] | None = None,
 ) -> zarr.Array:
     """Create an OME-Zarr 0.5 label image: a uint8 ``(Y, X)`` mask with ``image-label`` metadata.
 
     Label value ``i`` is class ``class_names[i]`` shown in ``colours[i]``; label 0 (background)
     is transparent. ``pixel_size`` and ``unit`` calibrate it as the labelled image is;
     ``source`` (``image-label.source.image``) is where that image lies, relative to this group
-    (``"../../"`` inside the image's ``labels`` group). Returns the level-0 array, filled with 0.
+    (``"../../"`` inside the image's ``labels`` group). ``attributes``: more group attributes,
+    written with the OME ones in the group's first metadata write. Returns the level-0 array,
+    filled with 0.
     """
     if not 1 <= len(class_names) <= 256 or len(colours) != len(class_names):
         raise InvalidParameter(
@@ -155,23 +163,7 @@ def create_label_image(
             isinstance(v, int | np.integer) and 0 <= v <= 255 for v in colour
         ):
             raise InvalidParameter(f"colour {colour} is not an RGB triple of 0..255 integers")
-    level0 = create_image(
-        url,
-        tuple(shape),
-        np.uint8,
-        chunks,
-        axes=("y", "x"),
-        pixel_size=pixel_size,
-        unit=unit,
-        name=name,
-        overwrite=overwrite,
-        compression=LABEL_COMPRESSION,
-    )
-    import zarr
-
-    group = zarr.open_group(store=resolve_location(url), mode="r+")
-    ome = copy.deepcopy(group.attrs["ome"])
-    ome["image-label"] = {
+    image_label: dict[str, Any] = {
         "version": NGFF_VERSION,
         "colors": [
             {"label-value": value, "rgba": [*map(int, colour), 0 if value == 0 else 255]}
@@ -183,9 +175,22 @@ def create_label_image(
         ],
     }
     if source is not None:
-        ome["image-label"]["source"] = {"image": source}
-    group.update_attributes({"ome": ome})
-    return level0
+        image_label["source"] = {"image": source}
+    extra = copy.deepcopy(attributes or {})
+    extra.setdefault("ome", {})["image-label"] = image_label
+    return create_image(
+        url,
+        tuple(shape),
+        np.uint8,
+        chunks,
+        axes=("y", "x"),
+        pixel_size=pixel_size,
+        unit=unit,
+        name=name,
+        overwrite=overwrite,
+        compression=LABEL_COMPRESSION,
+        attributes=extra,
+    )
 
 
 def set_label_listed(image: str | os.PathLike[str], name: str, listed: bool) -> None:

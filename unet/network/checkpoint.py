@@ -196,6 +196,12 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Checkp
         ) from None
     if mean.shape != (model.in_channels,) or std.shape != (model.in_channels,):
         raise CheckpointError(f"{file}: mean/std must have {model.in_channels} values")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise CheckpointError(
+            f"{file}: its normalization (mean {mean.tolist()}, std {std.tolist()}) is not finite "
+            "and positive: re-save it with the training data's mean and std"
+        )
+    _check_finite_weights(file, state)
     model.eval().to(device)
     colours = [tuple(int(v) for v in c) for c in header.get("colours", [])]
     return Checkpoint(
@@ -208,6 +214,19 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Checkp
         digest=hashlib.sha256(data).hexdigest(),
         path=str(file),
     )
+
+
+def _check_finite_weights(file: Path, state: dict[str, Any]) -> None:
+    """Refuse weights holding NaN or infinite values: such a model gives a mask, and a wrong one
+    (e.g. all background), without a word."""
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{file}: weight {name} holds NaN or infinite values (the training diverged): "
+                "use another checkpoint, or train again with a lower learning rate"
+            )
 
 
 def _per_channel(value: float | list[float] | np.ndarray, channels: int, name: str) -> np.ndarray:

@@ -132,11 +132,25 @@ def data_uri(png: bytes) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to a local path or an fsspec URL."""
+    """Write ``data`` to a local path or an fsspec URL.
+
+    A local file is written beside ``path`` and renamed over it: a symbolic link at ``path``
+    is replaced, never written through (it could lead into the input), and a failed write
+    leaves no half-written PNG.
+    """
     if "://" in path:
         import fsspec
 
         with fsspec.open(path, "wb") as file:
             file.write(data)
-    else:
-        Path(path).write_bytes(data)
+        return
+    import os
+    import uuid
+
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -116,13 +116,15 @@ class Geometry:
             )
         return n - 2 * self.halo
 
-    def check_tile_size(self, tile_size: int) -> int:
-        """Validate a tile side for tiled inference and return it.
+    @property
+    def smallest_tile(self) -> int:
+        """Smallest tile side for tiled inference: a valid input side keeping at least
+        ``2**depth`` output pixels after cropping the context, so that aligned tiles advance."""
+        return self.valid_at_least(2 * self.context + self.align)
 
-        A tile must be a valid input side and must keep at least ``2**depth`` output pixels after
-        cropping the context, so that consecutive aligned tiles can advance.
-        """
-        smallest = self.valid_at_least(2 * self.context + self.align)
+    def check_tile_size(self, tile_size: int) -> int:
+        """Validate a tile side for tiled inference (see :attr:`smallest_tile`) and return it."""
+        smallest = self.smallest_tile
         if not self.is_valid(tile_size) or tile_size < smallest:
             lower = self.valid_at_most(tile_size)
             options = [v for v in (lower, self.valid_at_least(tile_size + 1)) if v]

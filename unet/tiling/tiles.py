@@ -64,10 +64,11 @@ def default_tile_size(geometry: Geometry, chunk: int | None = None) -> int:
     chunk in one tile: chunk origins lie on the pooling grid when the chunk side is a multiple of
     ``2**depth``, so each chunk is one forward pass and only the halo is computed twice.
     Otherwise, and for in-memory arrays, the smallest valid tile keeping at least
-    ``DEFAULT_TILE_OUTPUT`` output pixels a side.
+    ``DEFAULT_TILE_OUTPUT`` output pixels a side. Never below ``geometry.smallest_tile``
+    (a chunk of a few pixels still needs a tile that can be tiled).
     """
     if chunk is not None and chunk <= WHOLE_CHUNK_TILE_LIMIT:
-        return geometry.valid_at_least(chunk + 2 * geometry.context)
+        return max(geometry.valid_at_least(chunk + 2 * geometry.context), geometry.smallest_tile)
     return geometry.valid_at_least(DEFAULT_TILE_OUTPUT + 2 * geometry.context)
 
 
