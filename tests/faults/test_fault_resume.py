@@ -100,15 +100,16 @@ def test_failed_chunk_write_leaves_no_file_of_the_unmarked_chunk(
     raw = write_image(tmp_path / "in.zarr", (96, 96), (32, 32))
     output = tmp_path / "out.zarr"
     parameters = SegmentParameters(model=model, device="cpu", probabilities=True)
-    full = [output / "probabilities" / "c" / "0" / "2" / str(j) for j in range(3)]
+    # One chunk, so that the run surely tries it: the run ends at the first failure, and a
+    # planted file of a chunk never tried would stay.
+    full = output / "probabilities" / "c" / "0" / "1" / "1"
 
     def fill_disk(done: int, total: int) -> None:
-        # Once the output exists: the last row's probability chunks fail with ENOSPC, after the
-        # same chunks' masks were written.
-        if done == 0 and not full[0].is_symlink():
-            full[0].parent.mkdir(parents=True, exist_ok=True)
-            for path in full:
-                path.symlink_to("/dev/full")
+        # Once the output exists: chunk (1, 1)'s probabilities fail with ENOSPC, after its mask
+        # was written.
+        if done == 0 and not full.is_symlink():
+            full.parent.mkdir(parents=True, exist_ok=True)
+            full.symlink_to("/dev/full")
 
     with pytest.raises(OutputWriteError, match="No space left on device"):
         segment(
