@@ -107,20 +107,30 @@ def _listed(values: np.ndarray) -> str:
 
 def _sample(source: ImageSource) -> np.ndarray:
     """float32 (C, n): values of the image, from its low-resolution view when that is cheap
-    (a pyramid, or an image that small), else from a grid of stored chunks."""
+    (a pyramid, or an image that small), else from a grid of stored chunks.
+
+    Chunks that cannot be read are left out: the chunk tasks that need them report them.
+    """
     _, height, width = source.shape
     if len(source.level_paths) > 1 or max(height, width) <= 2 * LOW_RESOLUTION_SIDE:
-        low, _ = source.low_resolution(LOW_RESOLUTION_SIDE)
-        return low.reshape(low.shape[0], -1)
+        try:
+            low, _ = source.low_resolution(LOW_RESOLUTION_SIDE)
+            return low.reshape(low.shape[0], -1)
+        except Exception:  # a damaged chunk (whatever the codec raises): sample around it
+            pass
     chunk_rows, chunk_cols = source.chunks or (LOW_RESOLUTION_SIDE, LOW_RESOLUTION_SIDE)
-    blocks = []
+    blocks = [np.empty((source.shape[0], 0), np.float32)]
     for i in range(SAMPLE_GRID):
         for j in range(SAMPLE_GRID):
             # The stored chunk around the centre of each cell of a 3 x 3 grid.
             row = (height * (2 * i + 1) // (2 * SAMPLE_GRID)) // chunk_rows * chunk_rows
             col = (width * (2 * j + 1) // (2 * SAMPLE_GRID)) // chunk_cols * chunk_cols
-            block = source.read(
-                slice(row, min(row + chunk_rows, height)), slice(col, min(col + chunk_cols, width))
-            )
+            try:
+                block = source.read(
+                    slice(row, min(row + chunk_rows, height)),
+                    slice(col, min(col + chunk_cols, width)),
+                )
+            except Exception:  # as above
+                continue
             blocks.append(block.reshape(block.shape[0], -1).astype(np.float32))
     return np.concatenate(blocks, axis=1)
