@@ -29,6 +29,8 @@ from unet.errors import (
 from unet.tiling import ChunkGrid, strip_order
 
 if TYPE_CHECKING:
+    from unet.engine.cluster import ClusterPlan
+    from unet.engine.worker import ChunkJob
     from unet.io.source import ImageSource
 
 #: Tasks in flight per worker: enough to keep workers busy, few enough to keep the driver flat.
@@ -51,6 +53,7 @@ def segment(
     client: Any = None,
     progress: ProgressCallback | None = None,
     plan: RunPlan | None = None,
+    cluster: ClusterPlan | None = None,
 ) -> SegmentReport:
     """Segment the image at ``input`` into an OME-Zarr label image at ``output``.
 
@@ -64,6 +67,9 @@ def segment(
     progress: called with (chunks done, chunks total) as chunks finish
     plan: the run's plan when the caller made it already (:func:`unet.engine.plan.plan_run` of
         the same input, output and parameters): the run is then not planned again
+    cluster: the plan ``client``'s workers were started from, when the caller started them
+        (e.g. :func:`unet.engine.cluster.gpu_plan` of simulated GPUs); default
+        :func:`unet.engine.cluster.plan_cluster` of ``parameters``
 
     Returns
     -------
@@ -84,11 +90,15 @@ def segment(
     if plan is None:
         plan = plan_run(input, output, parameters)
     with output_lock(output):
-        return _segment(plan, client, progress, started)
+        return _segment(plan, client, progress, started, cluster)
 
 
 def _segment(
-    plan: RunPlan, client: Any, progress: ProgressCallback | None, started: float
+    plan: RunPlan,
+    client: Any,
+    progress: ProgressCallback | None,
+    started: float,
+    cluster_plan: ClusterPlan | None,
 ) -> SegmentReport:
     """The body of :func:`segment`, run while this process holds the output's lock."""
     source, checkpoint, parameters, output = (
@@ -117,31 +127,17 @@ def _segment(
         pending = _skip_background(source, group, pending, plan.grid, report)
 
     from unet.engine.cluster import plan_cluster
-    from unet.engine.worker import ChunkJob
 
-    cluster_plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
-    job = ChunkJob(
-        source=source,
-        output=output,
-        checkpoint=checkpoint.path,
-        checkpoint_digest=checkpoint.digest,
-        chunks=plan.chunks,
-        tile_size=plan.tile_size,
-        batch_size=parameters.batch_size,
-        device=parameters.device,
-        precision=parameters.precision,
-        probabilities=parameters.probabilities,
-        nodata=parameters.nodata,
-        torch_threads=cluster_plan.torch_threads,
-        pyramid_levels=group.attrs[ATTRIBUTE].get("chunk_levels", 0),
-    )
+    if cluster_plan is None:
+        cluster_plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
+    job = chunk_job(plan, group, cluster_plan.torch_threads)
     done = report.chunks_resumed + report.chunks_skipped
     reasons: list[str] = []
     if progress:
         progress(done, report.chunks_total)
     if pending:
         with _client_or(client, cluster_plan, parameters.scheduler) as active:
-            for result in run_chunks(active, job, pending):
+            for result in run_chunks(active, job, pending, cluster_plan.chunks_per_task):
                 if isinstance(result, ChunkFailure):
                     report.chunks_failed.append(list(result.index))
                     reasons.append(result.reason)
@@ -171,16 +167,46 @@ def _segment(
     return report
 
 
-def run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterator[Any]:
+def chunk_job(plan: RunPlan, group: Any, torch_threads: int | None = None) -> ChunkJob:
+    """The :class:`~unet.engine.worker.ChunkJob` of ``plan``'s chunks, written into ``group``
+    (the output, :func:`unet.engine.output.open_output` of ``plan``)."""
+    from unet.engine.worker import ChunkJob
+
+    parameters = plan.parameters
+    return ChunkJob(
+        source=plan.source,
+        output=plan.output,
+        checkpoint=plan.checkpoint.path,
+        checkpoint_digest=plan.checkpoint.digest,
+        chunks=plan.chunks,
+        tile_size=plan.tile_size,
+        batch_size=parameters.batch_size,
+        device=parameters.device,
+        precision=parameters.precision,
+        probabilities=parameters.probabilities,
+        nodata=parameters.nodata,
+        torch_threads=torch_threads,
+        pyramid_levels=group.attrs[ATTRIBUTE].get("chunk_levels", 0),
+    )
+
+
+def run_chunks(
+    client: Any, job: Any, pending: list[tuple[int, int]], chunks_per_task: int = 1
+) -> Iterator[Any]:
     """Results of ``run_chunk`` for every pending chunk, as they complete (retried on failure).
 
-    A chunk whose input cannot be read yields a :class:`ChunkFailure` and the others go on; any
+    With ``chunks_per_task`` above 1, each task is a stream of that many consecutive chunks
+    (:func:`unet.engine.stream.run_chunk_batch`), and their results come as each task ends.
+
+    A chunk whose input cannot be read yields a :class:`ChunkFailure` and the others go on (a
+    chunk of a stream that failed so is first run again alone, with the retries of a task); any
     other failure (the output cannot be written, the device fails) ends the run, once the chunks
     in flight have ended: a task still running after the run released the output's lock could
     write into the output of the next run.
     """
     from distributed import as_completed, wait
 
+    from unet.engine.stream import run_chunk_batch
     from unet.engine.worker import run_chunk
 
     if not pending:
@@ -188,24 +214,36 @@ def run_chunks(client: Any, job: Any, pending: list[tuple[int, int]]) -> Iterato
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     limit = IN_FLIGHT_PER_WORKER * workers
     job_future = client.scatter(job, broadcast=True)
-    queue = iter(pending)
+    size = max(1, chunks_per_task)
+    queue = iter([pending[i : i + size] for i in range(0, len(pending), size)])
 
-    in_flight: dict[str, tuple[Any, tuple[int, int]]] = {}
+    in_flight: dict[str, tuple[Any, list[tuple[int, int]]]] = {}
 
-    def submit(index: tuple[int, int]) -> Any:
-        future = client.submit(run_chunk, job_future, index, retries=TASK_RETRIES, pure=False)
-        in_flight[future.key] = (future, index)
+    def submit(group: list[tuple[int, int]]) -> Any:
+        if len(group) == 1:
+            future = client.submit(
+                run_chunk, job_future, group[0], retries=TASK_RETRIES, pure=False
+            )
+        else:
+            future = client.submit(
+                run_chunk_batch, job_future, group, retries=TASK_RETRIES, pure=False
+            )
+        in_flight[future.key] = (future, group)
         return future
 
-    futures = as_completed([submit(index) for _, index in zip(range(limit), queue, strict=False)])
+    futures = as_completed([submit(group) for _, group in zip(range(limit), queue, strict=False)])
     try:
         for future in futures:
-            _, index = in_flight.pop(future.key)
+            _, group = in_flight.pop(future.key)
             try:
-                result = future.result()
+                results = future.result()
             except InputReadError as error:
-                result = ChunkFailure(index, str(error))
-            yield result
+                results = ChunkFailure(group[0], str(error))
+            for result in results if isinstance(results, list) else [results]:
+                if isinstance(result, ChunkFailure) and len(group) > 1:
+                    futures.add(submit([result.index]))  # alone, with a task's retries
+                else:
+                    yield result
             following = next(queue, None)
             if following is not None:
                 futures.add(submit(following))
