@@ -3,6 +3,7 @@ masks as one chunk per task, and the same guarantees on failures and resume."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,72 @@ def test_a_device_failure_mid_stream_keeps_only_the_written_chunks(
     )
     assert (report.chunks_resumed, report.chunks_computed) == (5, 4)
     assert_same_mask(group_of(Path(output))["0"][...], expected, near_tie)
+
+
+def test_levels_above_the_chunks_are_built_during_a_streamed_run(tmp_path, client, model):
+    """The levels the chunks cannot write themselves, halved block by block as their chunks
+    finish: the same pyramid as one built at the end."""
+    import unet.io.pyramid
+
+    write_image(tmp_path / "in.zarr", (1040, 100), (128, 128))  # 9 x 1 chunks, one level above
+    parameters = SegmentParameters(model=model, device="cpu")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(unet.io.pyramid, "JOB_SIDE", 256)  # blocks of one chunk: 5 x 1 of them
+        segment(
+            str(tmp_path / "in.zarr"),
+            str(tmp_path / "stream.zarr"),
+            parameters,
+            client=client,
+            cluster=streamed(4),
+        )
+    segment(str(tmp_path / "in.zarr"), str(tmp_path / "one.zarr"), parameters, client=client)
+    a, b = group_of(tmp_path / "one.zarr"), group_of(tmp_path / "stream.zarr")
+    assert sorted(b.array_keys()) == sorted(a.array_keys()) and "1" in a.array_keys()
+    for path in ("0", "1"):
+        np.testing.assert_array_equal(b[path][...], a[path][...])
+    assert b["1"][...].any()
+    assert (
+        b.attrs["ome"]["multiscales"][0]["datasets"] == a.attrs["ome"]["multiscales"][0]["datasets"]
+    )
+    assert b.attrs["unet"]["complete"] is True
+
+
+def test_upper_levels_halve_each_block_once_its_chunks_are_done(tmp_path):
+    """In this process: blocks are halved as soon as the chunks beneath them are done, in any
+    order, and finish() builds what is left."""
+    import unet.io.pyramid
+    from unet.engine.levels import UpperLevels
+    from unet.io.omezarr import create_label_image
+    from unet.io.pyramid import build_pyramid
+    from unet.tiling import ChunkGrid
+
+    mask = (np.random.default_rng(2).random((1100, 1300)) > 0.5).astype(np.uint8)
+    grid = ChunkGrid(mask.shape, (256, 256))  # 5 x 6 chunks
+    for name in ("a.zarr", "b.zarr"):
+        create_label_image(
+            str(tmp_path / name),
+            mask.shape,
+            (256, 256),
+            class_names=["background", "nucleus"],
+            colours=[(0, 0, 0), (255, 0, 0)],
+            name="mask",
+        )
+        zarr.open_group(str(tmp_path / name), mode="r+")["0"][...] = mask
+    build_pyramid(str(tmp_path / "a.zarr"), reduction="nearest")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(unet.io.pyramid, "JOB_SIDE", 512)  # blocks of one 256^2 chunk of level 1
+        done = np.zeros(grid.counts, dtype=bool)
+        done[0, 0] = True  # resumed
+        levels = UpperLevels(str(tmp_path / "b.zarr"), 0, grid, done)
+        assert levels.levels.count == 1 and not levels.halved
+        levels.chunk_done((0, 1))
+        levels.chunk_done((1, 0))
+        levels.chunk_done((1, 1))  # completes block (0, 0) of level 1: chunks (0..1, 0..1)
+        deadline = time.monotonic() + 30
+        while not levels.halved and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert levels.halved == {(0, (0, 0))}
+        levels.finish()
+    a, b = group_of(tmp_path / "a.zarr"), group_of(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(b["1"][...], a["1"][...])
+    assert b.attrs["ome"]["multiscales"] == a.attrs["ome"]["multiscales"]

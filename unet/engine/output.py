@@ -12,6 +12,7 @@ from unet.errors import OutputExists
 if TYPE_CHECKING:
     import zarr
 
+    from unet.engine.levels import UpperLevels
     from unet.engine.plan import RunPlan
 
 
@@ -103,15 +104,22 @@ def existing_group(output: str):
         ) from None
 
 
-def finish_output(output: str) -> None:
-    """Build the pyramid's levels that the chunks did not write, and mark the run complete."""
+def finish_output(output: str, levels: UpperLevels | None = None) -> None:
+    """Build the pyramid's levels that the chunks did not write, and mark the run complete.
+
+    ``levels``: those levels, built while the run went on (:class:`unet.engine.levels.UpperLevels`);
+    only what is left of them is built here.
+    """
     import zarr
 
     from unet.io.pyramid import build_pyramid
 
     group = zarr.open_group(output, mode="r+")
     keep = group.attrs[ATTRIBUTE].get("chunk_levels", 0)
-    build_pyramid(output, reduction="nearest", keep_levels=keep)
+    if levels is not None:
+        levels.finish()
+    else:
+        build_pyramid(output, reduction="nearest", keep_levels=keep)
     group = zarr.open_group(output, mode="r+")
     state = dict(group.attrs[ATTRIBUTE])
     state["complete"] = True

@@ -135,30 +135,38 @@ def _segment(
     reasons: list[str] = []
     if progress:
         progress(done, report.chunks_total)
-    if pending:
-        with _client_or(client, cluster_plan, parameters.scheduler) as active:
-            for result in run_chunks(active, job, pending, cluster_plan.chunks_per_task):
-                if isinstance(result, ChunkFailure):
-                    report.chunks_failed.append(list(result.index))
-                    reasons.append(result.reason)
-                    continue
-                done += 1
-                if result.skipped:
-                    report.chunks_skipped += 1
-                else:
-                    report.chunks_computed += 1
-                report.class_pixels = [
-                    a + b for a, b in zip(report.class_pixels, result.class_counts, strict=False)
-                ]
-                if progress:
-                    progress(done, report.chunks_total)
-    if report.chunks_failed:
-        report.chunks_failed.sort()
-        report.seconds = time.perf_counter() - started
-        raise _chunks_failed(report, reasons[0])
-    if pending or not group.attrs[ATTRIBUTE].get("complete"):
-        with writing(output):
-            finish_output(output)
+    upper = _upper_levels(plan, group, pending, cluster_plan.chunks_per_task)
+    try:
+        if pending:
+            with _client_or(client, cluster_plan, parameters.scheduler) as active:
+                for result in run_chunks(active, job, pending, cluster_plan.chunks_per_task):
+                    if isinstance(result, ChunkFailure):
+                        report.chunks_failed.append(list(result.index))
+                        reasons.append(result.reason)
+                        continue
+                    if upper is not None:
+                        upper.chunk_done(result.index)
+                    done += 1
+                    if result.skipped:
+                        report.chunks_skipped += 1
+                    else:
+                        report.chunks_computed += 1
+                    report.class_pixels = [
+                        a + b
+                        for a, b in zip(report.class_pixels, result.class_counts, strict=False)
+                    ]
+                    if progress:
+                        progress(done, report.chunks_total)
+        if report.chunks_failed:
+            report.chunks_failed.sort()
+            report.seconds = time.perf_counter() - started
+            raise _chunks_failed(report, reasons[0])
+        if pending or not group.attrs[ATTRIBUTE].get("complete"):
+            with writing(output):
+                finish_output(output, upper)
+    finally:
+        if upper is not None:
+            upper.close()  # no block is written after the run gave the output up
     if plan.georeference is not None:
         from unet.io.geo import write_georeference
 
@@ -252,6 +260,25 @@ def run_chunks(
             with contextlib.suppress(TimeoutError):
                 wait([future for future, _ in in_flight.values()], timeout=DRAIN_SECONDS)
         raise
+
+
+def _upper_levels(
+    plan: RunPlan, group: Any, pending: list[tuple[int, int]], chunks_per_task: int
+) -> Any:
+    """The pyramid levels above the chunks' own, built while a streamed run goes on
+    (:class:`unet.engine.levels.UpperLevels`); None for other runs, which build them at the end
+    (on a CPU the chunks take minutes and the end's fraction of a second does not matter, while
+    a thread beside the forward passes slows them)."""
+    if chunks_per_task <= 1 or not pending:
+        return None
+    from unet.engine.levels import UpperLevels
+
+    done = np.ones(plan.grid.counts, dtype=bool)
+    done[tuple(np.array(pending).T)] = False
+    with writing(plan.output):
+        return UpperLevels(
+            plan.output, group.attrs[ATTRIBUTE].get("chunk_levels", 0), plan.grid, done
+        )
 
 
 def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:

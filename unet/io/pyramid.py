@@ -139,31 +139,98 @@ def build_pyramid(
     The level paths, ``"0"`` first. Existing levels other than ``"0"`` are replaced and the
     multiscales metadata is rewritten.
     """
-    import zarr
+    levels = PyramidLevels(url, reduction=reduction, max_side=max_side, keep_levels=keep_levels)
+    levels.build()
+    return levels.finish()
 
-    if reduction not in ("mean", "nearest"):
-        raise InvalidParameter(f"reduction {reduction!r} is not known: use 'mean' or 'nearest'")
-    if not isinstance(max_side, int) or max_side < 1:
-        raise InvalidParameter(f"max_side must be a positive integer, got {max_side!r}")
-    location = resolve_location(url)
-    group = zarr.open_group(store=location, mode="r+")
-    ome = group.attrs.asdict().get("ome")
-    if group.metadata.zarr_format != 3 or not ome or LEVEL0 not in group.array_keys():
-        raise UnsupportedInput(
-            f"{location} is not an OME-Zarr 0.5 image group with a level '0' array: pyramids "
-            "are built for images written by unet (create_image, ingest, segment)"
-        )
-    _remove_levels(group, ome, keep_levels)
-    paths = [LEVEL0, *(str(k) for k in range(1, keep_levels + 1))]
-    factors = [2**k for k in range(keep_levels + 1)]
-    level = group[paths[-1]]
-    while max(level.shape[-2:]) > max_side:
-        path = str(len(paths))
-        level = _halve(level, group, path, reduction)
-        paths.append(path)
-        factors.append(2 ** (len(paths) - 1))
-    set_multiscales(group, paths, factors, method=reduction)
-    return paths
+
+class PyramidLevels:
+    """The levels :func:`build_pyramid` adds above ``keep_levels``: created empty at once, then
+    filled block by block, in any order that halves a block only once its source is complete.
+
+    Each level ``new[n]`` (path ``keep_levels + 1 + n``) is cut into blocks of whole chunks,
+    ``JOB_SIDE`` source pixels a side (or one chunk, when chunks are larger): a block is the
+    unit of work, read from the level below it in one call and written in one call.
+
+    Parameters: as :func:`build_pyramid`. Existing levels above ``keep_levels`` are removed.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        reduction: Reduction = "mean",
+        max_side: int = 1024,
+        keep_levels: int = 0,
+    ) -> None:
+        import zarr
+
+        if reduction not in ("mean", "nearest"):
+            raise InvalidParameter(f"reduction {reduction!r} is not known: use 'mean' or 'nearest'")
+        if not isinstance(max_side, int) or max_side < 1:
+            raise InvalidParameter(f"max_side must be a positive integer, got {max_side!r}")
+        location = resolve_location(url)
+        group = zarr.open_group(store=location, mode="r+")
+        ome = group.attrs.asdict().get("ome")
+        if group.metadata.zarr_format != 3 or not ome or LEVEL0 not in group.array_keys():
+            raise UnsupportedInput(
+                f"{location} is not an OME-Zarr 0.5 image group with a level '0' array: "
+                "pyramids are built for images written by unet (create_image, ingest, segment)"
+            )
+        _remove_levels(group, ome, keep_levels)
+        self.group, self.reduction, self.keep_levels = group, reduction, keep_levels
+        #: Level arrays from level ``keep_levels`` (the last kept) up, one per new level above.
+        self.arrays = [group[str(keep_levels) if keep_levels else LEVEL0]]
+        while max(self.arrays[-1].shape[-2:]) > max_side:
+            self.arrays.append(
+                _create_half(self.arrays[-1], group, str(keep_levels + len(self.arrays)))
+            )
+
+    @property
+    def count(self) -> int:
+        """New levels."""
+        return len(self.arrays) - 1
+
+    def block_shape(self, new: int) -> tuple[int, int]:
+        """(rows, cols) of the blocks of new level ``new`` (0 first), in its own pixels."""
+        chunks = self.arrays[new + 1].chunks[-2:]
+        span = max(1, JOB_SIDE // (2 * max(chunks)))
+        return chunks[0] * span, chunks[1] * span
+
+    def blocks(self, new: int) -> list[tuple[int, int]]:
+        """Origins of the blocks of new level ``new``, row-major."""
+        rows, cols = self.block_shape(new)
+        height, width = self.arrays[new + 1].shape[-2:]
+        return [(top, left) for top in range(0, height, rows) for left in range(0, width, cols)]
+
+    def halve(self, new: int, origin: tuple[int, int]) -> None:
+        """Fill block ``origin`` of new level ``new`` from the level below it, which must be
+        complete there."""
+        rows, cols = self.block_shape(new)
+        source, target = self.arrays[new], self.arrays[new + 1]
+        top, left = origin
+        block = source[..., 2 * top : 2 * (top + rows), 2 * left : 2 * (left + cols)]
+        target[..., top : top + rows, left : left + cols] = reduce_block(block, self.reduction)
+
+    def build(self, done: set[tuple[int, tuple[int, int]]] = frozenset()) -> None:
+        """Halve every block not in ``done`` (``(new level, origin)`` pairs), level by level, each
+        level's blocks in a pool of threads (each writes its own chunks: no lock is needed)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        for new in range(self.count):
+            origins = [origin for origin in self.blocks(new) if (new, origin) not in done]
+            if not origins:
+                continue
+            with ThreadPoolExecutor(max_workers=min(len(origins), os.cpu_count() or 1)) as pool:
+                for _ in pool.map(lambda origin, new=new: self.halve(new, origin), origins):
+                    pass  # re-raises the first failure
+
+    def finish(self) -> list[str]:
+        """Write the multiscales metadata of every level; return the level paths, ``"0"``
+        first."""
+        paths = [LEVEL0, *(str(k) for k in range(1, self.keep_levels + self.count + 1))]
+        set_multiscales(self.group, paths, [2**k for k in range(len(paths))], method=self.reduction)
+        return paths
 
 
 def reduce_block(block: np.ndarray, reduction: Reduction) -> np.ndarray:
@@ -212,14 +279,13 @@ def _remove_levels(group: zarr.Group, ome: dict, keep_levels: int = 0) -> None:
             del group[path]
 
 
-def _halve(source: zarr.Array, group: zarr.Group, path: str, reduction: Reduction) -> zarr.Array:
-    """Create level ``path`` as the halved ``source``, one output chunk per job of a thread pool."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _create_half(source: zarr.Array, group: zarr.Group, path: str) -> zarr.Array:
+    """Create level ``path``, empty: half of ``source`` along Y and X (``ceil``), chunked as
+    ``source`` (smaller where the level is)."""
     height, width = source.shape[-2:]
     shape = (*source.shape[:-2], math.ceil(height / 2), math.ceil(width / 2))
     chunks = tuple(min(c, n) for c, n in zip(source.chunks, shape, strict=True))
-    target = group.create_array(
+    return group.create_array(
         path,
         shape=shape,
         dtype=source.dtype,
@@ -228,21 +294,3 @@ def _halve(source: zarr.Array, group: zarr.Group, path: str, reduction: Reductio
         fill_value=source.fill_value,
         dimension_names=source.metadata.dimension_names,
     )
-    # Each job writes a block of whole target chunks (every leading index), so no lock is
-    # needed; blocks of several chunks let Zarr decode and encode them in one call: a 16384^2
-    # mask's last two levels took 186 ms of CPU in jobs of one 256^2 chunk each.
-    span = max(1, JOB_SIDE // (2 * max(chunks[-2:])))
-    rows, cols = chunks[-2] * span, chunks[-1] * span
-
-    def halve_block(origin: tuple[int, int]) -> None:
-        top, left = origin
-        block = source[..., 2 * top : 2 * (top + rows), 2 * left : 2 * (left + cols)]
-        target[..., top : top + rows, left : left + cols] = reduce_block(block, reduction)
-
-    origins = [
-        (top, left) for top in range(0, shape[-2], rows) for left in range(0, shape[-1], cols)
-    ]
-    with ThreadPoolExecutor(max_workers=min(len(origins), os.cpu_count() or 1)) as pool:
-        for _ in pool.map(halve_block, origins):
-            pass  # re-raises the first failure
-    return target
