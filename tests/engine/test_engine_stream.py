@@ -185,12 +185,12 @@ def test_a_device_failure_mid_stream_keeps_only_the_written_chunks(
 def test_levels_above_the_chunks_are_built_during_a_streamed_run(tmp_path, client, model):
     """The levels the chunks cannot write themselves, halved block by block as their chunks
     finish: the same pyramid as one built at the end."""
-    import unet.io.pyramid
+    import unet.engine.levels
 
     write_image(tmp_path / "in.zarr", (1040, 100), (128, 128))  # 9 x 1 chunks, one level above
     parameters = SegmentParameters(model=model, device="cpu")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(unet.io.pyramid, "JOB_SIDE", 256)  # blocks of one chunk: 5 x 1 of them
+        patch.setattr(unet.engine.levels, "BLOCK_SIDE", 256)  # blocks of one chunk: 5 x 1
         segment(
             str(tmp_path / "in.zarr"),
             str(tmp_path / "stream.zarr"),
@@ -213,7 +213,7 @@ def test_levels_above_the_chunks_are_built_during_a_streamed_run(tmp_path, clien
 def test_upper_levels_halve_each_block_once_its_chunks_are_done(tmp_path):
     """In this process: blocks are halved as soon as the chunks beneath them are done, in any
     order, and finish() builds what is left."""
-    import unet.io.pyramid
+    import unet.engine.levels
     from unet.engine.levels import UpperLevels
     from unet.io.omezarr import create_label_image
     from unet.io.pyramid import build_pyramid
@@ -233,7 +233,7 @@ def test_upper_levels_halve_each_block_once_its_chunks_are_done(tmp_path):
         zarr.open_group(str(tmp_path / name), mode="r+")["0"][...] = mask
     build_pyramid(str(tmp_path / "a.zarr"), reduction="nearest")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(unet.io.pyramid, "JOB_SIDE", 512)  # blocks of one 256^2 chunk of level 1
+        patch.setattr(unet.engine.levels, "BLOCK_SIDE", 512)  # blocks of one chunk of level 1
         done = np.zeros(grid.counts, dtype=bool)
         done[0, 0] = True  # resumed
         levels = UpperLevels(str(tmp_path / "b.zarr"), 0, grid, done)

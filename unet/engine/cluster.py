@@ -40,8 +40,10 @@ QUIET = {
 
 
 #: Tasks a GPU worker runs at once, each a stream of chunks (one chunk on the GPU, the others
-#: reading and writing); the environment variable UNET_GPU_THREADS overrides it.
-GPU_THREADS = 2
+#: reading and writing); the environment variable UNET_GPU_THREADS overrides it. 1, 2 and 4
+#: streams fed a simulated 133 Mpx/s device alike within the noise of a shared 2-core machine
+#: (README, Benchmarks); 4 kept the most work ready when the cores were contended.
+GPU_THREADS = 4
 #: Output chunks per task of a GPU worker: a Dask task costs a few ms of CPU on the worker and
 #: the scheduler, as much as a chunk's whole host side when a GPU computes.
 CHUNKS_PER_TASK = 8

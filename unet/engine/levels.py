@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 Block = tuple[int, tuple[int, int]]  # (new level, origin in that level's pixels)
 
+#: Side of a block in source pixels: half of build_pyramid's, so that the blocks the last chunks
+#: complete, which are halved after the run, are small (a block is read and written in one call
+#: each, and smaller ones cost more Zarr calls in all, but beside the run).
+BLOCK_SIDE = 1024
+
 
 class UpperLevels:
     """Levels above ``keep_levels`` of the mask at ``output``, filled block by block as chunks
@@ -39,7 +44,9 @@ class UpperLevels:
     def __init__(self, output: str, keep_levels: int, grid: ChunkGrid, done: np.ndarray) -> None:
         from unet.io.pyramid import PyramidLevels
 
-        self.levels = PyramidLevels(output, reduction="nearest", keep_levels=keep_levels)
+        self.levels = PyramidLevels(
+            output, reduction="nearest", keep_levels=keep_levels, job_side=BLOCK_SIDE
+        )
         self.halved: set[Block] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="unet-levels")

@@ -149,10 +149,11 @@ class PyramidLevels:
     filled block by block, in any order that halves a block only once its source is complete.
 
     Each level ``new[n]`` (path ``keep_levels + 1 + n``) is cut into blocks of whole chunks,
-    ``JOB_SIDE`` source pixels a side (or one chunk, when chunks are larger): a block is the
+    ``job_side`` source pixels a side (or one chunk, when chunks are larger): a block is the
     unit of work, read from the level below it in one call and written in one call.
 
-    Parameters: as :func:`build_pyramid`. Existing levels above ``keep_levels`` are removed.
+    Parameters: as :func:`build_pyramid`, and ``job_side``, the side of a block in source
+    pixels. Existing levels above ``keep_levels`` are removed.
     """
 
     def __init__(
@@ -162,6 +163,7 @@ class PyramidLevels:
         reduction: Reduction = "mean",
         max_side: int = 1024,
         keep_levels: int = 0,
+        job_side: int = JOB_SIDE,
     ) -> None:
         import zarr
 
@@ -179,6 +181,7 @@ class PyramidLevels:
             )
         _remove_levels(group, ome, keep_levels)
         self.group, self.reduction, self.keep_levels = group, reduction, keep_levels
+        self.job_side = job_side
         #: Level arrays from level ``keep_levels`` (the last kept) up, one per new level above.
         self.arrays = [group[str(keep_levels) if keep_levels else LEVEL0]]
         while max(self.arrays[-1].shape[-2:]) > max_side:
@@ -194,7 +197,7 @@ class PyramidLevels:
     def block_shape(self, new: int) -> tuple[int, int]:
         """(rows, cols) of the blocks of new level ``new`` (0 first), in its own pixels."""
         chunks = self.arrays[new + 1].chunks[-2:]
-        span = max(1, JOB_SIDE // (2 * max(chunks)))
+        span = max(1, self.job_side // (2 * max(chunks)))
         return chunks[0] * span, chunks[1] * span
 
     def blocks(self, new: int) -> list[tuple[int, int]]:
