@@ -249,3 +249,24 @@ def test_upper_levels_halve_each_block_once_its_chunks_are_done(tmp_path):
     a, b = group_of(tmp_path / "a.zarr"), group_of(tmp_path / "b.zarr")
     np.testing.assert_array_equal(b["1"][...], a["1"][...])
     assert b.attrs["ome"]["multiscales"] == a.attrs["ome"]["multiscales"]
+
+
+def test_each_worker_streams_its_own_stretch_of_the_image():
+    from unet.engine.run import task_groups
+
+    pending = [(i, j) for j in range(2) for i in range(5)]  # 10 chunks, strip order
+    assert task_groups(pending, 1, ["a", "b"]) == [([index], None) for index in pending]
+    assert task_groups(pending, 4, ["a"]) == [
+        (pending[0:4], None),
+        (pending[4:8], None),
+        (pending[8:10], None),
+    ]
+    # Three tasks: the first worker's stretch is the first one, the second worker's the rest.
+    assert task_groups(pending, 4, ["a", "b"]) == [
+        (pending[0:4], "a"),
+        (pending[4:8], "b"),
+        (pending[8:10], "b"),
+    ]
+    turns = task_groups(pending, 2, ["a", "b"])
+    assert [worker for _, worker in turns] == ["a", "b", "a", "b", "b"]
+    assert sorted(index for group, _ in turns for index in group) == sorted(pending)

@@ -219,27 +219,27 @@ def run_chunks(
 
     if not pending:
         return
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    limit = IN_FLIGHT_PER_WORKER * workers
+    addresses = list(client.scheduler_info().get("workers", {}))
+    limit = IN_FLIGHT_PER_WORKER * max(1, len(addresses))
     job_future = client.scatter(job, broadcast=True)
-    size = max(1, chunks_per_task)
-    queue = iter([pending[i : i + size] for i in range(0, len(pending), size)])
+    queue = iter(task_groups(pending, chunks_per_task, addresses))
 
     in_flight: dict[str, tuple[Any, list[tuple[int, int]]]] = {}
 
-    def submit(group: list[tuple[int, int]]) -> Any:
+    def submit(group: list[tuple[int, int]], worker: str | None = None) -> Any:
+        where = {"workers": [worker], "allow_other_workers": True} if worker else {}
         if len(group) == 1:
             future = client.submit(
-                run_chunk, job_future, group[0], retries=TASK_RETRIES, pure=False
+                run_chunk, job_future, group[0], retries=TASK_RETRIES, pure=False, **where
             )
         else:
             future = client.submit(
-                run_chunk_batch, job_future, group, retries=TASK_RETRIES, pure=False
+                run_chunk_batch, job_future, group, retries=TASK_RETRIES, pure=False, **where
             )
         in_flight[future.key] = (future, group)
         return future
 
-    futures = as_completed([submit(group) for _, group in zip(range(limit), queue, strict=False)])
+    futures = as_completed([submit(*task) for _, task in zip(range(limit), queue, strict=False)])
     try:
         for future in futures:
             _, group = in_flight.pop(future.key)
@@ -254,7 +254,7 @@ def run_chunks(
                     yield result
             following = next(queue, None)
             if following is not None:
-                futures.add(submit(following))
+                futures.add(submit(*following))
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt):
             with contextlib.suppress(TimeoutError):
@@ -279,6 +279,34 @@ def _upper_levels(
         return UpperLevels(
             plan.output, group.attrs[ATTRIBUTE].get("chunk_levels", 0), plan.grid, done
         )
+
+
+def task_groups(
+    pending: list[tuple[int, int]], chunks_per_task: int, workers: list[str]
+) -> list[tuple[list[tuple[int, int]], str | None]]:
+    """The tasks of ``pending`` (in :func:`unet.tiling.strip_order`) in the order to submit
+    them: ``(chunks, preferred worker)``.
+
+    One chunk a task: no preference, in order. Streams of several chunks with several workers:
+    the pending chunks are cut into one stretch per worker, and each worker is asked for the
+    tasks of its own stretch, taken in turns: a worker keeps the input chunks it decoded for its
+    neighbours (:mod:`unet.io.chunkcache`), and two workers taking alternate tasks of one strip
+    decoded twice as many (24 against 14 ms of CPU a chunk with two simulated GPUs).
+    """
+    size = max(1, chunks_per_task)
+    groups = [pending[i : i + size] for i in range(0, len(pending), size)]
+    if size == 1 or len(workers) < 2:
+        return [(group, None) for group in groups]
+    count = len(workers)
+    stretches = [
+        groups[k * len(groups) // count : (k + 1) * len(groups) // count] for k in range(count)
+    ]
+    turns = []
+    for position in range(max(len(stretch) for stretch in stretches)):
+        for worker, stretch in zip(workers, stretches, strict=True):
+            if position < len(stretch):
+                turns.append((stretch[position], worker))
+    return turns
 
 
 def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:
