@@ -252,21 +252,25 @@ def test_upper_levels_halve_each_block_once_its_chunks_are_done(tmp_path):
 
 
 def test_each_worker_streams_its_own_stretch_of_the_image():
-    from unet.engine.run import task_groups
+    from unet.engine.run import TaskQueue
 
-    pending = [(i, j) for j in range(2) for i in range(5)]  # 10 chunks, strip order
-    assert task_groups(pending, 1, ["a", "b"]) == [([index], None) for index in pending]
-    assert task_groups(pending, 4, ["a"]) == [
-        (pending[0:4], None),
-        (pending[4:8], None),
-        (pending[8:10], None),
+    pending = [(i, j) for j in range(4) for i in range(10)]  # 40 chunks, strip order
+    one_each = TaskQueue(pending, 1, ["a", "b"], per_worker=4)
+    assert one_each.first() == [([index], None) for index in pending[:8]]
+    assert one_each.take(None) == ([pending[8]], None)
+
+    queue = TaskQueue(pending, 8, ["a", "b"], per_worker=1)  # stretches of 20 chunks
+    assert queue.first() == [(pending[0:8], "a"), (pending[20:28], "b")]
+    # Then tasks of what is left over twice the tasks in flight (2), at most 8: 24 left -> 6.
+    assert queue.take("b") == (pending[28:34], "b")  # b's own next chunks
+    assert queue.take("a") == (pending[8:13], "a")  # 18 left -> 5
+    assert queue.take("b") == (pending[34:38], "b")  # 13 left -> 4
+    assert queue.take("b") == (pending[38:40], "b")  # 9 left -> 3, b has 2
+    assert queue.take("b") == (pending[18:20], "b")  # b's stretch is done: the end of a's
+    assert [queue.take("a")[0] for _ in range(3)] == [
+        pending[13:15],
+        pending[15:16],
+        pending[16:17],
     ]
-    # Three tasks: the first worker's stretch is the first one, the second worker's the rest.
-    assert task_groups(pending, 4, ["a", "b"]) == [
-        (pending[0:4], "a"),
-        (pending[4:8], "b"),
-        (pending[8:10], "b"),
-    ]
-    turns = task_groups(pending, 2, ["a", "b"])
-    assert [worker for _, worker in turns] == ["a", "b", "a", "b", "b"]
-    assert sorted(index for group, _ in turns for index in group) == sorted(pending)
+    assert queue.take("b") == (pending[17:18], "b")
+    assert queue.take("a") is None and queue.take("b") is None
