@@ -55,7 +55,8 @@ def run_simulated(
     the contract keys of the largest side with one device (``device_mpx_per_s``,
     ``pipeline_mpx_per_s``, ``feeder_efficiency``), ``ratios`` and ``targets``."""
     chunk = 256 if quick else BENCH_CHUNK
-    warmup = bench_image(work, chunk, chunk, in_channels)
+    # 2 x 2 chunks: every simulated device's worker loads the model before the clock starts.
+    warmup = bench_image(work, 2 * chunk, chunk, in_channels)
     entries = []
     for count in devices:
         for side in sides:
