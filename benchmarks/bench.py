@@ -55,6 +55,7 @@ from typing import Any
 
 from bench_child import measure_child
 from bench_report import format_rounds, format_table, plot_results, ratios_and_targets, target_entry
+from bench_simulated import format_simulated, run_simulated
 
 from unet.bench.inputs import BENCH_CHUNK, bench_checkpoint, bench_image
 
@@ -98,6 +99,8 @@ def run_bench(
     repeats: int = 3,
     channels_last: bool = True,
     quick: bool = False,
+    simulate_device: float | None = None,
+    simulated_devices: Sequence[int] = (1,),
     plot: str | os.PathLike[str] | None = None,
     json_path: str | os.PathLike[str] | None = None,
     workdir: str | os.PathLike[str] | None = None,
@@ -128,6 +131,11 @@ def run_bench(
     channels_last: run the raw and MONAI models in channels_last memory format
         (:func:`unet.predict.predict_window` always does)
     quick: tiny sizes and a tiny model, measured in this process (a smoke test, not a benchmark)
+    simulate_device: instead of all the above, run the pipeline on ``sides`` with the GPU
+        worker's plan and each device simulated at this speed (Mpx/s; ``math.inf``: a device
+        that costs nothing), see ``bench_simulated.py``; each run in a fresh process
+    simulated_devices: simulated GPUs (worker processes) of each simulated run, one run per
+        count
     plot: PNG file of throughput against tile size (raw) and image side (pipeline)
     json_path: write the returned dict as JSON there
     workdir: keep generated images there (reused by later runs); default a temporary directory
@@ -137,7 +145,10 @@ def run_bench(
     -------
     dict with ``machine``, ``settings``, ``raw`` (list, one per tile size), ``pipeline`` (list,
     one per side), ``monai`` (dict or None), ``agreement`` (dict or None), ``background`` (dict
-    or None), ``ratios`` and ``targets`` (name -> {value, target, met}).
+    or None), ``ratios`` and ``targets`` (name -> {value, target, met}). With
+    ``simulate_device``: ``machine``, ``settings``, ``simulated`` (list, one per device count
+    and side), ``device_mpx_per_s``, ``pipeline_mpx_per_s`` and ``feeder_efficiency`` (one
+    device, the largest side; the first and last None for ``inf``), ``ratios`` and ``targets``.
     """
     from unet.predict.device import resolve_device, resolve_precision
 
@@ -184,6 +195,34 @@ def run_bench(
         }
         measure = measure_here if quick else measure_in_subprocess
         load = os.getloadavg()
+        if simulate_device is not None:
+            settings.update(
+                simulate_device=simulate_device, simulated_devices=list(simulated_devices)
+            )
+            # Each in a fresh process, quick or not: the GPU plan starts worker processes.
+            results = {
+                "machine": _machine(torch_device, load),
+                "settings": settings,
+                **run_simulated(
+                    mpx_per_s=simulate_device,
+                    devices=simulated_devices,
+                    sides=sides,
+                    checkpoint_path=checkpoint_path,
+                    geometry=geometry,
+                    tile=tile,
+                    batch_size=batch_size,
+                    quick=quick,
+                    work=work,
+                    measure=measure_in_subprocess,
+                    in_channels=checkpoint.model.in_channels,
+                ),
+            }
+            results["machine"]["loadavg_end"] = list(os.getloadavg())
+            if json_path is not None:
+                Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+            if echo is not None:
+                echo(format_simulated(results))
+            return results
         results: dict[str, Any] = {
             "machine": _machine(torch_device, load),
             "settings": settings,
@@ -197,7 +236,10 @@ def run_bench(
             results["raw"].append(
                 measure({**common, "kind": "raw", "tile_size": size, "repeats": repeats})
             )
-        warmup = bench_image(work, chunk, chunk, checkpoint.model.in_channels)
+        # 2 x 2 chunks on a GPU machine: every GPU's worker loads the model before the clock
+        # starts (one chunk warmed one worker, and the others loaded theirs inside the run).
+        warm_side = 2 * chunk if torch_device.type == "cuda" else chunk
+        warmup = bench_image(work, warm_side, chunk, checkpoint.model.in_channels)
         adjacent_raw = {
             **common,
             "kind": "raw",
@@ -445,11 +487,29 @@ def run_rounds(
         "ratio_ranges": ranges,
         "targets": targets,
     }
+    for key in SIMULATED_KEYS:  # a simulated run's contract keys: their medians
+        values = [r[key] for r in each if r.get(key) is not None]
+        if key in each[0]:
+            summary[key] = round(statistics.median(values), 4) if values else None
     if json_path is not None:
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
     if echo is not None:
         echo(format_rounds(summary))
     return summary
+
+
+#: The keys a simulated run reports (issue #17's contract).
+SIMULATED_KEYS = ("device_mpx_per_s", "pipeline_mpx_per_s", "feeder_efficiency")
+
+
+def speed(text: str) -> float:
+    """``"133"`` -> 133.0, ``"inf"`` -> ``math.inf``: a simulated device's Mpx/s."""
+    from unet.bench.simulate import parse_speed
+
+    try:
+        return parse_speed(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def numbers(text: str) -> tuple[int, ...]:
@@ -491,6 +551,19 @@ def parser() -> argparse.ArgumentParser:
     add("--json", help="write JSON here")
     add("--workdir", help="keep generated images here between runs")
     add("--rounds", type=int, default=1, help="run it all this many times; targets on the medians")
+    add(
+        "--simulate-device",
+        type=speed,
+        metavar="MPX_PER_S",
+        help="only the pipeline, with the GPU worker's plan and each device simulated at this "
+        "speed (inf: a device that costs nothing); reports feeder_efficiency",
+    )
+    add(
+        "--simulated-devices",
+        type=numbers,
+        default=(1,),
+        help="simulated GPUs (worker processes) per simulated run, comma-separated (e.g. 1,2)",
+    )
     return options
 
 
@@ -515,6 +588,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         repeats=args.repeats,
         channels_last=args.channels_last,
         quick=args.quick,
+        simulate_device=args.simulate_device,
+        simulated_devices=tuple(args.simulated_devices),
         plot=args.plot,
         json_path=args.json,
         workdir=args.workdir,

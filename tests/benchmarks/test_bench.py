@@ -138,3 +138,64 @@ def test_unet_bench_runs_the_harness_with_its_options():
     assert "--rounds" in shown.stdout and "--tile-sweep" in shown.stdout
     wrong = subprocess.run([str(unet), "bench", "--sides", "a,b"], capture_output=True, text=True)
     assert wrong.returncode == 2 and "comma-separated list of integers" in wrong.stderr
+
+
+def test_simulated_targets_take_the_one_device_run_of_the_largest_side():
+    from bench_simulated import simulated_targets
+
+    def entry(devices, side, pipeline, device=100.0):
+        efficiency = None if device is None else pipeline / (device * devices)
+        return {
+            "simulated_devices": devices,
+            "side": side,
+            "pipeline_mpx_per_s": pipeline,
+            "feeder_efficiency": efficiency,
+        }
+
+    entries = [entry(1, 512, 50.0), entry(1, 1024, 95.0), entry(2, 1024, 180.0)]
+    ratios, targets = simulated_targets(entries, 100.0)
+    assert ratios["feeder_efficiency"] == 0.95 and ratios["two_devices_over_one"] == 1.8947
+    assert targets["feeder efficiency >= 0.9 at 100 Mpx/s"]["met"]
+    assert targets["2 simulated devices >= 1.8 x 1"]["met"]
+    ceiling = [entry(1, 1024, 240.0, device=None)]
+    ratios, targets = simulated_targets(ceiling, float("inf"))
+    assert "feeder_efficiency" not in ratios
+    assert targets["data path ceiling >= 250 Mpx/s"] == {
+        "value": 240.0,
+        "target": 250.0,
+        "higher": True,
+        "met": False,
+        "side": 1024,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_simulated_device_runs_the_pipeline_with_the_gpu_plan(tmp_path):
+    """``unet bench --simulate-device``: the real pipeline in a fresh process with a worker
+    process per simulated device; only the device step is simulated."""
+    from bench import run_rounds
+
+    summary = run_rounds(
+        1,
+        device="cpu",
+        quick=True,
+        simulate_device=400.0,
+        simulated_devices=(1, 2),
+        sides=(512,),
+        json_path=tmp_path / "bench.json",
+        workdir=tmp_path / "work",
+        echo=None,
+    )
+    one, two = summary["simulated"]
+    assert (one["simulated_devices"], two["simulated_devices"]) == (1, 2)
+    assert summary["device_mpx_per_s"] == 400.0 and two["device_mpx_per_s"] == 800.0
+    assert summary["feeder_efficiency"] == pytest.approx(
+        summary["pipeline_mpx_per_s"] / 400.0, rel=1e-3
+    )
+    assert 0 < summary["feeder_efficiency"] <= 1.0
+    stages = one["stage_cpu_ms_per_chunk"]
+    assert stages["  device step"]["calls"] == 4  # 512^2 in 256-pixel chunks, one tile each
+    assert set(one["cpu_ms_per_chunk"]) == {"driver", "workers"}
+    assert "2 simulated devices >= 1.8 x 1" in summary["targets"]
+    assert (tmp_path / "bench.json").is_file()

@@ -131,10 +131,19 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     """:func:`unet.engine.run.segment` of ``spec["image"]`` into ``spec["output"]``, timed by its
     report after a warm-up on ``spec["warmup"]``; ``runs`` times (median kept). With
     ``adjacent_raw`` (a raw spec) the raw model runs on the pipeline's worker right before and
-    after (``raw_in_process``)."""
+    after (``raw_in_process``).
+
+    With ``simulate_device`` (Mpx/s, ``inf`` for a device that costs nothing) the run has the
+    GPU plan (:func:`unet.engine.cluster.gpu_plan`) of ``simulated_devices`` (default 1) GPUs,
+    each worker's device step replaced by :class:`unet.bench.simulate.SimulatedDevice`, and
+    torch on the CPU for everything real; the result adds ``device_mpx_per_s``,
+    ``feeder_efficiency`` (the pipeline's Mpx/s over all devices' Mpx/s), the CPU seconds per
+    chunk of the driver's and the workers' processes and, with ``stages``, per stage of a chunk
+    (:mod:`unet.bench.stages`).
+    """
     started = time.perf_counter()
     from unet.config import SegmentParameters
-    from unet.engine.cluster import dask_client, plan_cluster
+    from unet.engine.cluster import dask_client, gpu_plan, plan_cluster
     from unet.engine.run import segment
 
     parameters = SegmentParameters(
@@ -146,7 +155,13 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         skip_background=spec.get("skip_background", False),
         overwrite=True,
     )
-    if spec.get("in_process"):
+    simulated = spec.get("simulate_device")
+    cluster = None
+    if simulated is not None:
+        cluster = gpu_plan(spec.get("simulated_devices", 1))
+        client_context = dask_client(cluster)
+        workers_here = False
+    elif spec.get("in_process"):
         from distributed import Client
 
         client_context = Client(processes=False, n_workers=1, threads_per_worker=1)
@@ -160,18 +175,38 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     for output in (spec["output"], spec["output"] + ".warmup"):
         shutil.rmtree(output, ignore_errors=True)
     with client_context as client:
+        if simulated is not None:
+            from unet.bench.simulate import SimulatedDevicePlugin
+
+            client.register_plugin(SimulatedDevicePlugin(float(simulated)))
+            if spec.get("stages"):
+                from unet.bench.stages import StageTimesPlugin
+
+                client.register_plugin(StageTimesPlugin())
         # Warm-up: the worker imports torch and loads the model (cached by checkpoint digest).
-        segment(spec["warmup"], spec["output"] + ".warmup", parameters, client=client)
+        segment(
+            spec["warmup"], spec["output"] + ".warmup", parameters, client=client, cluster=cluster
+        )
         adjacent = spec.get("adjacent_raw")
         raw = []
         if adjacent:  # the raw model on the pipeline's worker, right before the timed run
             raw.append(client.submit(measure_raw, adjacent, pure=False).result())
         reports = []
+        if simulated is not None and spec.get("stages"):
+            from unet.bench.stages import reset_stage_times
+
+            reset_stage_times(client)
+        cpu = process_seconds(client)
         with device_seconds() as spent:
             for run in range(spec.get("runs", 1)):
                 if run:
                     shutil.rmtree(spec["output"], ignore_errors=True)
-                reports.append(segment(spec["image"], spec["output"], parameters, client=client))
+                reports.append(
+                    segment(
+                        spec["image"], spec["output"], parameters, client=client, cluster=cluster
+                    )
+                )
+        cpu = {name: after - cpu[name] for name, after in process_seconds(client).items()}
         # The forward passes' share of the wall time: the pipeline against its own model, free
         # of the machine's drift (known where the worker runs in this process).
         share = spent[0] / sum(r.seconds for r in reports) if workers_here else None
@@ -186,7 +221,29 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         workers = {
             pid: mib for pid, mib in client.run(worker_high_water).values() if pid != os.getpid()
         }
+        stages = None
+        if simulated is not None and spec.get("stages"):
+            from unet.bench.stages import collect_stage_times
+
+            stages = collect_stage_times(client)
+    chunks = sum(r.chunks_computed for r in reports)
+    extra: dict[str, Any] = {}
+    if simulated is not None:
+        devices = spec.get("simulated_devices", 1)
+        device_speed = float(simulated) * devices
+        speed = report.megapixels_per_second
+        extra = {
+            "simulated_devices": devices,
+            "device_mpx_per_s": None if np.isinf(device_speed) else device_speed,
+            "pipeline_mpx_per_s": round(speed, 4),
+            "feeder_efficiency": None if np.isinf(device_speed) else round(speed / device_speed, 4),
+            "cpu_ms_per_chunk": {
+                name: round(1000 * seconds / max(chunks, 1), 2) for name, seconds in cpu.items()
+            },
+            "stage_cpu_ms_per_chunk": stages,
+        }
     return {
+        **extra,
         "worker_high_water_mib": list(workers.values()),
         **({"raw_in_process": raw} if adjacent else {}),
         "side": spec["side"],
@@ -201,6 +258,20 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         "tissue_fraction": spec.get("tissue_fraction"),
         "gpu_peak_mib": gpu,
     }
+
+
+def process_seconds(client: Any) -> dict[str, float]:
+    """CPU seconds so far (user and system) of this process (the driver, with the Dask
+    scheduler of a LocalCluster) and of the client's worker processes together."""
+    import psutil
+
+    def own() -> float:
+        times = psutil.Process().cpu_times()
+        return times.user + times.system
+
+    workers = client.run(own)
+    here = own()
+    return {"driver": here, "workers": sum(v for v in workers.values()) if workers else 0.0}
 
 
 @contextlib.contextmanager

@@ -2,8 +2,9 @@
 
 On a GPU machine the LocalCluster has one worker process per GPU, each started with
 ``CUDA_VISIBLE_DEVICES`` set to its own GPU, so ``cuda`` in a worker means that worker's GPU.
-Each GPU worker runs ``GPU_THREADS`` chunks at once: one holds the GPU (see
-:func:`unet.predict.device_lock`) while the others read, decode, encode and write.
+Each GPU worker runs ``GPU_THREADS`` tasks at once, each a stream of ``CHUNKS_PER_TASK`` chunks
+(:mod:`unet.engine.stream`): one chunk at a time holds the GPU (see
+:func:`unet.predict.device_lock`) while the others are read, decoded, encoded and written.
 
 On a CPU machine the default is one worker in this very process (threads, no worker process)
 running one chunk at a time with torch on every core: one process holds torch once, which
@@ -43,9 +44,14 @@ QUIET = {
 }
 
 
-#: Chunks a GPU worker runs at once (one on the GPU, the others reading and writing);
-#: the environment variable UNET_GPU_THREADS overrides it.
+#: Tasks a GPU worker runs at once, each a stream of chunks (one chunk on the GPU, the others
+#: reading and writing); the environment variable UNET_GPU_THREADS overrides it. 1, 2 and 4
+#: streams fed a simulated 133 Mpx/s device alike within the noise of a shared 2-core machine
+#: (README, Benchmarks); 4 kept the most work ready when the cores were contended.
 GPU_THREADS = 4
+#: Output chunks per task of a GPU worker: a Dask task costs a few ms of CPU on the worker and
+#: the scheduler, as much as a chunk's whole host side when a GPU computes.
+CHUNKS_PER_TASK = 8
 #: Chunks a CPU worker runs at once. One: the forward pass uses every core, and a second
 #: chunk's reading and writing beside it only preempted those threads (measured slower).
 CPU_THREADS = 1
@@ -56,6 +62,8 @@ class ClusterPlan:
     """Worker processes, chunks each runs at once, and torch threads per chunk (None: default).
 
     ``processes`` False: one worker of threads inside this process (the CPU default).
+    ``chunks_per_task`` above 1: each task is a stream of that many chunks
+    (:func:`unet.engine.stream.run_chunk_batch`), as GPU workers run them.
     """
 
     workers: int
@@ -63,6 +71,7 @@ class ClusterPlan:
     gpus: int
     threads_per_worker: int = 1
     processes: bool = True
+    chunks_per_task: int = 1
 
 
 def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> ClusterPlan:
@@ -76,16 +85,7 @@ def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> Clu
     if scheduler is not None:
         return ClusterPlan(workers=0, torch_threads=None, gpus=gpus)
     if gpus and device != "cpu":
-        count = workers or gpus
-        # Torch does next to no CPU work in a GPU worker, and each chunk thread that asks for
-        # N intra-op threads gets its own pool of N: with 4 chunk threads at 16 each, 64 threads
-        # spun on 16 cores (on an H100 machine the pipeline got slower with every thread added).
-        return ClusterPlan(
-            workers=count,
-            torch_threads=1,
-            gpus=gpus,
-            threads_per_worker=_gpu_threads(),
-        )
+        return gpu_plan(gpus, workers)
     count = workers or 1
     return ClusterPlan(
         workers=count,
@@ -93,6 +93,26 @@ def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> Clu
         gpus=0,
         threads_per_worker=CPU_THREADS,
         processes=workers is not None,
+    )
+
+
+def gpu_plan(gpus: int, workers: int | None = None) -> ClusterPlan:
+    """The plan of a machine with ``gpus`` GPUs: ``workers`` worker processes (default one per
+    GPU, pinned to GPU ``i % gpus``), each running ``GPU_THREADS`` streams of
+    ``CHUNKS_PER_TASK`` chunks with one torch thread each.
+
+    Public so that a benchmark can plan simulated GPUs on a machine without any
+    (:mod:`unet.bench.simulate`).
+    """
+    # Torch does next to no CPU work in a GPU worker, and each chunk thread that asks for
+    # N intra-op threads gets its own pool of N: with 4 chunk threads at 16 each, 64 threads
+    # spun on 16 cores (on an H100 machine the pipeline got slower with every thread added).
+    return ClusterPlan(
+        workers=workers or gpus,
+        torch_threads=1,
+        gpus=gpus,
+        threads_per_worker=_gpu_threads(),
+        chunks_per_task=CHUNKS_PER_TASK,
     )
 
 

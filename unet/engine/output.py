@@ -17,6 +17,7 @@ from unet.errors import OutputExists
 if TYPE_CHECKING:
     import zarr
 
+    from unet.engine.levels import UpperLevels
     from unet.engine.plan import RunPlan
 
 
@@ -155,11 +156,13 @@ def existing_group(output: str):
         ) from None
 
 
-def finish_output(plan: RunPlan) -> None:
+def finish_output(plan: RunPlan, levels: UpperLevels | None = None) -> None:
     """Build the pyramid's levels that the chunks did not write, mark the run complete, delete
     the ledger and, for a mask inside its image, list it in the image's ``labels`` group.
 
-    Each step is repeated safely, so a run killed between them finishes on its rerun.
+    ``levels``: those levels, built while the run went on (:class:`unet.engine.levels.UpperLevels`);
+    only what is left of them is built here. Each step is repeated safely, so a run killed
+    between them finishes on its rerun.
     """
     import zarr
 
@@ -170,12 +173,15 @@ def finish_output(plan: RunPlan) -> None:
     group = zarr.open_group(output, mode="r+")
     state = dict(group.attrs[ATTRIBUTE])
     if not state.get("complete"):
-        build_pyramid(
-            output,
-            reduction="nearest",
-            keep_levels=state.get("chunk_levels", 0),
-            levels=state.get("levels"),
-        )
+        if levels is not None:
+            levels.finish()
+        else:
+            build_pyramid(
+                output,
+                reduction="nearest",
+                keep_levels=state.get("chunk_levels", 0),
+                levels=state.get("levels"),
+            )
         group = zarr.open_group(output, mode="r+")
         state["complete"] = True
         group.attrs[ATTRIBUTE] = state

@@ -76,16 +76,74 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     channel, get label 0; the model sees a non-finite pixel as 0 after normalization (the channel
     mean), so the result does not depend on the chunking. A chunk of such pixels only is skipped.
 
+    The three stages, :func:`prepare_chunk` (host: read), :func:`infer_chunk` (the device) and
+    :func:`finish_chunk` (host: write, then mark), run here one after the other; a GPU worker
+    runs them as a stream over several chunks (:func:`unet.engine.stream.run_chunk_batch`).
+
     Raises
     ------
     InputReadError: the input window cannot be read or decoded; the chunk is not marked
     OutputWriteError: the chunk cannot be written (disk full, read-only); not marked either
     """
     started = time.perf_counter()
+    checkpoint = worker_checkpoint(job)
+    prepared = prepare_chunk(job, checkpoint, index)
+    mask, logits = infer_chunk(job, checkpoint, prepared)
+    return finish_chunk(job, prepared, mask, logits, started)
+
+
+@dataclass(frozen=True)
+class PreparedChunk:
+    """One chunk read and ready for the device: its window's pixels and what the host knows.
+
+    Attributes
+    ----------
+    index: the output chunk
+    window: its input window
+    image: (C, h, w) window pixels: raw (normalized on the device, see ``normalization``) or
+        float32 normalized on the host; None when the chunk is skipped
+    normalization: the checkpoint's ``(mean, std)`` when ``image`` is raw, else None
+    nodata_pixels: bool (out_h, out_w), pixels that get label 0 whatever the model says; None
+        when there are none
+    num_labels: labels the mask can hold (2 for a one-class model)
+    """
+
+    index: tuple[int, int]
+    window: Window
+    image: np.ndarray | None
+    normalization: tuple[np.ndarray, np.ndarray] | None
+    nodata_pixels: np.ndarray | None
+    num_labels: int
+
+    @property
+    def skipped(self) -> bool:
+        """All of the chunk's pixels are no data: nothing to infer, label 0 everywhere."""
+        return self.image is None
+
+
+def worker_checkpoint(job: ChunkJob):
+    """Set up this worker process for ``job`` (malloc, codecs, torch threads) and return the
+    job's checkpoint, loaded once per process."""
     reuse_freed_memory()  # a no-op after the first call; workers started by unet have it already
     use_fast_codecs()
     _use_threads(job.torch_threads)
-    checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device)
+    return _checkpoint(job.checkpoint, job.checkpoint_digest, job.device)
+
+
+def prepare_chunk(job: ChunkJob, checkpoint, index: tuple[int, int]) -> PreparedChunk:
+    """Read chunk ``index``'s input window and find its no-data pixels: the host's work before
+    the device.
+
+    Integer inputs of :data:`unet.predict.step.DEVICE_NORMALIZED`'s dtypes stay raw and are
+    normalized on the device; other inputs are normalized here, and their non-finite pixels set
+    to 0 (the channel mean).
+
+    Raises
+    ------
+    InputReadError: the input window cannot be read or decoded
+    """
+    from unet.predict.step import DEVICE_NORMALIZED
+
     geometry = checkpoint.model.geometry
     window = job.window(index, geometry)
     try:
@@ -94,40 +152,71 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
         raise InputReadError(
             f"reading the input of chunk {index} failed ({type(error).__name__}: {error})"
         ) from error
-    mask_array, ledger, probabilities_array, levels = _output_arrays(
-        job.output, job.probabilities, job.pyramid_levels
-    )
     num_labels = max(checkpoint.model.num_classes, 2)
-    rows, cols = window.rows, window.cols
-    out_h, out_w = rows.stop - rows.start, cols.stop - cols.start
     centre = window.centre(geometry.context)
-    crop = window.crop()
-
-    image = checkpoint.normalize(raw)
     nodata_pixels = None
     if job.nodata is not None:
         nodata_pixels = np.all(raw[(slice(None), *centre)] == job.nodata, axis=0)
-    nonfinite = _nonfinite_pixels(image) if raw.dtype.kind == "f" else None
-    if nonfinite is not None:
-        image[:, nonfinite] = 0.0
-        nodata_pixels = (
-            nonfinite[centre] if nodata_pixels is None else nodata_pixels | nonfinite[centre]
-        )
+    if raw.dtype.name in DEVICE_NORMALIZED:
+        image, normalization = raw, (checkpoint.mean, checkpoint.std)
+    else:
+        image, normalization = checkpoint.normalize(raw), None
+        nonfinite = _nonfinite_pixels(image) if raw.dtype.kind == "f" else None
+        if nonfinite is not None:
+            image[:, nonfinite] = 0.0
+            nodata_pixels = (
+                nonfinite[centre] if nodata_pixels is None else nodata_pixels | nonfinite[centre]
+            )
     if nodata_pixels is not None and nodata_pixels.all():
-        with writing(f"chunk {index} of {job.output}"):
-            mark_finished(ledger, index)
-        counts = np.zeros(num_labels, np.int64)
-        counts[0] = out_h * out_w
-        return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, True)
+        image = None
+    return PreparedChunk(index, window, image, normalization, nodata_pixels, num_labels)
 
+
+def infer_chunk(
+    job: ChunkJob, checkpoint, prepared: PreparedChunk
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The device's part of a chunk: ``(mask, logits)``, uint8 (h, w) and, with
+    ``job.probabilities``, float32 (K, h, w) (else None); both None for a skipped chunk."""
+    if prepared.skipped:
+        return None, None
+    crop = prepared.window.crop()
     logits = None
     if job.probabilities:
-        logits = _infer(job, checkpoint, image, window.out_shape)[(slice(None), *crop)]
+        logits = _infer(job, checkpoint, prepared)[(slice(None), *crop)]
         mask = labels_from_logits(logits)
     else:
-        mask = _infer(job, checkpoint, image, window.out_shape, labels=True)[crop]
-    if nodata_pixels is not None:
-        mask[nodata_pixels] = 0
+        mask = _infer(job, checkpoint, prepared, labels=True)[crop]
+    if prepared.nodata_pixels is not None:
+        mask[prepared.nodata_pixels] = 0
+    return mask, logits
+
+
+def finish_chunk(
+    job: ChunkJob,
+    prepared: PreparedChunk,
+    mask: np.ndarray | None,
+    logits: np.ndarray | None,
+    started: float,
+) -> ChunkResult:
+    """Write a chunk's mask (with its pyramid levels and probabilities) and only then mark it
+    finished in the ledger; a skipped chunk (``mask`` None) is only marked.
+
+    ``started``: ``time.perf_counter()`` when the chunk's work began (for its ``seconds``).
+
+    Raises
+    ------
+    OutputWriteError: the chunk cannot be written (disk full, read-only); it is not marked
+    """
+    index, rows, cols = prepared.index, prepared.window.rows, prepared.window.cols
+    mask_array, ledger, probabilities_array, levels = _output_arrays(
+        job.output, job.probabilities, job.pyramid_levels
+    )
+    if mask is None:
+        with writing(f"chunk {index} of {job.output}"):
+            mark_finished(ledger, index)
+        counts = np.zeros(prepared.num_labels, np.int64)
+        counts[0] = (rows.stop - rows.start) * (cols.stop - cols.start)
+        return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, True)
     with writing(f"chunk {index} of {job.output}"):
         try:
             write_chunk_levels(levels, mask, rows, cols, level0=mask_array)
@@ -137,7 +226,8 @@ def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
         except BaseException:
             _erase_chunk(levels, mask_array, probabilities_array, rows, cols)
             raise
-    return ChunkResult(index, class_counts(mask, num_labels), time.perf_counter() - started, False)
+    counts = class_counts(mask, prepared.num_labels)
+    return ChunkResult(index, counts, time.perf_counter() - started, False)
 
 
 def _erase_chunk(levels, mask_array, probabilities_array, rows: slice, cols: slice) -> None:
@@ -186,26 +276,21 @@ def _nonfinite_pixels(image: np.ndarray) -> np.ndarray | None:
     return pixels if pixels.any() else None
 
 
-def _infer(
-    job: ChunkJob,
-    checkpoint,
-    image: np.ndarray,
-    out_shape: tuple[int, int],
-    labels: bool = False,
-) -> np.ndarray:
-    """float32 (K, h, w) logits, or uint8 (h, w) labels, of a normalized float32 (C, H, W)
-    window (see :func:`unet.predict.predict_window`)."""
+def _infer(job: ChunkJob, checkpoint, prepared: PreparedChunk, labels: bool = False) -> np.ndarray:
+    """float32 (K, h, w) logits, or uint8 (h, w) labels, of a prepared chunk's window (see
+    :func:`unet.predict.predict_window`)."""
     from unet.predict.window import predict_window
 
     return predict_window(
         checkpoint.model,
-        image,
-        out_shape,
+        prepared.image,
+        prepared.window.out_shape,
         tile_size=job.tile_size,
         batch_size=job.batch_size,
         device=_worker_device(job.device),
         precision=job.precision,
         labels=labels,
+        normalization=prepared.normalization,
     )
 
 

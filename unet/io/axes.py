@@ -123,14 +123,35 @@ def spatial_chunks(array: zarr.Array, axes: tuple[str, ...]) -> tuple[int, int]:
     return int(chunks[axes.index(ROWS)]), int(chunks[axes.index(COLUMNS)])
 
 
-def select_region(array: zarr.Array, axes: tuple[str, ...], rows: slice, cols: slice) -> np.ndarray:
-    """``array`` indexed by image rows and columns, as ``(C, h, w)`` in the stored dtype."""
+def select_region(
+    array: zarr.Array,
+    axes: tuple[str, ...],
+    rows: slice,
+    cols: slice,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``array`` indexed by image rows and columns, as ``(C, h, w)`` in the stored dtype.
+
+    ``out``: a C-contiguous ``(C, h, w)`` array of the stored dtype to fill and return. Where
+    the stored axes come in that order (``(C, Y, X)``, ``(Y, X)``, singleton axes aside) the
+    chunks are decoded straight into it, without a buffer of their own.
+    """
     picks = {ROWS: rows, COLUMNS: cols, CHANNEL: slice(None)}
     selection = tuple(picks.get(axis, 0) for axis in axes)
-    block = np.asarray(array[selection])
     kept = [axis for axis in axes if axis in picks]
+    if out is not None and [axis for axis in kept if axis != CHANNEL] == [ROWS, COLUMNS]:
+        if kept[0] == CHANNEL or CHANNEL not in kept:
+            from zarr.core.buffer.cpu import NDBuffer
+
+            target = out if CHANNEL in kept else out[0]
+            array.get_orthogonal_selection(selection, out=NDBuffer.from_numpy_array(target))
+            return out
+    block = np.asarray(array[selection])
     if CHANNEL not in kept:
         block = block[np.newaxis]
         kept.insert(0, CHANNEL)
     order = [kept.index(axis) for axis in (CHANNEL, ROWS, COLUMNS)]
+    if out is not None:
+        out[...] = block.transpose(order)
+        return out
     return np.ascontiguousarray(block.transpose(order))

@@ -2,8 +2,9 @@
 
 Level ``k + 1`` halves level ``k`` along Y and X (``ceil``), so level ``k`` covers level-0 pixels
 in blocks of ``2**k``. Each level is computed from the previous one by a pool of threads: each
-job reads a ``(2 cy, 2 cx)`` block of level ``k`` and writes exactly one ``(cy, cx)`` chunk of level
-``k + 1``, so no two jobs write the same chunk and memory stays at a few chunks per thread. (Zarr's
+job reads a block of level ``k`` (``JOB_SIDE`` pixels a side, or one ``(2 cy, 2 cx)`` block of
+larger chunks) and writes whole ``(cy, cx)`` chunks of level ``k + 1``, so no two jobs write the
+same chunk and memory stays at a few blocks per thread. (Zarr's
 codecs release the GIL. Dask arrays did the same before, but importing ``dask.array`` pulled in
 SciPy and took 0.46 s, inside the first segmentation of every process.)
 """
@@ -28,6 +29,11 @@ Reduction = Literal["mean", "nearest"]
 
 #: Smallest chunk side of a level that level-0 chunks write themselves (see chunk_levels).
 MIN_CHUNK_LEVEL_SIDE = 256
+
+
+#: Side, in source pixels, of the blocks that build_pyramid halves at once (whole chunks at
+#: least): 2048^2 is 4 MiB of uint8 labels.
+JOB_SIDE = 2048
 
 
 def chunk_levels(
@@ -147,39 +153,110 @@ def build_pyramid(
     The level paths, ``"0"`` first. Existing levels other than ``"0"`` are replaced and the
     multiscales metadata is rewritten.
     """
-    import zarr
+    pyramid = PyramidLevels(
+        url, reduction=reduction, max_side=max_side, keep_levels=keep_levels, levels=levels
+    )
+    pyramid.build()
+    return pyramid.finish()
 
-    if reduction not in ("mean", "nearest"):
-        raise InvalidParameter(f"reduction {reduction!r} is not known: use 'mean' or 'nearest'")
-    if not isinstance(max_side, int) or max_side < 1:
-        raise InvalidParameter(f"max_side must be a positive integer, got {max_side!r}")
-    if levels is not None and (not isinstance(levels, int) or levels < 1):
-        raise InvalidParameter(f"levels must be a positive integer, got {levels!r}")
-    location = resolve_location(url)
-    group = zarr.open_group(store=location, mode="r+")
-    ome = group.attrs.asdict().get("ome")
-    if group.metadata.zarr_format != 3 or not ome or LEVEL0 not in group.array_keys():
-        raise UnsupportedInput(
-            f"{location} is not an OME-Zarr 0.5 image group with a level '0' array: pyramids "
-            "are built for images written by unet (create_image, ingest, segment)"
-        )
-    _remove_levels(group, ome, keep_levels)
-    paths = [LEVEL0, *(str(k) for k in range(1, keep_levels + 1))]
-    factors = [2**k for k in range(keep_levels + 1)]
-    level = group[paths[-1]]
 
-    def another_level() -> bool:
-        if levels is not None:
-            return len(paths) < levels
-        return max(level.shape[-2:]) > max_side
+class PyramidLevels:
+    """The levels :func:`build_pyramid` adds above ``keep_levels``: created empty at once, then
+    filled block by block, in any order that halves a block only once its source is complete.
 
-    while another_level():
-        path = str(len(paths))
-        level = _halve(level, group, path, reduction)
-        paths.append(path)
-        factors.append(2 ** (len(paths) - 1))
-    set_multiscales(group, paths, factors, method=reduction)
-    return paths
+    Each level ``new[n]`` (path ``keep_levels + 1 + n``) is cut into blocks of whole chunks,
+    ``job_side`` source pixels a side (or one chunk, when chunks are larger): a block is the
+    unit of work, read from the level below it in one call and written in one call.
+
+    Parameters: as :func:`build_pyramid` (``levels``: exactly that many levels in all, level 0
+    included), and ``job_side``, the side of a block in source pixels. Existing levels above ``keep_levels`` are removed.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        reduction: Reduction = "mean",
+        max_side: int = 1024,
+        keep_levels: int = 0,
+        levels: int | None = None,
+        job_side: int = JOB_SIDE,
+    ) -> None:
+        import zarr
+
+        if reduction not in ("mean", "nearest"):
+            raise InvalidParameter(f"reduction {reduction!r} is not known: use 'mean' or 'nearest'")
+        if not isinstance(max_side, int) or max_side < 1:
+            raise InvalidParameter(f"max_side must be a positive integer, got {max_side!r}")
+        if levels is not None and (not isinstance(levels, int) or levels < 1):
+            raise InvalidParameter(f"levels must be a positive integer, got {levels!r}")
+        location = resolve_location(url)
+        group = zarr.open_group(store=location, mode="r+")
+        ome = group.attrs.asdict().get("ome")
+        if group.metadata.zarr_format != 3 or not ome or LEVEL0 not in group.array_keys():
+            raise UnsupportedInput(
+                f"{location} is not an OME-Zarr 0.5 image group with a level '0' array: "
+                "pyramids are built for images written by unet (create_image, ingest, segment)"
+            )
+        _remove_levels(group, ome, keep_levels)
+        self.group, self.reduction, self.keep_levels = group, reduction, keep_levels
+        self.job_side = job_side
+        #: Level arrays from level ``keep_levels`` (the last kept) up, one per new level above.
+        self.arrays = [group[str(keep_levels) if keep_levels else LEVEL0]]
+        while (
+            keep_levels + len(self.arrays) < levels
+            if levels is not None
+            else max(self.arrays[-1].shape[-2:]) > max_side
+        ):
+            self.arrays.append(
+                _create_half(self.arrays[-1], group, str(keep_levels + len(self.arrays)))
+            )
+
+    @property
+    def count(self) -> int:
+        """New levels."""
+        return len(self.arrays) - 1
+
+    def block_shape(self, new: int) -> tuple[int, int]:
+        """(rows, cols) of the blocks of new level ``new`` (0 first), in its own pixels."""
+        chunks = self.arrays[new + 1].chunks[-2:]
+        span = max(1, self.job_side // (2 * max(chunks)))
+        return chunks[0] * span, chunks[1] * span
+
+    def blocks(self, new: int) -> list[tuple[int, int]]:
+        """Origins of the blocks of new level ``new``, row-major."""
+        rows, cols = self.block_shape(new)
+        height, width = self.arrays[new + 1].shape[-2:]
+        return [(top, left) for top in range(0, height, rows) for left in range(0, width, cols)]
+
+    def halve(self, new: int, origin: tuple[int, int]) -> None:
+        """Fill block ``origin`` of new level ``new`` from the level below it, which must be
+        complete there."""
+        rows, cols = self.block_shape(new)
+        source, target = self.arrays[new], self.arrays[new + 1]
+        top, left = origin
+        block = source[..., 2 * top : 2 * (top + rows), 2 * left : 2 * (left + cols)]
+        target[..., top : top + rows, left : left + cols] = reduce_block(block, self.reduction)
+
+    def build(self, done: set[tuple[int, tuple[int, int]]] = frozenset()) -> None:
+        """Halve every block not in ``done`` (``(new level, origin)`` pairs), level by level, each
+        level's blocks in a pool of threads (each writes its own chunks: no lock is needed)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        for new in range(self.count):
+            origins = [origin for origin in self.blocks(new) if (new, origin) not in done]
+            if not origins:
+                continue
+            with ThreadPoolExecutor(max_workers=min(len(origins), os.cpu_count() or 1)) as pool:
+                for _ in pool.map(lambda origin, new=new: self.halve(new, origin), origins):
+                    pass  # re-raises the first failure
+
+    def finish(self) -> list[str]:
+        """Write the multiscales metadata of every level; return the level paths, ``"0"``
+        first."""
+        paths = [LEVEL0, *(str(k) for k in range(1, self.keep_levels + self.count + 1))]
+        set_multiscales(self.group, paths, [2**k for k in range(len(paths))], method=self.reduction)
+        return paths
 
 
 def reduce_block(block: np.ndarray, reduction: Reduction) -> np.ndarray:
@@ -228,14 +305,13 @@ def _remove_levels(group: zarr.Group, ome: dict, keep_levels: int = 0) -> None:
             del group[path]
 
 
-def _halve(source: zarr.Array, group: zarr.Group, path: str, reduction: Reduction) -> zarr.Array:
-    """Create level ``path`` as the halved ``source``, one output chunk per job of a thread pool."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _create_half(source: zarr.Array, group: zarr.Group, path: str) -> zarr.Array:
+    """Create level ``path``, empty: half of ``source`` along Y and X (``ceil``), chunked as
+    ``source`` (smaller where the level is)."""
     height, width = source.shape[-2:]
     shape = (*source.shape[:-2], math.ceil(height / 2), math.ceil(width / 2))
     chunks = tuple(min(c, n) for c, n in zip(source.chunks, shape, strict=True))
-    target = group.create_array(
+    return group.create_array(
         path,
         shape=shape,
         dtype=source.dtype,
@@ -244,18 +320,3 @@ def _halve(source: zarr.Array, group: zarr.Group, path: str, reduction: Reductio
         fill_value=source.fill_value,
         dimension_names=source.metadata.dimension_names,
     )
-    rows, cols = chunks[-2:]
-
-    def halve_chunk(origin: tuple[int, int]) -> None:
-        # One whole chunk of the target (every leading index): no lock is needed.
-        top, left = origin
-        block = source[..., 2 * top : 2 * (top + rows), 2 * left : 2 * (left + cols)]
-        target[..., top : top + rows, left : left + cols] = reduce_block(block, reduction)
-
-    origins = [
-        (top, left) for top in range(0, shape[-2], rows) for left in range(0, shape[-1], cols)
-    ]
-    with ThreadPoolExecutor(max_workers=min(len(origins), os.cpu_count() or 1)) as pool:
-        for _ in pool.map(halve_chunk, origins):
-            pass  # re-raises the first failure
-    return target

@@ -84,13 +84,15 @@ class ImageSource:
     def _array(self) -> zarr.Array:
         return _open_array(self.url, self.array_path)
 
-    def read(self, rows: slice, cols: slice) -> np.ndarray:
+    def read(self, rows: slice, cols: slice, out: np.ndarray | None = None) -> np.ndarray:
         """Read one region of level 0, touching only the chunks it overlaps.
 
         Parameters
         ----------
         rows, cols: ``slice(start, stop)`` within ``0 .. Y`` and ``0 .. X``, step 1
             (``None`` bounds mean the image border)
+        out: a C-contiguous array of the result's shape and dtype to decode into (see
+            :func:`unet.io.axes.select_region`); returned
 
         Returns
         -------
@@ -99,7 +101,7 @@ class ImageSource:
         _, height, width = self.shape
         rows = _check_slice(rows, height, "rows")
         cols = _check_slice(cols, width, "cols")
-        return select_region(self._array, self.axes, rows, cols)
+        return select_region(self._array, self.axes, rows, cols, out=out)
 
     def read_cached(self, rows: slice, cols: slice) -> np.ndarray:
         """:meth:`read`, through a cache of decoded chunks kept with this object.
@@ -112,6 +114,21 @@ class ImageSource:
             _check_slice(rows, height, "rows"), _check_slice(cols, width, "cols")
         )
 
+    def grow_cache(self, output_chunks: int, max_bytes: int) -> None:
+        """Let :meth:`read_cached` keep the decoded input of ``output_chunks`` output chunks
+        (``chunks``-sized: a whole shard of a sharded input), within ``max_bytes``: for callers
+        that read several windows ahead or at once (see :mod:`unet.engine.stream`)."""
+        cache = self._cache
+        cache.grow(output_chunks * self._stored_per_chunk, max_bytes)
+
+    @property
+    def _stored_per_chunk(self) -> int:
+        """Stored (inner) chunks per output chunk: one, or the inner chunks of a shard."""
+        stored = self._array.chunks
+        cell = (int(stored[self.axes.index(ROWS)]), int(stored[self.axes.index(COLUMNS)]))
+        chunk = self.chunks or cell
+        return -(-chunk[0] // cell[0]) * -(-chunk[1] // cell[1])
+
     @cached_property
     def _cache(self) -> ChunkCache:
         from unet.io.chunkcache import CACHE_CHUNKS, ChunkCache
@@ -119,9 +136,7 @@ class ImageSource:
         stored = self._array.chunks  # the inner chunks of a sharded array: what is decoded
         cell = (int(stored[self.axes.index(ROWS)]), int(stored[self.axes.index(COLUMNS)]))
         # The engine's output chunks are self.chunks (a whole shard): size the cache in those.
-        chunk = self.chunks or cell
-        per_chunk = -(-chunk[0] // cell[0]) * -(-chunk[1] // cell[1])
-        return ChunkCache(self, cell, max_chunks=CACHE_CHUNKS * per_chunk)
+        return ChunkCache(self, cell, max_chunks=CACHE_CHUNKS * self._stored_per_chunk)
 
     def identity(self) -> dict[str, Any]:
         """What identifies this input in a run fingerprint; JSON-serialisable.

@@ -19,7 +19,7 @@ from unet.predict.device import (
     resolve_device,
     resolve_precision,
 )
-from unet.predict.step import use_channels_last
+from unet.predict.step import Normalization, use_channels_last
 from unet.tiling import AxisTiles, axis_tiles, default_tile_size, input_window, mirror_pad
 
 if TYPE_CHECKING:
@@ -38,22 +38,26 @@ def predict_window(
     device: str | torch.device = "cpu",
     precision: Precision = "fp32",
     labels: bool = False,
+    normalization: Normalization | None = None,
 ) -> np.ndarray:
     """Logits (or labels) of the output pixels ``(0 .. out_h-1, 0 .. out_w-1)`` of a padded
     input window.
 
     Parameters
     ----------
-    window: float32 (C, h, w), normalized input in padded coordinates: ``window[:, 0, 0]`` is the
-        input pixel ``halo`` (or the same-mode margin) above and left of output pixel (0, 0), and
-        that position lies on the whole image's pooling grid (a multiple of ``2**depth``).
-        At least :func:`window_shape` large.
+    window: (C, h, w) input in padded coordinates: ``window[:, 0, 0]`` is the input pixel
+        ``halo`` (or the same-mode margin) above and left of output pixel (0, 0), and that
+        position lies on the whole image's pooling grid (a multiple of ``2**depth``). At least
+        :func:`window_shape` large. float32 and normalized, or with ``normalization`` raw in
+        one of :data:`unet.predict.step.DEVICE_NORMALIZED`'s dtypes.
     out_shape: (out_h, out_w)
     labels: return the labels instead of the logits, computed on the device so that one byte a
         pixel comes back instead of ``4 * num_classes``: the argmax over the classes (the first
         on ties, as numpy's), or ``logit > 0`` for a one-class model. Equal to
         :func:`unet.predict.labels.labels_from_logits` of the logits, since casting bf16/fp16 logits to
         float32 is exact.
+    normalization: ``(mean, std)`` float32 (C,): normalize the raw window's tiles on the device
+        (:func:`unet.predict.step.normalized`: the same floats as on the host)
 
     Returns
     -------
@@ -78,7 +82,10 @@ def predict_window(
     torch_device = resolve_device(device) if isinstance(device, str) else device
     if next(model.parameters()).device != torch_device:
         model.to(torch_device)
-    model.eval()
+    if model.training:
+        # Walking the modules costs 2 ms even when nothing changes: a chunk's whole host time
+        # on a GPU machine is a few times that.
+        model.eval()
     use_channels_last(model)
     margin = geometry.context - geometry.halo  # non-zero only for same-padding models
     if labels:
@@ -98,7 +105,13 @@ def predict_window(
         try:
             # Looked up on the package at each call: the documented place to replace it.
             outputs = unet.predict.device_step(
-                model, tiles, device=torch_device, precision=precision, crop=crop, labels=labels
+                model,
+                tiles,
+                device=torch_device,
+                precision=precision,
+                crop=crop,
+                labels=labels,
+                normalization=normalization,
             )
         except Exception as error:
             if not is_out_of_memory(error):
