@@ -4,7 +4,7 @@ Level ``k + 1`` halves level ``k`` along Y and X (``ceil``), so level ``k`` cove
 in blocks of ``2**k``. Each level is computed from the previous one by a pool of threads: each
 job reads a block of level ``k`` (``JOB_SIDE`` pixels a side, or one ``(2 cy, 2 cx)`` block of
 larger chunks) and writes whole ``(cy, cx)`` chunks of level ``k + 1``, so no two jobs write the
-same chunk and memory stays at a few blocks per thread. (Zarr's
+same chunk and memory stays at a few blocks (``THREADS`` at once). (Zarr's
 codecs release the GIL. Dask arrays did the same before, but importing ``dask.array`` pulled in
 SciPy and took 0.46 s, inside the first segmentation of every process.)
 """
@@ -32,8 +32,10 @@ MIN_CHUNK_LEVEL_SIDE = 256
 
 
 #: Side, in source pixels, of the blocks that build_pyramid halves at once (whole chunks at
-#: least): 2048^2 is 4 MiB of uint8 labels.
-JOB_SIDE = 2048
+#: least): 1024^2 is 1 MiB of uint8 labels, and a mean of it needs about 1.3 MiB more.
+JOB_SIDE = 1024
+#: Blocks halved at once: memory stays a few blocks whatever the machine's cores.
+THREADS = 2
 
 
 def chunk_levels(
@@ -247,7 +249,7 @@ class PyramidLevels:
             origins = [origin for origin in self.blocks(new) if (new, origin) not in done]
             if not origins:
                 continue
-            with ThreadPoolExecutor(max_workers=min(len(origins), os.cpu_count() or 1)) as pool:
+            with ThreadPoolExecutor(max_workers=min(len(origins), THREADS)) as pool:
                 for _ in pool.map(lambda origin, new=new: self.halve(new, origin), origins):
                     pass  # re-raises the first failure
 
