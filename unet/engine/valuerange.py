@@ -132,5 +132,9 @@ def _sample(source: ImageSource) -> np.ndarray:
                 )
             except Exception:  # as above
                 continue
-            blocks.append(block.reshape(block.shape[0], -1).astype(np.float32))
+            # Every step-th value (about MAX_VALUES in all), before converting: converting and
+            # sorting the 9 Mpx of 1024^2 chunks took 0.3 s of a run's driver.
+            flat = block.reshape(block.shape[0], -1)
+            step = -(-flat.shape[1] // (MAX_VALUES // SAMPLE_GRID**2))
+            blocks.append(flat[:, ::step].astype(np.float32))
     return np.concatenate(blocks, axis=1)
