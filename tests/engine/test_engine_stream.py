@@ -104,9 +104,7 @@ def test_a_chunk_that_cannot_be_read_fails_alone_in_its_stream(tmp_path, client,
     )
 
 
-def test_a_failed_write_in_a_stream_leaves_its_chunk_unmarked(
-    tmp_path, client, model, monkeypatch
-):
+def test_a_failed_write_in_a_stream_leaves_its_chunk_unmarked(tmp_path, client, model, monkeypatch):
     import unet.engine.run
 
     # The first failure ends the run: a failed write deletes the chunk's file (here the link to

@@ -96,7 +96,7 @@ def bench_image(
         array[:, rows, cols] = np.repeat(block, channels, axis=0)
 
     # Chunks apart, in threads: the scene draws any region alike, and each job writes its own
-    # chunk (a 16384^2 image took 2.5 minutes in one thread, most of a GPU machine's lease).
+    # chunk (in one thread a 16384^2 image took most of a GPU machine's lease).
     origins = [(y, x) for y in range(lo, hi, chunk) for x in range(lo, hi, chunk)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for _ in pool.map(render_chunk, origins):

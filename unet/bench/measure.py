@@ -171,7 +171,7 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         client_context = dask_client(plan)
         workers_here = not plan.processes
     # Masks of an earlier bench run in the same --workdir are deleted before the clock starts:
-    # segment(overwrite=True) would delete them inside the timed run (0.1 s at 8192^2).
+    # segment(overwrite=True) would delete them inside the timed run (a measurable cost at 8192^2).
     for output in (spec["output"], spec["output"] + ".warmup"):
         shutil.rmtree(output, ignore_errors=True)
     with client_context as client:

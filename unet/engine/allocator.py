@@ -3,8 +3,8 @@
 A forward pass allocates tens of megabytes per activation and frees them all at its end. glibc
 serves every allocation above 32 MiB (the cap of its mmap threshold) with a fresh ``mmap`` and
 returns it with ``munmap``, so each pass zero-fills and page-faults its whole activation memory
-again: with the bundled model on 2 CPU cores a 1024^2 chunk took 0.54 s instead of 0.30 s, most
-of it in the kernel (README, Benchmarks). With mmap switched off, one arena and trimming off,
+again: with the bundled model on 2 CPU cores a 1024^2 chunk took far longer, the extra time
+mostly in the kernel (benchmarks/README.md). With mmap switched off, one arena and trimming off,
 freed activations stay in the heap and the next pass reuses them; the process keeps its peak
 (which is flat in the image size) instead of returning memory between passes.
 

@@ -33,8 +33,8 @@ HANDSHAKE_SECONDS = 30
 #: Dask's periodic housekeeping, slowed or switched off for the clusters unet starts. Every
 #: wake-up of these takes the GIL and a core from the chunk running beside it; the worker's
 #: profiler samples the task's thread every 10 ms. With the defaults a forward pass of the
-#: bundled model inside a task took 0.284 s against 0.262 s outside any cluster; with these,
-#: 0.252 s (2 CPU cores, README Benchmarks). The dashboard's profile page stays empty.
+#: bundled model inside a task was slower than outside any cluster; with these, no slower
+#: (2 CPU cores, benchmarks/README.md). The dashboard's profile page stays empty.
 QUIET = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
@@ -46,8 +46,8 @@ QUIET = {
 
 #: Tasks a GPU worker runs at once, each a stream of chunks (one chunk on the GPU, the others
 #: reading and writing); the environment variable UNET_GPU_THREADS overrides it. 1, 2 and 4
-#: streams fed a simulated 133 Mpx/s device alike within the noise of a shared 2-core machine
-#: (README, Benchmarks); 4 kept the most work ready when the cores were contended.
+#: streams fed a simulated device alike within the noise of a shared 2-core machine
+#: (benchmarks/README.md); 4 kept the most work ready when the cores were contended.
 GPU_THREADS = 4
 #: Output chunks per task of a GPU worker: a Dask task costs a few ms of CPU on the worker and
 #: the scheduler, as much as a chunk's whole host side when a GPU computes.
@@ -156,8 +156,9 @@ def dask_client(plan: ClusterPlan, scheduler: str | None = None) -> Iterator[obj
         return
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which also freezes glibc's
     # mmap threshold: every large tensor is then mmapped and unmapped again, and a 1024^2 chunk
-    # of the bundled model took 0.62 s instead of 0.42 s. Workers get unet.engine.allocator's settings
-    # instead, and an in-process worker gets them here, before its threads start.
+    # of the bundled model took far longer (benchmarks/README.md). Workers get
+    # unet.engine.allocator's settings instead, and an in-process worker gets them here, before
+    # its threads start.
     environ = {
         f"{SPAWN_KEY}.{name}": value for name, value in {**ENVIRONMENT, **CODEC_ENVIRONMENT}.items()
     }

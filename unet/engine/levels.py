@@ -4,8 +4,8 @@ goes on.
 Chunk tasks write the levels whose chunks a level-0 chunk covers exactly
 (:func:`unet.io.pyramid.chunk_levels`); the levels above need several chunks' results, and
 :func:`unet.engine.output.finish_output` used to build them all once the last chunk was written:
-with a GPU computing, that was the run's tail (a 16384^2 mask's last two levels took 0.1-0.2 s
-on 2 CPU cores, a tenth of the whole run). :class:`UpperLevels` halves each block of those
+with a GPU computing, that was the run's tail (a 16384^2 mask's last two levels took a
+noticeable share of the whole run on 2 CPU cores). :class:`UpperLevels` halves each block of those
 levels as soon as the chunks beneath it are finished, in one thread beside the run, so that
 finishing is little more than writing the metadata.
 """

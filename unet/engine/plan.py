@@ -125,7 +125,7 @@ def driver_checkpoint(model: str) -> Checkpoint:
     Loading runs a few multi-threaded copies, and OpenMP keeps a team of threads for every
     thread that ever ran one. The driver's team beside the one of the thread running the chunks
     made one more thread than cores on a 2-core machine, so libgomp stopped letting idle threads
-    spin between operations and chunk forward passes took 5% longer.
+    spin between operations and chunk forward passes took longer.
     """
     from unet.network.checkpoint import resolve_checkpoint
 

@@ -313,7 +313,8 @@ class TaskQueue:
     (:mod:`unet.io.chunkcache`): two workers taking alternate tasks of one strip decoded twice
     as many. Tasks shrink towards the end (to a share of what is left per task in flight), so
     that no worker's device is left with a backlog of whole tasks while another one idles:
-    with tasks of 8 chunks to the end, two simulated devices were busy 0.79 of the run.
+    with tasks of 8 chunks to the end, two simulated devices were left idle for a good part of
+    the run.
     """
 
     def __init__(

@@ -45,7 +45,7 @@ WRITERS = 2
 #: Output chunks whose decoded input a streaming worker keeps, and the memory it may take: the
 #: windows read ahead by two streams side by side span up to 8 rows of input chunks in strips
 #: of 4 (see unet.tiling.strip_order), where one chunk at a time needs 3. With the CPU path's
-#: 18, two streams decoded 3.3 input chunks per output chunk instead of 1.5.
+#: 18, two streams decoded far more input chunks per output chunk (benchmarks/README.md).
 CACHE_CHUNKS = 64
 CACHE_BYTES = 256 * 2**20
 
@@ -110,7 +110,8 @@ def _freeze_long_lived_objects() -> None:
 
     A stream allocates objects fast enough (Zarr's reads and writes) to set off a full
     collection every hundred chunks or so, and a full collection walks the whole heap of a
-    process that imported torch: 120 ms, about 1 ms a chunk.
+    process that imported torch: long enough to add to every chunk's share of the host time
+    (benchmarks/README.md).
     """
     gc.collect()
     gc.freeze()

@@ -261,7 +261,7 @@ def read_window(source: ImageSource, window: Window) -> np.ndarray:
 def class_counts(mask: np.ndarray, num_labels: int) -> tuple[int, ...]:
     """Pixels per label of a uint8 mask holding labels ``0 .. num_labels-1``.
 
-    Two labels are counted with ``count_nonzero``, 10x faster than ``bincount`` on a 1024^2 mask.
+    Two labels are counted with ``count_nonzero``, much faster than ``bincount`` on a 1024^2 mask.
     """
     if num_labels == 2:
         ones = int(np.count_nonzero(mask))
@@ -314,8 +314,8 @@ def _use_threads(torch_threads: int | None) -> None:
 
     The thread count is per calling thread under OpenMP, and the Dask nanny starts workers with
     OMP_NUM_THREADS=1: set once in the thread that loaded the model, a task running on another
-    executor thread ran its convolutions on one core (measured: 0.65 s instead of 0.43 s per
-    1024^2 chunk with the bundled model).
+    executor thread ran its convolutions on one core (measured slower per 1024^2 chunk with the
+    bundled model: benchmarks/README.md).
     """
     import torch
 

@@ -2,9 +2,9 @@
 
 The window of one output chunk is the chunk plus its halo, so it overlaps the 3 x 3 input chunks
 around it: read straight from the store, every input chunk is decoded up to 9 times, once for each
-window that touches it (13 of the 29 ms a 1024^2 chunk spent outside the forward pass on 2 CPU
-cores). A :class:`ChunkCache` decodes each stored chunk once and keeps the most recently used
-ones; visited in :func:`unet.tiling.strip_order`, a window finds all but one row of its chunks
+window that touches it (a large part of the time a 1024^2 chunk spent outside the forward pass
+on 2 CPU cores). A :class:`ChunkCache` decodes each stored chunk once and keeps the most recently
+used ones; visited in :func:`unet.tiling.strip_order`, a window finds all but one row of its chunks
 already decoded.
 
 Thread-safe: the threads of a worker share one cache; a chunk that several threads miss at once
@@ -144,7 +144,7 @@ class ChunkCache:
     def _recycle(self, block: np.ndarray) -> None:
         """Keep a whole-cell block that left the cache, to decode the next chunk into (called
         under the lock). Decoding into memory already mapped saves its page faults: a fresh
-        1024^2 map cost 1.7 ms of CPU a chunk, as much as decoding it."""
+        1024^2 map cost as much CPU a chunk as decoding it."""
         if block.shape[1:] == self.cell and len(self._free) < FREE_BLOCKS:
             self._free.append(block)
 

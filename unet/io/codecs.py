@@ -2,8 +2,8 @@
 
 zarr-python encodes and decodes chunks in Python around numcodecs, and funnels every call of
 its sync API through one event loop. The zarrs pipeline does the same work in Rust, in parallel
-and outside the GIL: writing a 1024^2 mask chunk took 3.9 ms instead of 11.1 ms, and its two
-pyramid levels 2.9 ms instead of 7.5 ms (``benchmarks/chunk_profile.py`` on 2 CPU cores). The
+and outside the GIL: writing a 1024^2 mask chunk, and its two pyramid levels, took a fraction
+of the time (``benchmarks/chunk_profile.py`` on 2 CPU cores; figures in benchmarks/README.md). The
 bytes written are the same Zarr format. Arrays zarrs cannot handle fall back to zarr-python's
 pipeline by themselves.
 """

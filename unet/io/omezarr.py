@@ -124,9 +124,10 @@ def create_image(
 
 
 #: Blosc zstd level and shuffle of masks (the chunk tasks write them). Labels use the low bits
-#: of each byte only, so bitshuffle leaves long runs of zero bits: writing 16 chunks of 1024^2 of
-#: a nuclei mask took a median 1.88 ms and 29 kB a chunk, against 2.38 ms and 53 kB without a
-#: shuffle and 5.37 ms and 26 kB at level 5 (zarrs codec pipeline, 2 CPU cores).
+#: of each byte only, so bitshuffle leaves long runs of zero bits: writing 1024^2 chunks of a
+#: nuclei mask was faster and gave smaller chunks than without a shuffle, and level 5 was much
+#: slower for chunks a little smaller still (zarrs codec pipeline, 2 CPU cores; figures in
+#: benchmarks/README.md).
 LABEL_COMPRESSION = (1, "bitshuffle")
 
 

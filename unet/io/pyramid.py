@@ -6,7 +6,7 @@ job reads a block of level ``k`` (``JOB_SIDE`` pixels a side, or one ``(2 cy, 2 
 larger chunks) and writes whole ``(cy, cx)`` chunks of level ``k + 1``, so no two jobs write the
 same chunk and memory stays at a few blocks (``THREADS`` at once). (Zarr's
 codecs release the GIL. Dask arrays did the same before, but importing ``dask.array`` pulled in
-SciPy and took 0.46 s, inside the first segmentation of every process.)
+SciPy and took a noticeable time, inside the first segmentation of every process.)
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def write_chunk_levels(
     mask: (h, w), the chunk at ``rows``/``cols`` of level 0, whose starts are chunk origins
 
     All the writes go to Zarr in one call, so their codecs run at once: a 1024^2 mask chunk and
-    two levels took 5.1 ms instead of 6.5 ms one after the other (2 CPU cores).
+    two levels took less time than one after the other (2 CPU cores; benchmarks/README.md).
     """
     import asyncio
 

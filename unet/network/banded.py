@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     from unet.network.model import UNet
 
 #: Rows per band, at every level. Measured on 2 CPU cores with the bundled model at tile 1116,
-#: bf16 (``benchmarks/banded_ab.py``: passes alternated in one process, peak RSS of a fresh one):
-#: 1.017 of the time of ``model(x)`` at 368 against 532 MiB; 128 rows 1.003 at 399 MiB, 32 rows
-#: 1.122 at 327 MiB. Whole levels (``band_rows`` at least the tile) take 0.926 of the time of
-#: ``model(x)`` but no less memory (523 MiB).
+#: bf16 (``benchmarks/banded_ab.py``: passes alternated in one process, peak RSS of a fresh one;
+#: figures in benchmarks/README.md): about the time of ``model(x)`` in far less memory; 128 rows
+#: gain little time for more memory, 32 rows save some memory but cost time. Whole levels
+#: (``band_rows`` at least the tile) are faster than ``model(x)`` but take no less memory.
 BAND_ROWS = 64
 #: Rows that two valid 3x3 convolutions take from the rows below them.
 _SHRINK = 4
@@ -94,9 +94,9 @@ def max_pool(features: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
     """2x2 max-pooling with stride 2 of (N, C, H, W) features with even H and W.
 
     The values of ``F.max_pool2d(features, 2)``, as the maximum of four strided views: PyTorch's
-    CPU max-pooling also writes the int64 index of each maximum, and took 6.8 ms against 3.8 ms
-    for a 1112^2 x 16 level in bf16 on 2 cores. ``out``: an (N, C, H / 2, W / 2) tensor, or a
-    view, to write the result into.
+    CPU max-pooling also writes the int64 index of each maximum, and was slower for a
+    1112^2 x 16 level in bf16 on 2 cores (benchmarks/README.md). ``out``: an
+    (N, C, H / 2, W / 2) tensor, or a view, to write the result into.
     """
     import torch
 

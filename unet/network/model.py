@@ -121,7 +121,7 @@ class UNet(nn.Module):
             x = upsample(x)
             # Pop the skip and drop the upsampled features once concatenated: at the first level
             # these are the largest tensors of the pass, and holding them through the decoder's
-            # convolutions raised the inference peak by about 40% (measured, README Benchmarks).
+            # convolutions raised the inference peak markedly (measured, benchmarks/README.md).
             skip = skips.pop()
             x = torch.cat([center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1)
             del skip

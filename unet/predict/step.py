@@ -108,8 +108,8 @@ def normalized(raw: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> torch.Te
 def labels_of(logits: torch.Tensor) -> torch.Tensor:
     """uint8 (N, h, w) labels of (N, K, h, w) logits: argmax, or ``> 0`` when K = 1.
 
-    For K = 2 the argmax is ``logit 1 > logit 0`` (class 0 on ties, as argmax), measured 6x
-    faster than ``argmax`` on a CPU.
+    For K = 2 the argmax is ``logit 1 > logit 0`` (class 0 on ties, as argmax), measured
+    several times faster than ``argmax`` on a CPU.
     """
     import torch
 
@@ -138,8 +138,8 @@ def use_channels_last(model: UNet) -> None:
     """Store the model's convolution weights channels-last (NHWC), once.
 
     oneDNN on CPU and cuDNN on GPU run NHWC convolutions without the layout conversions NCHW
-    needs: measured 2.0x (bf16) and 1.9x (fp32) model throughput on 2 AVX512-BF16 cores
-    (README, Benchmarks). The values and the results are unchanged (within float rounding).
+    needs: measured well above NCHW's model throughput, in bf16 and fp32, on 2 AVX512-BF16 cores
+    (benchmarks/README.md). The values and the results are unchanged (within float rounding).
     """
     import torch
 

@@ -83,8 +83,8 @@ def predict_window(
     if next(model.parameters()).device != torch_device:
         model.to(torch_device)
     if model.training:
-        # Walking the modules costs 2 ms even when nothing changes: a chunk's whole host time
-        # on a GPU machine is a few times that.
+        # Walking the modules costs time even when nothing changes, a sizeable share of a
+        # chunk's whole host time on a GPU machine.
         model.eval()
     use_channels_last(model)
     margin = geometry.context - geometry.halo  # non-zero only for same-padding models
