@@ -156,3 +156,22 @@ def test_segment_labels_into_the_image(tmp_path):
     again = run("segment", str(image), "--labels", "nuclei", *common)
     assert again.returncode == 0 and "0 chunks computed" in again.stdout, again.stdout
     assert "4 resumed" in again.stdout
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
+    import flows.runner
+    from unet import cli
+
+    write_image(tmp_path / "in.zarr", (40, 40), (32, 32))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C while the run goes on
+
+    monkeypatch.setattr(flows.runner, "run_segment", interrupted)
+    monkeypatch.setattr(
+        sys, "argv", ["unet", "segment", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")]
+    )
+    with pytest.raises(SystemExit) as caught:
+        cli.main()
+    assert caught.value.code == 130
+    assert "interrupted: rerun the same command to resume" in capsys.readouterr().err

@@ -278,6 +278,10 @@ def _print_summary(report) -> None:
         )
 
 
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
+
+
 def main() -> None:
     """Entry point of the ``unet`` console script."""
     from pydantic import ValidationError
@@ -295,7 +299,7 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except typer.Exit as error:
         sys.exit(error.exit_code)
     except typer.Abort:
@@ -308,6 +312,8 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+    if code == INTERRUPTED:  # typer turns Ctrl-C into this exit code
+        typer.echo("interrupted: rerun the same command to resume", err=True)
     if isinstance(code, int) and code:
         sys.exit(code)
 
