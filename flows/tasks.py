@@ -190,6 +190,8 @@ def report_table(report: SegmentReport, source: str | None = None) -> list[dict[
         ("time", f"{report.seconds:.1f} s"),
         ("speed", f"{report.megapixels_per_second:.2f} Mpx/s"),
     ]
+    if report.input_chunks_missing:
+        rows.append(("input chunks missing (read as fill value)", str(report.input_chunks_missing)))
     rows += [(f"class {name}", f"{share:.2%}") for name, share in report.class_fractions.items()]
     if report.objects_per_class is not None:
         rows += [

@@ -208,8 +208,12 @@ def test_report_table_lists_size_chunks_speed_and_classes():
     assert rows["speed"] == "0.03 Mpx/s"
     assert rows["class nuclei"] == "25.00%"
     assert not any(field.startswith("objects") for field in rows)
+    assert not any(field.startswith("input chunks missing") for field in rows)
     rows = {row["field"]: row["value"] for row in report_table(report, "scans/in.png")}
     assert (rows["input"], rows["ingested as"]) == ("scans/in.png", "in.zarr")
+    report.input_chunks_missing = 3
+    rows = {row["field"]: row["value"] for row in report_table(report)}
+    assert rows["input chunks missing (read as fill value)"] == "3"
 
 
 def test_report_table_gives_the_objects_per_class_with_instances():
