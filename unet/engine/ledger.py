@@ -106,12 +106,9 @@ def open_ledger(group):
     file in place, and a ledger chunk left empty by a full disk would make the whole ledger
     unreadable, and the run impossible to resume. A ledger chunk is one byte: speed is no concern.
     """
-    import zarr
+    from unet.io.codecs import with_store_pipeline
 
-    from unet.io.codecs import STORE_PIPELINE
-
-    with zarr.config.set({"codec_pipeline.path": STORE_PIPELINE}):
-        return group[LEDGER_PATH]
+    return with_store_pipeline(group[LEDGER_PATH])
 
 
 def finished_chunks(group) -> np.ndarray:

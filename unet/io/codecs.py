@@ -13,6 +13,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import zarr
 
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 #: zarr-python's own codec pipeline. It writes through the store (a local chunk file is written
@@ -35,3 +39,24 @@ def use_fast_codecs() -> bool:
     # that tells the user nothing they can act on.
     warnings.filterwarnings("ignore", message="Array is unsupported by ZarrsCodecPipeline")
     return True
+
+
+def with_store_pipeline(array: zarr.Array, *, write_empty_chunks: bool = False) -> zarr.Array:
+    """The same array, read and written through zarr-python's own codec pipeline
+    (:data:`STORE_PIPELINE`) whatever the others of this process use.
+
+    ``zarr.config.set({"codec_pipeline.path": ...})`` cannot do this safely: it is one setting of
+    the whole process, so every array another thread opened meanwhile (a stream's mask, say)
+    took that pipeline too, for good. ``write_empty_chunks``: store chunks equal to the fill
+    value too (zarr-python's pipeline honours it; zarrs leaves them out anyway).
+    """
+    import dataclasses
+
+    from zarr.core.codec_pipeline import BatchedCodecPipeline
+
+    config = dataclasses.replace(array.config, write_empty_chunks=write_empty_chunks)
+    copy = array.with_config(config)
+    # zarr sets the pipeline of a new array this way too (its arrays are frozen dataclasses).
+    pipeline = BatchedCodecPipeline.from_codecs(copy.metadata.codecs)
+    object.__setattr__(copy.async_array, "codec_pipeline", pipeline)
+    return copy

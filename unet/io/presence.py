@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unet.io.axes import COLUMNS, ROWS
-from unet.io.codecs import STORE_PIPELINE
+from unet.io.codecs import with_store_pipeline
 
 if TYPE_CHECKING:
     import zarr
@@ -56,9 +56,9 @@ def store_every_chunk(location: str, path: str) -> None:
     value, then record in its attributes that every chunk is stored."""
     import zarr
 
-    # zarr-python's own pipeline honours write_empty_chunks; zarrs leaves fill chunks out anyway.
-    with zarr.config.set({"codec_pipeline.path": STORE_PIPELINE, "array.write_empty_chunks": True}):
-        array = zarr.open_array(store=location, path=path, mode="r+")
+    array = with_store_pipeline(
+        zarr.open_array(store=location, path=path, mode="r+"), write_empty_chunks=True
+    )
     grid = array.shards or array.chunks
     for coords in _absent(array):
         region = tuple(
