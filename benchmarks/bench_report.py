@@ -167,7 +167,12 @@ def format_table(results: dict[str, Any]) -> str:
             f"{agreement['precision']} vs fp32 masks on {agreement['side']}^2: "
             f"{100 * agreement['equal_fraction']:.3f}% of pixels equal"
         )
-    lines.append("")
+    return "\n".join(lines + verdict_lines(results))
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """The lines of a results table's ratios and targets, each target met or MISSED."""
+    lines = [""]
     for name, value in results["ratios"].items():
         lines.append(f"{name}: {value}")
     lines.append("")
@@ -175,7 +180,7 @@ def format_table(results: dict[str, Any]) -> str:
         verdict = "met" if target["met"] else "MISSED"
         note = f" ({target['note']})" if target.get("note") else ""
         lines.append(f"target {name}: {target['value']} -> {verdict}{note}")
-    return "\n".join(lines)
+    return lines
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench_report import target_entry
+from bench_report import target_entry, verdict_lines
 
 from unet.bench.inputs import BENCH_CHUNK, bench_image
 
@@ -157,11 +157,4 @@ def format_simulated(results: dict[str, Any]) -> str:
         lines += ["", "per chunk, by stage (last run): wall ms / CPU ms of the calling thread"]
         for name, entry in stages.items():
             lines.append(f"  {name:<50}{entry['wall_ms']:>8.2f}{entry['cpu_ms']:>8.2f}")
-    lines.append("")
-    for name, value in results["ratios"].items():
-        lines.append(f"{name}: {value}")
-    lines.append("")
-    for name, target in results["targets"].items():
-        verdict = "met" if target["met"] else "MISSED"
-        lines.append(f"target {name}: {target['value']} -> {verdict}")
-    return "\n".join(lines)
+    return "\n".join(lines + verdict_lines(results))

@@ -4,7 +4,6 @@ Prefect server."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -130,10 +129,7 @@ def prefect_server(tmp_path_factory):
             time.sleep(0.3)
         yield url, {**env, "PREFECT_API_URL": url, "PYTHONUNBUFFERED": "1"}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        from testdata import stop_group  # testdata imports this module
+
+        stop_group(process, 20)
         log.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+
 import numpy as np
 import zarr
 from conftest import make_model
@@ -47,3 +51,14 @@ def assert_same_mask(mask, expected, near_tie):
     differ = mask != expected
     assert not (differ & ~near_tie).any(), f"{differ.sum()} pixels differ away from ties"
     assert near_tie.mean() < 1e-3
+
+
+def stop_group(process: subprocess.Popen, seconds: float) -> None:
+    """Stop ``process`` and its children (started with ``start_new_session=True``): SIGTERM,
+    then SIGKILL after ``seconds``."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testdata import write_checkpoint, write_image
+from testdata import stop_group, write_checkpoint, write_image
 
 BIN = Path(sys.executable).parent
 UNET = str(BIN / "unet")
@@ -108,12 +108,7 @@ class PrefectServer:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process, 30)
 
     def client(self):
         from prefect.client.orchestration import get_client
@@ -278,12 +273,7 @@ def test_unet_serve_survives_a_server_restart(prefect_server, tmp_path):
         assert serving.poll() is None, "unet serve goes on serving"
         assert (tmp_path / "out.zarr" / "zarr.json").exists()
     finally:
-        os.killpg(serving.pid, signal.SIGTERM)
-        try:
-            serving.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serving.pid, signal.SIGKILL)
-            serving.wait()
+        stop_group(serving, 60)
 
 
 def test_recording_drops_calls_after_the_first_failure_and_counts_lost_deliveries():

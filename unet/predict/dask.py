@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unet.errors import ChannelMismatch, InvalidImage
+from unet.errors import InvalidImage
 from unet.predict.device import Precision
+from unet.predict.window import check_image, check_layout, predict_window
 from unet.tiling import Window, default_tile_size, input_window, mirror_pad
 
 if TYPE_CHECKING:
@@ -136,15 +137,7 @@ def _check_array(array, channels: int):
             f"image must be (C, H, W) or (H, W), got shape {array.shape}: move the channel "
             "axis first (array.transpose) and drop other axes"
         )
-    if array.shape[0] != channels:
-        raise ChannelMismatch(
-            f"image has {array.shape[0]} channels but the model takes {channels}: "
-            "convert the image or use a model trained on it"
-        )
-    if 0 in array.shape:
-        raise InvalidImage(f"image of shape {array.shape} is empty")
-    if np.dtype(array.dtype).kind not in "fiu":
-        raise InvalidImage(f"image dtype {array.dtype} is not a real number type")
+    check_layout(array.shape, array.dtype, channels)
     return array.rechunk({0: -1})
 
 
@@ -156,8 +149,6 @@ def _bounds(chunks: tuple[int, ...]) -> list[slice]:
 
 def _predict_block(model: UNet, inside: np.ndarray, window: Window, settings: dict) -> np.ndarray:
     """One output block: the part of its window inside the image, mirrored and inferred."""
-    from unet.predict.window import check_image, predict_window
-
     inside = check_image(np.asarray(inside), model.in_channels)
     padded = mirror_pad(inside, window.pad_before, window.pad_after)
     crop = window.crop()

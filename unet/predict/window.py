@@ -178,15 +178,7 @@ def check_image(image: np.ndarray, channels: int) -> np.ndarray:
         raise InvalidImage(f"image must be a numpy array, got {type(image).__name__}")
     if image.ndim != 3:
         raise InvalidImage(f"image must be (C, H, W), got shape {image.shape}: add a channel axis")
-    if image.shape[0] != channels:
-        raise ChannelMismatch(
-            f"image has {image.shape[0]} channels but the model takes {channels}: "
-            "convert the image or use a model trained on it"
-        )
-    if 0 in image.shape:
-        raise InvalidImage(f"image of shape {image.shape} is empty")
-    if image.dtype.kind not in "fiu":
-        raise InvalidImage(f"image dtype {image.dtype} is not a real number type")
+    check_layout(image.shape, image.dtype, channels)
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise InvalidImage(
@@ -194,6 +186,20 @@ def check_image(image: np.ndarray, channels: int) -> np.ndarray:
             "`unet segment` gives such pixels label 0 (no data)"
         )
     return image
+
+
+def check_layout(shape: tuple[int, ...], dtype: np.dtype, channels: int) -> None:
+    """Refuse a ``(C, H, W)`` image (numpy or dask) whose channels are not the model's, that is
+    empty, or whose dtype is not a real number type."""
+    if shape[0] != channels:
+        raise ChannelMismatch(
+            f"image has {shape[0]} channels but the model takes {channels}: "
+            "convert the image or use a model trained on it"
+        )
+    if 0 in shape:
+        raise InvalidImage(f"image of shape {shape} is empty")
+    if np.dtype(dtype).kind not in "fiu":
+        raise InvalidImage(f"image dtype {dtype} is not a real number type")
 
 
 def _paste(

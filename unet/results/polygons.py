@@ -50,6 +50,11 @@ OBJECT_TYPES = ("detection", "annotation")
 #: Features handed to the vector writer at once.
 _BATCH = 1024
 
+#: The attributes of a class polygon (fiona schema types).
+CLASS_PROPERTIES = {"value": "int", "class": "str"}
+#: The attributes of an object's polygon: its id in the instance image and its pixel count.
+INSTANCE_PROPERTIES = {"id": "int", "area_px": "int", **CLASS_PROPERTIES}
+
 
 def write_polygons(
     mask: LabelMask,
@@ -66,49 +71,23 @@ def write_polygons(
     ``class`` (its name), in the mask's CRS. GeoJSON of a mask without georeferencing is
     QuPath's (see the module docstring), its objects of ``object_type``.
     """
-    import rasterio.features
-    from affine import Affine
-    from shapely.geometry import shape
-
-    from unet.tiling import ChunkGrid
-
-    target = Path(output)
-    check_vector_format(target)
-    check_object_type(object_type)
-    check_target(target, overwrite)
-    _, height, width = mask.source.shape
     pending: dict[int, list[Polygon]] = {}
-    staging = sibling(target, "partial")
-    try:
-        with _vector_writer(mask, staging, _layer_name(target), object_type) as features:
-            for rows, cols in ChunkGrid(
-                (height, width), mask.source.chunks or (height, width)
-            ).regions():
-                block = mask.source.read(rows, cols)[0]
-                wanted = block != 0 if label is None else block == label
-                if not wanted.any():
-                    continue
-                regions = rasterio.features.shapes(
-                    _shapes_dtype(block),
-                    mask=wanted,
-                    connectivity=4,
-                    transform=Affine.translation(cols.start, rows.start),
-                )
-                for geometry, value in regions:
-                    polygon = shape(geometry)
-                    if _on_inner_border(polygon.bounds, rows, cols, height, width):
-                        pending.setdefault(int(value), []).append(polygon)
-                    else:
-                        features.write(polygon, int(value))
-            for value, polygons in pending.items():
-                for merged in merge_across_borders(polygons):
-                    features.write(merged, value)
-        count = features.count
-        os.replace(staging, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staging)
-    return count
+    _, height, width = mask.source.shape
+    with _vector_file(mask, output, overwrite, object_type) as features:
+        for rows, cols in _chunk_regions(mask.source):
+            block = mask.source.read(rows, cols)[0]
+            wanted = block != 0 if label is None else block == label
+            if not wanted.any():
+                continue
+            for polygon, value in _polygons(block, wanted, rows, cols):
+                if _on_inner_border(polygon.bounds, rows, cols, height, width):
+                    pending.setdefault(value, []).append(polygon)
+                else:
+                    features.write(polygon, value)
+        for value, polygons in pending.items():
+            for merged in merge_across_borders(polygons):
+                features.write(merged, value)
+    return features.count
 
 
 def write_instance_polygons(
@@ -135,62 +114,86 @@ def write_instance_polygons(
     ids are image-wide, so pieces are merged by id, and only the pieces of objects touching an
     inner chunk border are held until the end.
     """
-    import rasterio.features
     import shapely
-    from affine import Affine
-    from shapely.geometry import shape
 
-    from unet.tiling import ChunkGrid
-
-    target = Path(output)
-    check_object_type(object_type)
-    check_vector_format(target)
-    check_target(target, overwrite)
     _, height, width = instances.shape
     pending: dict[int, list[Polygon]] = {}
     values: dict[int, int] = {}
+    with _vector_file(mask, output, overwrite, object_type, INSTANCE_PROPERTIES) as features:
+        for rows, cols in _chunk_regions(instances):
+            ids = instances.read(rows, cols)[0]
+            classes = mask.source.read(rows, cols)[0]
+            wanted = ids != 0 if label is None else (ids != 0) & (classes == label)
+            if not wanted.any():
+                continue
+            present, first = np.unique(ids[wanted], return_index=True)
+            class_of = dict(zip(present.tolist(), classes[wanted][first].tolist(), strict=True))
+            for polygon, object_id in _polygons(ids, wanted, rows, cols):
+                if _on_inner_border(polygon.bounds, rows, cols, height, width):
+                    pending.setdefault(object_id, []).append(polygon)
+                    values[object_id] = class_of[object_id]
+                else:
+                    features.write(
+                        polygon, class_of[object_id], id=object_id, area_px=round(polygon.area)
+                    )
+        for object_id in sorted(pending):
+            pieces = pending.pop(object_id)
+            merged = pieces[0] if len(pieces) == 1 else shapely.unary_union(pieces)
+            features.write(merged, values.pop(object_id), id=object_id, area_px=round(merged.area))
+    return features.count
+
+
+@contextlib.contextmanager
+def _vector_file(
+    mask: LabelMask,
+    output: str | os.PathLike[str],
+    overwrite: bool,
+    object_type: ObjectType,
+    properties: dict[str, str] = CLASS_PROPERTIES,
+) -> Iterator[_Features]:
+    """Features of ``mask`` into the vector file ``output`` (its format, ``object_type`` and
+    ``overwrite`` checked first), written beside it and renamed into place once complete."""
+    target = Path(output)
+    check_vector_format(target)
+    check_object_type(object_type)
+    check_target(target, overwrite)
     staging = sibling(target, "partial")
     try:
         with _vector_writer(
-            mask, staging, _layer_name(target), object_type, INSTANCE_PROPERTIES
+            mask, staging, _layer_name(target), object_type, properties
         ) as features:
-            for rows, cols in ChunkGrid(
-                (height, width), instances.chunks or (height, width)
-            ).regions():
-                ids = instances.read(rows, cols)[0]
-                classes = mask.source.read(rows, cols)[0]
-                wanted = ids != 0 if label is None else (ids != 0) & (classes == label)
-                if not wanted.any():
-                    continue
-                present, first = np.unique(ids[wanted], return_index=True)
-                class_of = dict(zip(present.tolist(), classes[wanted][first].tolist(), strict=True))
-                regions = rasterio.features.shapes(
-                    _shapes_dtype(ids),
-                    mask=wanted,
-                    connectivity=4,
-                    transform=Affine.translation(cols.start, rows.start),
-                )
-                for geometry, found in regions:
-                    polygon, object_id = shape(geometry), int(found)
-                    if _on_inner_border(polygon.bounds, rows, cols, height, width):
-                        pending.setdefault(object_id, []).append(polygon)
-                        values[object_id] = class_of[object_id]
-                    else:
-                        features.write(
-                            polygon, class_of[object_id], id=object_id, area_px=round(polygon.area)
-                        )
-            for object_id in sorted(pending):
-                pieces = pending.pop(object_id)
-                merged = pieces[0] if len(pieces) == 1 else shapely.unary_union(pieces)
-                features.write(
-                    merged, values.pop(object_id), id=object_id, area_px=round(merged.area)
-                )
-        count = features.count
+            yield features
         os.replace(staging, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
-    return count
+
+
+def _chunk_regions(source: ImageSource) -> Iterator[tuple[slice, slice]]:
+    """``(rows, cols)`` of each stored chunk of ``source`` (the whole image when unchunked)."""
+    from unet.tiling import ChunkGrid
+
+    _, height, width = source.shape
+    return ChunkGrid((height, width), source.chunks or (height, width)).regions()
+
+
+def _polygons(
+    values: np.ndarray, wanted: np.ndarray, rows: slice, cols: slice
+) -> Iterator[tuple[Polygon, int]]:
+    """The 4-connected regions of equal ``values`` (2-D, the block at ``rows``/``cols``) where
+    ``wanted``, as polygons in the image's pixel coordinates, with their value."""
+    import rasterio.features
+    from affine import Affine
+    from shapely.geometry import shape
+
+    regions = rasterio.features.shapes(
+        _shapes_dtype(values),
+        mask=wanted,
+        connectivity=4,
+        transform=Affine.translation(cols.start, rows.start),
+    )
+    for geometry, value in regions:
+        yield shape(geometry), int(value)
 
 
 def merge_across_borders(polygons: list[Polygon]) -> list[Polygon]:
@@ -292,12 +295,6 @@ class _Features:
         if self._batch:
             self._flush(self._batch)
             self._batch = []
-
-
-#: The attributes of a class polygon (fiona schema types).
-CLASS_PROPERTIES = {"value": "int", "class": "str"}
-#: The attributes of an object's polygon: its id in the instance image and its pixel count.
-INSTANCE_PROPERTIES = {"id": "int", "area_px": "int", **CLASS_PROPERTIES}
 
 
 def class_properties(mask: LabelMask, value: int) -> dict[str, Any]:
