@@ -3,7 +3,6 @@ masks as one chunk per task, and the same guarantees on failures and resume."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +104,11 @@ def test_a_chunk_that_cannot_be_read_fails_alone_in_its_stream(tmp_path, client,
 
 
 def test_a_failed_write_in_a_stream_leaves_its_chunk_unmarked(tmp_path, client, model, monkeypatch):
-    import unet.engine.run
+    import unet.engine.dispatch
 
     # The first failure ends the run: a failed write deletes the chunk's file (here the link to
     # /dev/full), so a retry would succeed.
-    monkeypatch.setattr(unet.engine.run, "TASK_RETRIES", 0)
+    monkeypatch.setattr(unet.engine.dispatch, "TASK_RETRIES", 0)
     raw = write_image(tmp_path / "in.zarr", (96, 96), (32, 32))
     expected, near_tie = reference_mask(model, raw[None], TILE)
     output = tmp_path / "out.zarr"
@@ -215,11 +214,11 @@ def test_levels_above_the_chunks_are_built_during_a_streamed_run(tmp_path, clien
     assert b.attrs["unet"]["complete"] is True
 
 
-def test_upper_levels_halve_each_block_once_its_chunks_are_done(tmp_path):
-    """In this process: blocks are halved as soon as the chunks beneath them are done, in any
-    order, and finish() builds what is left."""
+def test_upper_levels_hand_out_each_block_once_its_chunks_are_done(tmp_path):
+    """In this process: a block is ready as soon as the chunks beneath it are done, in any
+    order; halved (as a worker would), it readies the block above; finish() builds the rest."""
     import unet.engine.levels
-    from unet.engine.levels import UpperLevels
+    from unet.engine.levels import UpperLevels, halve_blocks
     from unet.io.omezarr import create_label_image
     from unet.io.pyramid import build_pyramid
     from unet.tiling import ChunkGrid
@@ -242,40 +241,51 @@ def test_upper_levels_halve_each_block_once_its_chunks_are_done(tmp_path):
         done = np.zeros(grid.counts, dtype=bool)
         done[0, 0] = True  # resumed
         levels = UpperLevels(str(tmp_path / "b.zarr"), 0, grid, done)
-        assert levels.levels.count == 1 and not levels.halved
-        levels.chunk_done((0, 1))
-        levels.chunk_done((1, 0))
-        levels.chunk_done((1, 1))  # completes block (0, 0) of level 1: chunks (0..1, 0..1)
-        deadline = time.monotonic() + 30
-        while not levels.halved and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert levels.count == 1 and not levels.take_ready()  # level 1 in 3 x 3 blocks
+        levels.chunks_done(np.array([[0, 1], [1, 0]]))
+        assert not levels.take_ready()
+        levels.chunks_done(np.array([[1, 1]]))  # completes block (0, 0): chunks (0..1, 0..1)
+        ready = levels.take_ready()
+        assert ready == [(0, (0, 0))] and not levels.take_ready()
+        levels.blocks_done(halve_blocks(levels.spec, ready))
         assert levels.halved == {(0, (0, 0))}
-        levels.finish()
+        levels.chunks_done(np.array([[i, j] for i in range(2, 5) for j in range(6)]))
+        rest = sorted(levels.take_ready())  # rows 1 and 2 of blocks; row 0 waits for columns 2-5
+        assert rest == [(0, (top, left)) for top in (256, 512) for left in (0, 256, 512)]
+        levels.finish()  # halves the blocks not halved yet, here
     a, b = group_of(tmp_path / "a.zarr"), group_of(tmp_path / "b.zarr")
     np.testing.assert_array_equal(b["1"][...], a["1"][...])
     assert b.attrs["ome"]["multiscales"] == a.attrs["ome"]["multiscales"]
 
 
 def test_each_worker_streams_its_own_stretch_of_the_image():
-    from unet.engine.run import TaskQueue
+    from unet.engine.dispatch import ChunkQueue, strip_order_array
+    from unet.tiling import strip_order
 
-    pending = [(i, j) for j in range(4) for i in range(10)]  # 40 chunks, strip order
-    one_each = TaskQueue(pending, 1, ["a", "b"], per_worker=4)
-    assert one_each.first() == [([index], None) for index in pending[:8]]
-    assert one_each.take(None) == ([pending[8]], None)
+    todo = np.ones((10, 4), bool)
+    pending = strip_order_array(todo)  # 40 chunks, strip order
+    assert [tuple(c) for c in pending.tolist()] == strip_order(
+        [(i, j) for i in range(10) for j in range(4)]
+    )
+    queue = ChunkQueue(pending, ["a", "b"])  # stretches of 20 chunks
+    assert (queue.take("a", 8) == pending[0:8]).all()
+    assert (queue.take("b", 8) == pending[20:28]).all()
+    assert (queue.take("b", 12) == pending[28:40]).all()
+    assert (queue.take("b", 3) == pending[17:20]).all()  # its own is done: the end of a's
+    assert (queue.take("c", 100) == pending[8:17]).all()  # a worker that joined later
+    assert queue.take("a", 1) is None and queue.left == 0
 
-    queue = TaskQueue(pending, 8, ["a", "b"], per_worker=1)  # stretches of 20 chunks
-    assert queue.first() == [(pending[0:8], "a"), (pending[20:28], "b")]
-    # Then tasks of what is left over twice the tasks in flight (2), at most 8: 24 left -> 6.
-    assert queue.take("b") == (pending[28:34], "b")  # b's own next chunks
-    assert queue.take("a") == (pending[8:13], "a")  # 18 left -> 5
-    assert queue.take("b") == (pending[34:38], "b")  # 13 left -> 4
-    assert queue.take("b") == (pending[38:40], "b")  # 9 left -> 3, b has 2
-    assert queue.take("b") == (pending[18:20], "b")  # b's stretch is done: the end of a's
-    assert [queue.take("a")[0] for _ in range(3)] == [
-        pending[13:15],
-        pending[15:16],
-        pending[16:17],
-    ]
-    assert queue.take("b") == (pending[17:18], "b")
-    assert queue.take("a") is None and queue.take("b") is None
+
+def test_tasks_are_sized_by_the_measured_speed_of_their_worker():
+    from unet.engine.dispatch import MAX_CHUNKS_PER_TASK, TARGET_TASK_SECONDS, TaskSizer
+
+    sizer = TaskSizer({"gpu": 8, "cpu": 1}, slots=4)
+    assert (sizer.size("gpu", 10_000), sizer.size("cpu", 10_000)) == (8, 1)
+    sizer.observe("gpu", 8, 0.08)  # 10 ms a chunk
+    sizer.observe("cpu", 1, TARGET_TASK_SECONDS / 4)
+    assert sizer.size("gpu", 10_000) == 100 and sizer.size("cpu", 10_000) == 4
+    for _ in range(3):
+        sizer.observe("gpu", 100, 0.01)  # faster still: capped
+    assert sizer.size("gpu", 10_000) == MAX_CHUNKS_PER_TASK
+    # Towards the end a task takes at most what is left over twice the tasks in flight.
+    assert sizer.size("gpu", 40) == 5 and sizer.size("gpu", 1) == 1

@@ -94,9 +94,9 @@ def test_failed_chunk_write_leaves_no_file_of_the_unmarked_chunk(
     tmp_path, client, model, monkeypatch
 ):
     """The zarrs pipeline writes chunk files in place: what a failed chunk wrote is deleted."""
-    import unet.engine.run
+    import unet.engine.dispatch
 
-    monkeypatch.setattr(unet.engine.run, "TASK_RETRIES", 0)  # the first failure ends the run
+    monkeypatch.setattr(unet.engine.dispatch, "TASK_RETRIES", 0)  # the first failure ends the run
     raw = write_image(tmp_path / "in.zarr", (96, 96), (32, 32))
     output = tmp_path / "out.zarr"
     parameters = SegmentParameters(model=model, device="cpu", probabilities=True)

@@ -153,11 +153,11 @@ def test_nan_pixels_are_never_tissue():
 
 
 def test_disk_full_is_one_line_and_marks_only_written_chunks(tmp_path, client, model, monkeypatch):
-    import unet.engine.run
+    import unet.engine.dispatch
 
     # A failed chunk task deletes what it wrote, and with it the links to /dev/full below: a
     # retry would then find room. Without retries the first failed write ends the run.
-    monkeypatch.setattr(unet.engine.run, "TASK_RETRIES", 0)
+    monkeypatch.setattr(unet.engine.dispatch, "TASK_RETRIES", 0)
     raw = write_image(tmp_path / "in.zarr", (96, 96), (32, 32))
     expected, near_tie = reference_mask(model, raw[None], TILE)
     output = tmp_path / "full disk.zarr"

@@ -72,7 +72,7 @@ def bench_image(
     )
     path = work / f"{name}.zarr"
     if (path / ".complete").exists():
-        return path
+        return _with_pyramid(path)
     array = create_image(path, (channels, side, side), "uint8", (chunk, chunk), overwrite=True)
     scene = NucleiScene(shape=(side, side), seed=0)
     lo, hi = 0, side
@@ -102,4 +102,17 @@ def bench_image(
         for _ in pool.map(render_chunk, origins):
             pass  # re-raises the first failure
     (path / ".complete").write_text("")
+    return _with_pyramid(path)
+
+
+def _with_pyramid(path: Path) -> Path:
+    """``path``, with the pyramid ``unet ingest`` would give it (readers of a low-resolution
+    view, the value-range check and the preview, read a level of it, as they do on a real
+    slide)."""
+    import zarr
+
+    from unet.io.pyramid import build_pyramid
+
+    if "1" not in zarr.open_group(str(path), mode="r").array_keys():
+        build_pyramid(str(path), reduction="mean")
     return path

@@ -41,10 +41,6 @@ def chunks_with_tissue(tissue: np.ndarray, factor: int, grid: ChunkGrid) -> np.n
 
     ``tissue`` pixel (i, j) covers level-0 rows ``i*factor .. (i+1)*factor - 1`` (same for columns).
     """
-    result = np.zeros(grid.counts, bool)
-    for index in grid.indices():
-        rows, cols = grid.bounds(index)
-        top, left = rows.start // factor, cols.start // factor
-        bottom, right = -(-rows.stop // factor), -(-cols.stop // factor)
-        result[index] = bool(tissue[top:bottom, left:right].any())
-    return result
+    from unet.tiling import cells_in_chunks
+
+    return cells_in_chunks(tissue, (factor, factor), grid) > 0

@@ -15,6 +15,13 @@ fails (a full disk) or a kill can leave a partial or empty file of a chunk that 
 ledger, not the files, says what is done: an unmarked chunk is computed again by the rerun, and a
 chunk task whose write fails deletes what it wrote (see :func:`unet.engine.worker.run_chunk`).
 
+Chunks the driver settles without a task (background, or no data by the plan: see
+:mod:`unet.engine.settled`) are marked in bulk, in a second array (``_unet_ledger_bulk``) of
+one element per chunk stored in a few large chunks, each written whole by one PUT or rename:
+thousands of chunks cost one write. A chunk is finished when either array marks it. Reading the
+ledger lists the stored objects of both (one listing: a ledger chunk is stored only once it
+holds 1), so its cost goes with the chunks marked, not with the grid.
+
 The ledger is bookkeeping of an unfinished run: once the run is complete (every chunk written,
 the pyramid built, ``complete`` set in the ``unet`` attribute) it is deleted, so that a finished
 mask holds only what OME-Zarr readers, napari and xarray expect. A complete run without a ledger
@@ -34,6 +41,11 @@ from unet.errors import FingerprintMismatch
 from unet.io.omezarr import LEVEL0
 
 LEDGER_PATH = "_unet_ledger"
+#: The chunks the driver marks in bulk (see the module docstring).
+BULK_PATH = "_unet_ledger_bulk"
+#: Side of a chunk of the bulk array, in chunks of the mask: a 10^11-pixel image of 1024^2
+#: chunks has about 300^2 of them, so one object.
+BULK_CHUNK = 4096
 ATTRIBUTE = "unet"
 #: Bumped whenever the engine's output for the same inputs could change.
 ENGINE_VERSION = 1
@@ -89,6 +101,14 @@ def _diff(current: Any, stored: Any, prefix: str = "") -> set[str]:
 def create_ledger(group, chunk_counts: tuple[int, int]) -> None:
     """Add an empty ledger (every chunk pending) to an output group."""
     group.create_array(
+        BULK_PATH,
+        shape=chunk_counts,
+        chunks=tuple(min(n, BULK_CHUNK) for n in chunk_counts),
+        dtype="uint8",
+        fill_value=0,
+        overwrite=True,
+    )
+    group.create_array(
         LEDGER_PATH,
         shape=chunk_counts,
         chunks=(1, 1),
@@ -117,7 +137,12 @@ def finished_chunks(group) -> np.ndarray:
     Without a ledger, every chunk of a complete run and none of an unfinished one.
     """
     if LEDGER_PATH in group:
-        return np.asarray(group[LEDGER_PATH][...]) == 1
+        from unet.io.presence import stored_objects
+
+        finished = stored_objects(group[LEDGER_PATH]).astype(bool)
+        if BULK_PATH in group:
+            finished |= np.asarray(group[BULK_PATH][...]) == 1
+        return finished
     state = group.attrs.get(ATTRIBUTE) or {}
     level0 = group[LEVEL0]
     height, width = level0.shape
@@ -128,10 +153,23 @@ def finished_chunks(group) -> np.ndarray:
 
 def remove_ledger(group) -> None:
     """Delete the ledger of a complete run; nothing when there is none."""
-    if LEDGER_PATH in group:
-        del group[LEDGER_PATH]
+    for path in (LEDGER_PATH, BULK_PATH):
+        if path in group:
+            del group[path]
 
 
 def mark_finished(ledger_array, index: tuple[int, int]) -> None:
     """Record one chunk as finished. Call only after its mask write returned."""
     ledger_array[index[0] : index[0] + 1, index[1] : index[1] + 1] = 1
+
+
+def mark_bulk(group, chunks: np.ndarray) -> None:
+    """Record the chunks where ``chunks`` (bool (chunks_y, chunks_x)) is True as finished, in
+    one write per chunk of the bulk array (atomic, as :func:`open_ledger`'s). Call only once
+    the mask holds what those chunks should (for most, the fill value already does)."""
+    from unet.io.codecs import with_store_pipeline
+
+    if not chunks.any():
+        return
+    bulk = with_store_pipeline(group[BULK_PATH])
+    bulk[...] = ((np.asarray(bulk[...]) == 1) | chunks).astype(np.uint8)

@@ -1,19 +1,23 @@
-"""The mask's pyramid levels above those its chunks write, built by the driver while the run
-goes on.
+"""The mask's pyramid levels above those its chunks write, halved on the workers block by block
+while the run goes on.
 
 Chunk tasks write the levels whose chunks a level-0 chunk covers exactly
 (:func:`unet.io.pyramid.chunk_levels`); the levels above need several chunks' results, and
 :func:`unet.engine.output.finish_output` used to build them all once the last chunk was written:
 with a GPU computing, that was the run's tail (a 16384^2 mask's last two levels took a
-noticeable share of the whole run on 2 CPU cores). :class:`UpperLevels` halves each block of those
-levels as soon as the chunks beneath it are finished, in one thread beside the run, so that
-finishing is little more than writing the metadata.
+noticeable share of the whole run on 2 CPU cores). :class:`UpperLevels` keeps, on the driver,
+which blocks of those levels have their source complete; the driver hands each such block to a
+worker (:func:`halve_blocks`), so that finishing is little more than writing the metadata, and
+the driver itself reads and writes no pixels.
+
+The bookkeeping is arithmetic on the block grids of each level, one counter per block: its memory
+goes with the blocks (a block is at least ``BLOCK_SIDE`` source pixels a side), never with the
+chunks.
 """
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,9 +33,46 @@ Block = tuple[int, tuple[int, int]]  # (new level, origin in that level's pixels
 BLOCK_SIDE = 1024
 
 
+@dataclass(frozen=True)
+class LevelSpec:
+    """Where the upper levels are, for a worker to open them (:func:`halve_blocks`)."""
+
+    output: str
+    keep_levels: int
+    count: int
+    job_side: int
+
+    def open(self):
+        from unet.io.pyramid import PyramidLevels
+
+        return PyramidLevels.existing(
+            self.output,
+            reduction="nearest",
+            keep_levels=self.keep_levels,
+            count=self.count,
+            job_side=self.job_side,
+        )
+
+
+def halve_blocks(spec: LevelSpec, blocks: list[Block]) -> list[Block]:
+    """Halve ``blocks`` (in order; their sources complete) of the levels of ``spec``; run on a
+    worker. Returns them."""
+    levels = spec.open()
+    for new, origin in blocks:
+        levels.halve(new, origin)
+    return blocks
+
+
+def build_rest(spec: LevelSpec, done: set[Block]) -> None:
+    """Halve every block of ``spec``'s levels not in ``done``, level by level; run on a worker
+    once every chunk is written."""
+    spec.open().build(done=done)
+
+
 class UpperLevels:
-    """Levels above ``keep_levels`` of the mask at ``output``, filled block by block as chunks
-    finish (:meth:`chunk_done`) and completed by :meth:`finish`.
+    """Levels above ``keep_levels`` of the mask at ``output``: created empty here, their blocks
+    made ready as the chunks beneath them finish (:meth:`chunks_done`), halved elsewhere
+    (:meth:`take_ready`, then :meth:`blocks_done`), and completed by :meth:`finish`.
 
     Parameters
     ----------
@@ -59,102 +100,94 @@ class UpperLevels:
             levels=levels,
             job_side=BLOCK_SIDE,
         )
+        self.spec = LevelSpec(output, keep_levels, self.levels.count, BLOCK_SIDE)
         self.halved: set[Block] = set()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="unet-levels")
-        self._futures: list[Future[None]] = []
-        self._closing = False
-        # What each block waits for: level-0 chunks beneath it (first new level), or the blocks
-        # of the level below whose pixels it halves.
-        self._waiting: dict[Block, int] = {}
-        self._parents: dict[object, list[Block]] = {}
+        self._ready: list[Block] = []
+        self._shapes = [self.levels.block_shape(new) for new in range(self.levels.count)]
+        # Per level and axis: the blocks each child (a level-0 chunk for the first new level, a
+        # block of the level below for the others) lies under, as (first, last) arrays.
+        self._parents: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        self._waiting: list[np.ndarray] = []
         scale = 2 ** (keep_levels + 1)
         for new in range(self.levels.count):
-            rows, cols = self.levels.block_shape(new)
-            for origin in self.levels.blocks(new):
-                block = (new, origin)
-                if new == 0:
-                    below = _cells(origin, (rows, cols), scale, grid.chunks, grid.counts)
-                else:
-                    below = [
-                        (new - 1, child)
-                        for child in self.levels.blocks(new - 1)
-                        if _overlap(child, self.levels.block_shape(new - 1), origin, (rows, cols))
-                    ]
-                self._waiting[block] = len(below)
-                for item in below:
-                    self._parents.setdefault(item, []).append(block)
-        for index in zip(*np.nonzero(done), strict=True):
-            self.chunk_done((int(index[0]), int(index[1])))
+            rows, cols = self._shapes[new]
+            if new == 0:
+                sizes, extents = grid.chunks, grid.shape
+                spans = (rows * scale, cols * scale)
+            else:
+                sizes = self._shapes[new - 1]
+                extents = tuple(self.levels.arrays[new].shape[-2:])
+                spans = (2 * rows, 2 * cols)
+            height, width = self.levels.arrays[new + 1].shape[-2:]
+            counts = (-(-height // rows), -(-width // cols))
+            axes = [
+                _parent_ranges(size, extent, span)
+                for size, extent, span in zip(sizes, extents, spans, strict=True)
+            ]
+            self._parents.append(axes)
+            per_axis = [
+                np.bincount(
+                    np.concatenate([np.arange(a, b + 1) for a, b in zip(*ranges, strict=True)]),
+                    minlength=count,
+                )[:count]
+                for ranges, count in zip(axes, counts, strict=True)
+            ]
+            self._waiting.append(np.outer(per_axis[0], per_axis[1]).astype(np.int64))
+        if self.levels.count:
+            self.chunks_done(np.argwhere(done))
 
-    def chunk_done(self, index: tuple[int, int]) -> None:
-        """Level-0 chunk ``index`` is written (or needs no writing): halve what it completes."""
-        self._release(self._parents.get(index, []))
+    @property
+    def count(self) -> int:
+        """New levels."""
+        return self.levels.count
 
-    def finish(self) -> list[str]:
-        """Wait for the blocks under way, halve any left, write the multiscales metadata;
-        return the level paths."""
-        self.close()
-        for future in self._futures:
-            if not future.cancelled():
-                future.result()  # the first failure is raised
-        self.levels.build(done=self.halved)
+    def chunks_done(self, indices: np.ndarray) -> None:
+        """Level-0 chunks ``indices`` (int (n, 2)) are written, or need no writing."""
+        if self.levels.count and len(indices):
+            self._release(0, np.asarray(indices))
+
+    def take_ready(self, at_least: int = 1) -> list[Block]:
+        """The blocks whose source is complete and that were not handed out yet, once there are
+        ``at_least`` of them (none until then)."""
+        if len(self._ready) < at_least:
+            return []
+        ready, self._ready = self._ready, []
+        return ready
+
+    def blocks_done(self, blocks: list[Block]) -> None:
+        """``blocks`` are halved: the blocks above them may be ready."""
+        self.halved.update(blocks)
+        for new, origin in blocks:
+            if new + 1 < self.levels.count:
+                rows, cols = self._shapes[new]
+                self._release(new + 1, np.asarray([[origin[0] // rows, origin[1] // cols]]))
+
+    def finish(self, client: object | None = None) -> list[str]:
+        """Halve every block not halved yet (on ``client``'s workers, else here), write the
+        multiscales metadata; return the level paths."""
+        if self.levels.count:
+            if client is not None:
+                client.submit(build_rest, self.spec, set(self.halved), pure=False).result()
+            else:
+                self.levels.build(done=self.halved)
         return self.levels.finish()
 
-    def close(self) -> None:
-        """Stop: blocks not started are dropped (:meth:`finish` halves them), the one under way
-        ends first."""
-        with self._lock:
-            self._closing = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _release(self, blocks: list[Block]) -> None:
-        ready = []
-        with self._lock:
-            for block in blocks:
-                self._waiting[block] -= 1
-                if self._waiting[block] == 0:
-                    ready.append(block)
-            if self._closing:
-                return
-        for block in ready:
-            self._futures.append(self._pool.submit(self._halve, block))
-
-    def _halve(self, block: Block) -> None:
-        self.levels.halve(*block)
-        with self._lock:
-            self.halved.add(block)
-        self._release(self._parents.get(block, []))
+    def _release(self, new: int, children: np.ndarray) -> None:
+        """Children at grid places ``children`` of new level ``new``'s sources are complete."""
+        (row_first, row_last), (col_first, col_last) = self._parents[new]
+        waiting = self._waiting[new]
+        rows, cols = self._shapes[new]
+        for i, j in children.tolist():
+            for bi in range(row_first[i], row_last[i] + 1):
+                for bj in range(col_first[j], col_last[j] + 1):
+                    waiting[bi, bj] -= 1
+                    if waiting[bi, bj] == 0:
+                        self._ready.append((new, (int(bi) * rows, int(bj) * cols)))
 
 
-def _cells(
-    origin: tuple[int, int],
-    shape: tuple[int, int],
-    scale: int,
-    chunks: tuple[int, int],
-    counts: tuple[int, int],
-) -> list[tuple[int, int]]:
-    """Level-0 chunks beneath a block at ``origin`` of ``shape`` in a level ``scale`` times
-    smaller."""
-    (top, left), (rows, cols), (ch, cw) = origin, shape, chunks
-    first_row, first_col = top * scale // ch, left * scale // cw
-    last_row = min(-(-(top + rows) * scale // ch), counts[0])
-    last_col = min(-(-(left + cols) * scale // cw), counts[1])
-    return [(i, j) for i in range(first_row, last_row) for j in range(first_col, last_col)]
-
-
-def _overlap(
-    child: tuple[int, int],
-    child_shape: tuple[int, int],
-    origin: tuple[int, int],
-    shape: tuple[int, int],
-) -> bool:
-    """Whether a block of the level below (``child``, in its pixels) lies under the source of a
-    block at ``origin`` (in its level's pixels, twice as coarse)."""
-    (ct, cl), (ch, cw), (top, left), (rows, cols) = child, child_shape, origin, shape
-    return (
-        ct < 2 * (top + rows)
-        and 2 * top < ct + ch
-        and cl < 2 * (left + cols)
-        and 2 * left < cl + cw
-    )
+def _parent_ranges(size: int, extent: int, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis: children of ``size`` pixels covering ``extent``, and parents covering
+    ``span`` of the same pixels each; the first and last parent of every child."""
+    starts = np.arange(0, extent, size)
+    stops = np.minimum(starts + size, extent)
+    return starts // span, (stops - 1) // span

@@ -168,12 +168,14 @@ def existing_group(output: str):
         ) from None
 
 
-def finish_output(plan: RunPlan, levels: UpperLevels | None = None) -> None:
+def finish_output(
+    plan: RunPlan, levels: UpperLevels | None = None, client: object | None = None
+) -> None:
     """Build the pyramid's levels that the chunks did not write, mark the run complete, delete
     the ledger and, for a mask inside its image, list it in the image's ``labels`` group.
 
     ``levels``: those levels, built while the run went on (:class:`unet.engine.levels.UpperLevels`);
-    only what is left of them is built here. Each step is repeated safely, so a run killed
+    only what is left of them is built, on ``client``'s workers when given, else here. Each step is repeated safely, so a run killed
     between them finishes on its rerun.
     """
     import zarr
@@ -186,7 +188,7 @@ def finish_output(plan: RunPlan, levels: UpperLevels | None = None) -> None:
     state = dict(group.attrs[ATTRIBUTE])
     if not state.get("complete"):
         if levels is not None:
-            levels.finish()
+            levels.finish(client)
         else:
             build_pyramid(
                 output,

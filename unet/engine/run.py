@@ -1,9 +1,11 @@
-"""The driver of a run: plan, take the output's lock, submit one task per pending chunk, gather
-small statistics.
+"""The driver of a run: plan, take the output's lock, settle what needs no model, hand the rest
+to Dask in tasks of many chunks, gather small statistics.
 
-The driver plans (chunk grid, fingerprint, which chunks are finished or background), submits one
-task per pending output chunk and gathers small statistics; workers read, infer and write
-(:mod:`unet.engine.worker`). The driver never holds the image or the mask, so its memory does not
+The driver plans (chunk grid, fingerprint, which chunks are finished, no data or background:
+:mod:`unet.engine.settled`), then hands the pending chunks out in tasks sized by measurement
+(:mod:`unet.engine.dispatch`); workers read, infer and write (:mod:`unet.engine.task`,
+:mod:`unet.engine.worker`), and also halve the upper pyramid levels (:mod:`unet.engine.levels`).
+The driver holds coordinates and counts, never the image or the mask, so its memory does not
 grow with the image. The data flow is drawn in the README's "Architecture" section.
 """
 
@@ -12,42 +14,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unet.config import SegmentParameters
-from unet.engine.ledger import ATTRIBUTE, finished_chunks, mark_finished
+from unet.engine.dispatch import describe_workers, run_chunk_tasks, strip_order_array
+from unet.engine.ledger import ATTRIBUTE, finished_chunks
 from unet.engine.output import finish_output, open_output
 from unet.engine.plan import RunPlan, plan_run
-from unet.engine.report import ChunkFailure, ProgressCallback, SegmentReport
-from unet.errors import (
-    ChunksFailed,
-    InputReadError,
-    writing,
-)
-from unet.tiling import ChunkGrid, strip_order
+from unet.engine.report import ProgressCallback, SegmentReport
+from unet.errors import ChunksFailed, writing
 
 if TYPE_CHECKING:
     from unet.engine.cluster import ClusterPlan
+    from unet.engine.levels import UpperLevels
     from unet.engine.worker import ChunkJob
-    from unet.io.source import ImageSource
     from unet.tiling import Geometry
 
 log = logging.getLogger(__name__)
-
-#: Tasks in flight per worker: enough to keep workers busy, few enough to keep the driver flat.
-IN_FLIGHT_PER_WORKER = 4
-
-
-#: A chunk task that fails (a worker died, a read timed out) is retried this many times.
-TASK_RETRIES = 3
-
-
-#: After a failure, seconds to wait at most for the chunks in flight to end.
-DRAIN_SECONDS = 300
 
 
 def segment(
@@ -109,90 +95,109 @@ def _segment(
     cluster_plan: ClusterPlan | None,
 ) -> SegmentReport:
     """The body of :func:`segment`, run while this process holds the output's lock."""
-    source, checkpoint, parameters, output = (
-        plan.source,
-        plan.checkpoint,
-        plan.parameters,
-        plan.output,
-    )
+    from unet.engine.cluster import plan_cluster
+    from unet.engine.settled import settle_chunks
+
+    checkpoint, parameters, output = plan.checkpoint, plan.parameters, plan.output
     with writing(output):
         group = open_output(plan)
 
     report = SegmentReport(
         input=plan.input,
         output=output,
-        shape=source.shape,
+        shape=plan.source.shape,
         chunks_total=plan.grid.total,
         class_names=list(checkpoint.class_names),
         class_pixels=[0] * len(checkpoint.class_names),
     )
     finished = finished_chunks(group)
     report.chunks_resumed = int(finished.sum())
-    pending = [(int(i), int(j)) for i, j in zip(*np.nonzero(~finished), strict=True)]
-    # In strips, so that consecutive chunks share the input chunks the workers keep decoded.
-    pending = strip_order(pending)
-    if parameters.skip_background and pending:
-        pending = _skip_background(source, group, pending, plan.grid, report)
-
-    from unet.engine.cluster import plan_cluster
-
+    todo = ~finished
+    if todo.any():
+        with writing(output):
+            settled, background = settle_chunks(plan, group, todo, report)
+        todo &= ~settled
+    else:
+        background = np.zeros_like(todo)
     if cluster_plan is None:
         cluster_plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
-    job = chunk_job(plan, group, cluster_plan.torch_threads)
+    job = chunk_job(plan, group, cluster_plan.torch_threads, cluster_plan, background)
     reasons: list[str] = []
-    if pending:
-        pending = _check_input_chunks(job, checkpoint.model.geometry, pending, report, reasons)
+    if todo.any():
+        todo = _check_input_chunks(job, checkpoint.model.geometry, todo, report, reasons)
     done = report.chunks_resumed + report.chunks_skipped
     if progress:
         progress(done, report.chunks_total)
-    upper = _upper_levels(plan, group, pending, cluster_plan.chunks_per_task)
-    try:
-        if pending:
-            with _client_or(client, cluster_plan, parameters.scheduler) as active:
-                for result in run_chunks(active, job, pending, cluster_plan.chunks_per_task):
-                    if isinstance(result, ChunkFailure):
-                        report.chunks_failed.append(list(result.index))
-                        reasons.append(result.reason)
-                        continue
-                    if upper is not None:
-                        upper.chunk_done(result.index)
-                    done += 1
-                    if result.skipped:
-                        report.chunks_skipped += 1
-                    else:
-                        report.chunks_computed += 1
-                    report.class_pixels = [
-                        a + b
-                        for a, b in zip(report.class_pixels, result.class_counts, strict=False)
-                    ]
-                    report.nodata_pixels += result.nodata_pixels
-                    if progress:
-                        progress(done, report.chunks_total)
+    order = strip_order_array(todo)
+    if len(order) == 0 and not parameters.instances:
         if report.chunks_failed:
-            report.chunks_failed.sort()
-            report.seconds = time.perf_counter() - started
-            raise _chunks_failed(report, reasons[0])
-        if parameters.instances:
-            report.objects_per_class = _instances(plan, client, cluster_plan)
+            raise _chunks_failed(report, reasons[0], started)
         with writing(output):
-            finish_output(plan, upper)
-    finally:
-        if upper is not None:
-            upper.close()  # no block is written after the run gave the output up
+            finish_output(plan)
+        return _finished(plan, report, started)
+    with _client_or(client, cluster_plan, parameters.scheduler) as active:
+        upper = _upper_levels(plan, group, ~todo) if len(order) else None
+        levels = LevelTasks(active, upper)
+        try:
+            workers = describe_workers(active, parameters.device, job.stream)
+            for result in run_chunk_tasks(active, job, order, workers):
+                for failure in result.failures:
+                    report.chunks_failed.append(list(failure.index))
+                    reasons.append(failure.reason)
+                report.chunks_computed += result.computed
+                report.chunks_skipped += result.skipped
+                for label, count in enumerate(result.class_pixels[: len(report.class_pixels)]):
+                    report.class_pixels[label] += count
+                report.nodata_pixels += result.nodata_pixels
+                done += len(result.done)
+                levels.chunks_done(result.done)
+                if progress:
+                    progress(done, report.chunks_total)
+            if report.chunks_failed:
+                raise _chunks_failed(report, reasons[0], started)
+            levels.wait()
+            if parameters.instances:
+                report.objects_per_class = _instances(plan, active)
+            with writing(output):
+                finish_output(plan, upper, active)
+        finally:
+            levels.close()  # no block is written after the run gave the output up
+    return _finished(plan, report, started)
+
+
+def _finished(plan: RunPlan, report: SegmentReport, started: float) -> SegmentReport:
+    """The report of a run whose output is complete, its georeference written."""
     if plan.georeference is not None:
         from unet.io.geo import write_georeference
 
-        write_georeference(output, plan.georeference.for_labels(parameters.nodata is not None))
+        write_georeference(
+            plan.output, plan.georeference.for_labels(plan.parameters.nodata is not None)
+        )
     report.seconds = time.perf_counter() - started
     return report
 
 
-def chunk_job(plan: RunPlan, group: Any, torch_threads: int | None = None) -> ChunkJob:
+def chunk_job(
+    plan: RunPlan,
+    group: Any,
+    torch_threads: int | None = None,
+    cluster: ClusterPlan | None = None,
+    background: np.ndarray | None = None,
+) -> ChunkJob:
     """The :class:`~unet.engine.worker.ChunkJob` of ``plan``'s chunks, written into ``group``
-    (the output, :func:`unet.engine.output.open_output` of ``plan``)."""
+    (the output, :func:`unet.engine.output.open_output` of ``plan``).
+
+    ``cluster``: workers planned to stream (``chunks_per_task`` above 1, the local GPU workers)
+    stream every task; others decide by their device. ``background``: bool grid of the
+    background chunks the tasks write as zeros (see :mod:`unet.engine.settled`).
+    """
     from unet.engine.worker import ChunkJob
 
     parameters = plan.parameters
+    stream = True if cluster is not None and cluster.chunks_per_task > 1 else None
+    bits = b""
+    if background is not None and background.any():
+        bits = np.packbits(background.ravel()).tobytes()
     return ChunkJob(
         source=plan.source,
         output=plan.output,
@@ -207,161 +212,89 @@ def chunk_job(plan: RunPlan, group: Any, torch_threads: int | None = None) -> Ch
         nodata=parameters.nodata,
         torch_threads=torch_threads,
         pyramid_levels=group.attrs[ATTRIBUTE].get("chunk_levels", 0),
+        stream=stream,
+        background=bits,
     )
 
 
-def run_chunks(
-    client: Any,
-    job: Any,
-    pending: list[Any],
-    chunks_per_task: int = 1,
-    task: Callable[[Any, Any], Any] | None = None,
-) -> Iterator[Any]:
-    """Results of ``run_chunk`` for every pending chunk, as they complete (retried on failure);
-    or of ``task(job, item)`` for every item of ``pending`` when ``task`` is given (one a task).
+def run_chunks(client: Any, job: Any, items: list[Any], task: Callable[[Any, Any], Any]):
+    """Results of ``task(job, item)`` for every item, one task each (the instance pass): see
+    :func:`unet.engine.dispatch.run_items`."""
+    from unet.engine.dispatch import run_items
 
-    With ``chunks_per_task`` above 1, each task is a stream of that many consecutive chunks
-    (:func:`unet.engine.stream.run_chunk_batch`), and their results come as each task ends.
-
-    A chunk whose input cannot be read yields a :class:`ChunkFailure` and the others go on (a
-    chunk of a stream that failed so is first run again alone, with the retries of a task); any
-    other failure (the output cannot be written, the device fails) ends the run, once the chunks
-    in flight have ended: a task still running after the run released the output's lock could
-    write into the output of the next run.
-    """
-    from distributed import as_completed, wait
-
-    from unet.engine.stream import run_chunk_batch
-    from unet.engine.worker import run_chunk
-
-    if not pending:
-        return
-    addresses = list(client.scheduler_info().get("workers", {}))
-    # A key of its own (hash=False): a job equal to an earlier one (the instance pass's second
-    # round, a rerun on the same client) would share that one's content-hashed key, and the
-    # earlier future's release could then drop the data from under this run's tasks.
-    job_future = client.scatter(job, broadcast=True, hash=False)
-    if task is not None:
-        chunks_per_task = 1
-    queue = TaskQueue(pending, chunks_per_task, addresses, IN_FLIGHT_PER_WORKER)
-
-    in_flight: dict[str, tuple[Any, list[tuple[int, int]], str | None]] = {}
-
-    def submit(group: list[tuple[int, int]], worker: str | None = None) -> Any:
-        where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-        if len(group) == 1:
-            future = client.submit(
-                task or run_chunk, job_future, group[0], retries=TASK_RETRIES, pure=False, **where
-            )
-        else:
-            future = client.submit(
-                run_chunk_batch, job_future, group, retries=TASK_RETRIES, pure=False, **where
-            )
-        in_flight[future.key] = (future, group, worker)
-        return future
-
-    futures = as_completed([submit(*task) for task in queue.first()])
-    try:
-        for future in futures:
-            _, group, worker = in_flight.pop(future.key)
-            try:
-                results = future.result()
-            except InputReadError as error:
-                results = ChunkFailure(group[0], str(error))
-            for result in results if isinstance(results, list) else [results]:
-                if isinstance(result, ChunkFailure) and len(group) > 1:
-                    futures.add(submit([result.index]))  # alone, with a task's retries
-                else:
-                    yield result
-            following = queue.take(worker)
-            if following is not None:
-                futures.add(submit(*following))
-    except BaseException as error:
-        if not isinstance(error, KeyboardInterrupt):
-            with contextlib.suppress(TimeoutError):
-                wait([future for future, _, _ in in_flight.values()], timeout=DRAIN_SECONDS)
-        raise
+    return run_items(client, job, items, task)
 
 
-def _upper_levels(
-    plan: RunPlan, group: Any, pending: list[tuple[int, int]], chunks_per_task: int
-) -> Any:
-    """The pyramid levels above the chunks' own, built while a streamed run goes on
-    (:class:`unet.engine.levels.UpperLevels`); None for other runs, which build them at the end
-    (on a CPU the chunks take minutes and the end's fraction of a second does not matter, while
-    a thread beside the forward passes slows them)."""
-    if chunks_per_task <= 1 or not pending:
-        return None
+def _upper_levels(plan: RunPlan, group: Any, done: np.ndarray) -> UpperLevels | None:
+    """The pyramid levels above the chunks' own, halved on the workers while the run goes on
+    (:class:`unet.engine.levels.UpperLevels`); None when the chunks write every level."""
     from unet.engine.levels import UpperLevels
 
-    done = np.ones(plan.grid.counts, dtype=bool)
-    done[tuple(np.array(pending).T)] = False
     with writing(plan.output):
         state = group.attrs[ATTRIBUTE]
-        return UpperLevels(
+        upper = UpperLevels(
             plan.output, state.get("chunk_levels", 0), plan.grid, done, levels=state.get("levels")
         )
+    return upper if upper.count else None
 
 
-class TaskQueue:
-    """The tasks of the pending chunks (in :func:`unet.tiling.strip_order`), handed out as
-    workers free up.
+class LevelTasks:
+    """The blocks of :class:`~unet.engine.levels.UpperLevels` that are ready, halved by tasks
+    on ``client``'s workers, :data:`BLOCKS_PER_TASK` at a time."""
 
-    One chunk a task: in order. Streams of several chunks: with several workers the pending
-    chunks are cut into one stretch per worker, and a worker that ends a task is given the next
-    chunks of its own stretch (of the stretch with the most left once its own is done, from
-    that one's end). A worker keeps the input chunks it decoded for the neighbouring windows
-    (:mod:`unet.io.chunkcache`): two workers taking alternate tasks of one strip decoded twice
-    as many. Tasks shrink towards the end (to a share of what is left per task in flight), so
-    that no worker's device is left with a backlog of whole tasks while another one idles:
-    with tasks of 8 chunks to the end, two simulated devices were left idle for a good part of
-    the run.
-    """
+    def __init__(self, client: Any, upper: UpperLevels | None) -> None:
+        self.client, self.upper = client, upper
+        self.in_flight: list[Any] = []
 
-    def __init__(
-        self,
-        pending: list[tuple[int, int]],
-        chunks_per_task: int,
-        workers: list[str],
-        per_worker: int = 1,
-    ) -> None:
-        self.size = max(1, chunks_per_task)
-        self.per_worker = per_worker
-        self.slots = per_worker * max(1, len(workers))  # tasks in flight in all
-        keys: list[str | None] = list(workers) if self.size > 1 and len(workers) > 1 else [None]
-        count = len(keys)
-        self.stretches = {
-            key: deque(pending[k * len(pending) // count : (k + 1) * len(pending) // count])
-            for k, key in enumerate(keys)
-        }
+    def chunks_done(self, indices: np.ndarray) -> None:
+        """Level-0 chunks ``indices`` are written: hand out the blocks they complete."""
+        if self.upper is None:
+            return
+        self.upper.chunks_done(indices)
+        self._update(at_least=BLOCKS_PER_TASK)
 
-    def first(self) -> list[tuple[list[tuple[int, int]], str | None]]:
-        """The tasks to start with: ``per_worker`` for each worker, in turns."""
-        tasks = []
-        rounds = self.per_worker * (self.slots // self.per_worker if None in self.stretches else 1)
-        for _ in range(rounds):
-            for worker in list(self.stretches):
-                task = self.take(worker, steal=False)
-                if task is not None:
-                    tasks.append(task)
-        return tasks
+    def wait(self) -> None:
+        """Halve every block that becomes ready as the others are halved."""
+        from distributed import wait
 
-    def take(
-        self, worker: str | None, steal: bool = True
-    ) -> tuple[list[tuple[int, int]], str | None] | None:
-        """The next task for ``worker`` (``(chunks, worker to ask)``); None when none is left."""
-        left = sum(len(stretch) for stretch in self.stretches.values())
-        size = min(self.size, max(1, -(-left // (2 * self.slots))))
-        own = self.stretches.get(worker)
-        if own:
-            return [own.popleft() for _ in range(min(size, len(own)))], worker
-        longest = max(self.stretches.values(), key=len)
-        if not steal or not longest:
-            return None
-        return [longest.pop() for _ in range(min(size, len(longest)))][::-1], worker
+        while self.upper is not None:
+            self._update(at_least=1)
+            if not self.in_flight:
+                return
+            wait(self.in_flight, return_when="FIRST_COMPLETED")
+
+    def close(self) -> None:
+        """Wait for the tasks in flight, whatever they end with."""
+        from unet.engine.dispatch import drain
+
+        drain(self.in_flight)
+
+    def _update(self, at_least: int) -> None:
+        from unet.engine.levels import halve_blocks
+
+        running = []
+        for future in self.in_flight:
+            if future.done():
+                self.upper.blocks_done(future.result())  # a failure is raised here
+            else:
+                running.append(future)
+        self.in_flight = running
+        ready = self.upper.take_ready(at_least)
+        for first in range(0, len(ready), BLOCKS_PER_TASK):
+            blocks = ready[first : first + BLOCKS_PER_TASK]
+            self.in_flight.append(
+                self.client.submit(halve_blocks, self.upper.spec, blocks, pure=False)
+            )
 
 
-def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:
+#: Blocks of the upper levels a task halves: a task each would cost the driver more than the
+#: chunks beneath them.
+BLOCKS_PER_TASK = 16
+
+
+def _chunks_failed(report: SegmentReport, first_reason: str, started: float) -> ChunksFailed:
+    report.chunks_failed.sort()
+    report.seconds = time.perf_counter() - started
     failed = report.chunks_failed
     listed = ", ".join(f"({i}, {j})" for i, j in failed[:8]) + (", ..." if len(failed) > 8 else "")
     error = ChunksFailed(
@@ -373,22 +306,18 @@ def _chunks_failed(report: SegmentReport, first_reason: str) -> ChunksFailed:
     return error
 
 
-def _instances(plan: RunPlan, client: Any, cluster_plan: Any) -> dict[str, int]:
-    """The instance pass (:mod:`unet.engine.instances`) after the mask's chunks, on ``client``
-    or a cluster of ``cluster_plan``, unless an earlier run of this output finished it; the
-    objects per class."""
+def _instances(plan: RunPlan, client: Any) -> dict[str, int]:
+    """The instance pass (:mod:`unet.engine.instances`) after the mask's chunks, on
+    ``client``, unless an earlier run of this output finished it; the objects per class."""
     from unet.engine.instances.stage import finished_objects, instance_pass
 
     finished = finished_objects(plan.output)
     if finished is not None:
         return finished
-    with _client_or(client, cluster_plan, plan.parameters.scheduler) as active:
-        return instance_pass(plan, active)
+    return instance_pass(plan, client)
 
 
 def _client_or(client: Any, plan: Any, scheduler: str | None):
-    import contextlib
-
     from unet.engine.cluster import dask_client
 
     if client is not None:
@@ -399,89 +328,53 @@ def _client_or(client: Any, plan: Any, scheduler: str | None):
 def _check_input_chunks(
     job: ChunkJob,
     geometry: Geometry,
-    pending: list[tuple[int, int]],
+    todo: np.ndarray,
     report: SegmentReport,
     reasons: list[str],
-) -> list[tuple[int, int]]:
-    """The pending chunks whose input is all stored; the others fail, or are counted.
+) -> np.ndarray:
+    """The chunks of ``todo`` (bool (chunks_y, chunks_x)) whose input is all stored; the others
+    fail, or are counted.
 
     In an image that stores every chunk (``unet ingest``'s) a missing input chunk is lost data:
     each output chunk whose window needs one fails as a corrupt one would. Elsewhere a missing
     chunk may be one Zarr left out as equal to the fill value: the run goes on, and the report's
     ``input_chunks_missing`` and a warning say how many were read as the fill value.
     """
-    from unet.io.presence import every_chunk_stored, missing_chunks, stored_chunk_shape
+    from unet.io.presence import every_chunk_stored, stored_chunk_shape, stored_grid
 
     source = job.source
-    missing = missing_chunks(source)
-    if not missing:
-        return pending
+    missing = ~stored_grid(source, every_channel=True)
+    count = int(missing.sum())
+    if not count:
+        return todo
     if not every_chunk_stored(source):
-        report.input_chunks_missing = len(missing)
+        report.input_chunks_missing = count
         log.warning(
             "%d stored chunk(s) of %s are missing and were read as its fill value (Zarr leaves "
             "out chunks equal to it): if chunks were lost, restore them and rerun with "
             "--overwrite",
-            len(missing),
+            count,
             source.url,
         )
-        return pending
+        return todo
     rows, cols = stored_chunk_shape(source)
-    runnable = []
-    for index in pending:
-        window = job.window(index, geometry)
-        needed = {
-            (i, j)
-            for i in range(window.read_rows.start // rows, -(-window.read_rows.stop // rows))
-            for j in range(window.read_cols.start // cols, -(-window.read_cols.stop // cols))
-        }
-        lost = sorted(needed & missing)
-        if not lost:
-            runnable.append(index)
+    runnable = todo.copy()
+    for i, j in np.argwhere(todo).tolist():
+        window = job.window((i, j), geometry)
+        needed = missing[
+            window.read_rows.start // rows : -(-window.read_rows.stop // rows),
+            window.read_cols.start // cols : -(-window.read_cols.stop // cols),
+        ]
+        if not needed.any():
             continue
-        report.chunks_failed.append(list(index))
+        runnable[i, j] = False
+        lost = np.argwhere(needed)[0]
+        first = (
+            int(lost[0]) + window.read_rows.start // rows,
+            int(lost[1]) + window.read_cols.start // cols,
+        )
+        report.chunks_failed.append([i, j])
         reasons.append(
-            f"input chunk {lost[0]} of {source.url} is missing from a store that holds every chunk"
+            f"input chunk {first} of {source.url} is missing from a store that holds every chunk"
         )
     return runnable
-
-
-def _skip_background(
-    source: ImageSource,
-    group: Any,
-    pending: list[tuple[int, int]],
-    grid: ChunkGrid,
-    report: SegmentReport,
-) -> list[tuple[int, int]]:
-    """Mark chunks without tissue finished (label 0 is the fill value); return the rest."""
-    from unet.engine.background import chunks_with_tissue, tissue_mask
-    from unet.engine.ledger import open_ledger
-
-    low, factor = source.low_resolution()
-    # One low-resolution pixel of margin: tissue seen only between the strided samples still counts.
-    tissue = chunks_with_tissue(tissue_mask(low, dilation=1), factor, grid)
-    ledger = open_ledger(group)
-    mask = group["0"]
-    remaining = []
-    for index in pending:
-        if tissue[index]:
-            remaining.append(index)
-        else:
-            if mask.fill_value != 0:
-                # Background is class 0, not the fill value (a mask with no-data): written.
-                _write_background(group, mask, grid.bounds(index))
-            mark_finished(ledger, index)
-            report.chunks_skipped += 1
-            rows, cols = grid.bounds(index)
-            report.class_pixels[0] += (rows.stop - rows.start) * (cols.stop - cols.start)
-    return remaining
-
-
-def _write_background(group: Any, mask: Any, bounds: tuple[slice, slice]) -> None:
-    """Write class 0 into one chunk of a mask (and of the pyramid levels its chunks write)."""
-    from unet.io.pyramid import write_chunk_levels
-
-    rows, cols = bounds
-    levels = [group[str(k)] for k in range(1, group.attrs[ATTRIBUTE].get("chunk_levels", 0) + 1)]
-    zeros = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint8)
-    write_chunk_levels(levels, zeros, rows, cols, level0=mask)

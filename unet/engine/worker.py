@@ -48,6 +48,13 @@ class ChunkJob:
     torch_threads: int | None
     #: Pyramid levels each chunk writes itself (see unet.io.pyramid.chunk_levels).
     pyramid_levels: int = 0
+    #: Run each task's chunks as a stream (True), one after the other (False), or as the
+    #: worker's device says (None: see unet.engine.task.worker_device).
+    stream: bool | None = None
+    #: Chunks that --skip-background settled as class 0 in a mask whose fill value is another
+    #: label (no-data): written as zeros without the model. ``numpy.packbits`` of a bool
+    #: (chunks_y, chunks_x) grid, row-major; empty for none.
+    background: bytes = b""
 
     @property
     def nodata_label(self) -> int:
@@ -59,6 +66,13 @@ class ChunkJob:
     def grid(self) -> ChunkGrid:
         """The output chunks."""
         return ChunkGrid(self.source.shape[1:], self.chunks)
+
+    def is_background(self, index: tuple[int, int]) -> bool:
+        """Whether chunk ``index`` is one of :attr:`background`."""
+        if not self.background:
+            return False
+        flat = index[0] * self.grid.counts[1] + index[1]
+        return bool(self.background[flat >> 3] >> (7 - (flat & 7)) & 1)
 
     def window(self, index: tuple[int, int], geometry: Geometry) -> Window:
         """The input window of output chunk ``index`` (see :func:`unet.tiling.input_window`)."""
@@ -129,10 +143,12 @@ class PreparedChunk:
     normalization: tuple[np.ndarray, np.ndarray] | None
     nodata_pixels: np.ndarray | None
     num_labels: int
+    background: bool = False
 
     @property
     def skipped(self) -> bool:
-        """All of the chunk's pixels are no data: nothing to infer, label 0 everywhere."""
+        """Nothing to infer: all of the chunk's pixels are no data (the fill value says it), or
+        the chunk is background (class 0 everywhere)."""
         return self.image is None
 
 
@@ -161,13 +177,15 @@ def prepare_chunk(job: ChunkJob, checkpoint, index: tuple[int, int]) -> Prepared
 
     geometry = checkpoint.model.geometry
     window = job.window(index, geometry)
+    num_labels = max(checkpoint.model.num_classes, 2)
+    if job.is_background(index):
+        return PreparedChunk(index, window, None, None, None, num_labels, background=True)
     try:
         raw = read_window(job.source, window)
     except Exception as error:
         raise InputReadError(
             f"reading the input of chunk {index} failed ({type(error).__name__}: {error})"
         ) from error
-    num_labels = max(checkpoint.model.num_classes, 2)
     centre = window.centre(geometry.context)
     nodata_pixels = None
     if job.nodata is not None:
@@ -191,7 +209,11 @@ def infer_chunk(
     job: ChunkJob, checkpoint, prepared: PreparedChunk
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The device's part of a chunk: ``(mask, logits)``, uint8 (h, w) and, with
-    ``job.probabilities``, float32 (K, h, w) (else None); both None for a skipped chunk."""
+    ``job.probabilities``, float32 (K, h, w) (else None); both None for a chunk of no data
+    only, and zeros (no logits) for a background chunk."""
+    if prepared.background:
+        rows, cols = prepared.window.rows, prepared.window.cols
+        return np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint8), None
     if prepared.skipped:
         return None, None
     crop = prepared.window.crop()
@@ -248,7 +270,8 @@ def finish_chunk(
     if job.nodata is not None and prepared.nodata_pixels is not None:
         nodata = int(np.count_nonzero(prepared.nodata_pixels))
     counts = class_counts(mask, prepared.num_labels, nodata)
-    return ChunkResult(index, counts, time.perf_counter() - started, False, nodata)
+    seconds = time.perf_counter() - started
+    return ChunkResult(index, counts, seconds, prepared.background, nodata)
 
 
 def _erase_chunk(levels, mask_array, probabilities_array, rows: slice, cols: slice) -> None:

@@ -9,7 +9,6 @@ in its images a missing chunk is lost data (:func:`every_chunk_stored`).
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import TYPE_CHECKING
 
@@ -40,9 +39,27 @@ def missing_chunks(source: ImageSource) -> set[tuple[int, int]]:
 
     One listing of the array's keys (a directory walk, or an object store's list).
     """
+    rows, cols = np.nonzero(~stored_grid(source, every_channel=True))
+    return set(zip(rows.tolist(), cols.tolist(), strict=True))
+
+
+def stored_grid(source: ImageSource, every_channel: bool = False) -> np.ndarray:
+    """bool (rows, cols), in units of :func:`stored_chunk_shape`: whether level 0's stored
+    object at each place is in the store, in some channel (``every_channel``: in every one).
+
+    One listing of the array's keys; memory and time go with the stored objects and the grid's
+    size (one byte a place), never with Python objects per place.
+    """
     array = _level0(source)
     rows, cols = source.axes.index(ROWS), source.axes.index(COLUMNS)
-    return {(coords[rows], coords[cols]) for coords in _absent(array)}
+    counts = _stored_counts(array)
+    others = tuple(axis for axis in range(array.ndim) if axis not in (rows, cols))
+    per_place = counts.sum(axis=others) if others else counts
+    if rows > cols:
+        per_place = per_place.T
+    if not every_channel:
+        return per_place > 0
+    return per_place == int(np.prod([counts.shape[axis] for axis in others], dtype=np.int64))
 
 
 def every_chunk_stored(source: ImageSource) -> bool:
@@ -72,22 +89,60 @@ def store_every_chunk(location: str, path: str) -> None:
 
 def _absent(array: zarr.Array) -> list[tuple[int, ...]]:
     """Grid coordinates of the stored objects (shards, else chunks) absent from the store."""
+    return [tuple(coords) for coords in np.argwhere(_stored_counts(array) == 0).tolist()]
+
+
+def stored_objects(array: zarr.Array) -> np.ndarray:
+    """uint8 (grid): 1 where the array's stored object (shard, else chunk) is in the store, from
+    one listing of its keys; one byte per place of the grid."""
+    return _stored_counts(array)
+
+
+def _stored_counts(array: zarr.Array) -> np.ndarray:
+    """uint8 (grid): 1 where the array's stored object (shard, else chunk) is in the store."""
     from zarr.core.sync import sync
 
     store, path = array.store_path.store, array.store_path.path
     prefix = f"{path}/" if path else ""
-
-    async def listed() -> set[str]:
-        return {key[len(prefix) :] async for key in store.list_prefix(prefix)}
-
-    present = sync(listed())
+    decode = _chunk_key_decoder(array)
     grid = array.shards or array.chunks
     counts = [math.ceil(n / c) for n, c in zip(array.shape, grid, strict=True)]
-    return [
-        coords
-        for coords in itertools.product(*(range(n) for n in counts))
-        if array.metadata.encode_chunk_key(coords) not in present
-    ]
+    stored = np.zeros(counts, np.uint8)
+
+    async def mark() -> None:
+        async for key in store.list_prefix(prefix):
+            coords = decode(key[len(prefix) :])
+            if coords is not None and len(coords) == stored.ndim:
+                if all(0 <= c < n for c, n in zip(coords, counts, strict=True)):
+                    stored[coords] = 1
+
+    sync(mark())
+    return stored
+
+
+def _chunk_key_decoder(array: zarr.Array):
+    """A function from a key below the array to its chunk coordinates (None: not a chunk).
+
+    Written out rather than zarr's ``decode_chunk_key``, which (zarr 3.1) does not decode the
+    default encoding's own keys (``c/0/1`` gives an empty first part).
+    """
+    metadata = array.metadata
+    encoding = getattr(metadata, "chunk_key_encoding", None)
+    if encoding is not None:  # Zarr v3: "default" (c/0/1) or "v2" (0.1)
+        separator = encoding.separator
+        prefix = f"c{separator}" if encoding.name == "default" else ""
+    else:
+        separator, prefix = getattr(metadata, "dimension_separator", ".") or ".", ""
+
+    def decode(key: str) -> tuple[int, ...] | None:
+        if not key.startswith(prefix):
+            return None
+        try:
+            return tuple(int(part) for part in key[len(prefix) :].split(separator))
+        except ValueError:
+            return None  # metadata (zarr.json, .zarray, .zattrs) or another file
+
+    return decode
 
 
 def _level0(source: ImageSource) -> zarr.Array:

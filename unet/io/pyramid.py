@@ -214,6 +214,31 @@ class PyramidLevels:
                 _create_half(self.arrays[-1], group, str(keep_levels + len(self.arrays)))
             )
 
+    @classmethod
+    def existing(
+        cls,
+        url: str | os.PathLike[str],
+        *,
+        reduction: Reduction,
+        keep_levels: int,
+        count: int,
+        job_side: int = JOB_SIDE,
+    ) -> PyramidLevels:
+        """The ``count`` levels above ``keep_levels`` that a :class:`PyramidLevels` of the same
+        arguments created, opened as they are (for another process to fill some of their
+        blocks): nothing is removed or created."""
+        import zarr
+
+        group = zarr.open_group(store=resolve_location(url), mode="r+")
+        pyramid = cls.__new__(cls)
+        pyramid.group, pyramid.reduction, pyramid.keep_levels = group, reduction, keep_levels
+        pyramid.job_side = job_side
+        pyramid.arrays = [
+            group[str(level) if level else LEVEL0]
+            for level in range(keep_levels, keep_levels + count + 1)
+        ]
+        return pyramid
+
     @property
     def count(self) -> int:
         """New levels."""

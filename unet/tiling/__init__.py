@@ -6,7 +6,14 @@
 - :mod:`~unet.tiling.chunks`: a chunk's bounds, input window, mirror pads and crop offsets.
 """
 
-from unet.tiling.chunks import STRIP_WIDTH, ChunkGrid, Window, input_window, strip_order
+from unet.tiling.chunks import (
+    STRIP_WIDTH,
+    ChunkGrid,
+    Window,
+    cells_in_chunks,
+    input_window,
+    strip_order,
+)
 from unet.tiling.geometry import SAME_MARGIN_UNITS, Geometry, Padding
 from unet.tiling.mirror import mirror_pad, reflect_index
 from unet.tiling.tiles import AxisTiles, axis_tiles, default_tile_size, window_shape
@@ -25,5 +32,6 @@ __all__ = [
     "mirror_pad",
     "reflect_index",
     "strip_order",
+    "cells_in_chunks",
     "window_shape",
 ]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from unet.errors import InvalidParameter
 from unet.tiling.geometry import Geometry
 from unet.tiling.tiles import window_shape
@@ -136,6 +138,26 @@ def input_window(
         offset=offset,
         out_shape=out_shape,
     )
+
+
+def cells_in_chunks(cells: np.ndarray, cell: tuple[int, int], grid: ChunkGrid) -> np.ndarray:
+    """int64 (chunks_y, chunks_x): how many True cells of a coarser grid each chunk overlaps.
+
+    ``cells``: bool (h, w), cell ``(i, j)`` covering image rows ``i*cell[0] .. (i+1)*cell[0]-1``
+    and the same columns (e.g. stored input chunks, or pixels of a low-resolution view).
+    Summed-area arithmetic: the time and memory go with the two grids, not with a Python
+    object per chunk.
+    """
+    sums = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1), np.int64)
+    sums[1:, 1:] = np.cumsum(np.cumsum(cells, axis=0, dtype=np.int64), axis=1)
+    (height, width), (ch, cw) = grid.shape, grid.chunks
+    first_rows = np.arange(0, height, ch)
+    first_cols = np.arange(0, width, cw)
+    top = np.minimum(first_rows // cell[0], cells.shape[0])[:, None]
+    bottom = np.minimum(-(-np.minimum(first_rows + ch, height) // cell[0]), cells.shape[0])[:, None]
+    left = np.minimum(first_cols // cell[1], cells.shape[1])[None, :]
+    right = np.minimum(-(-np.minimum(first_cols + cw, width) // cell[1]), cells.shape[1])[None, :]
+    return sums[bottom, right] - sums[top, right] - sums[bottom, left] + sums[top, left]
 
 
 #: Output chunks per strip of :func:`strip_order`.
