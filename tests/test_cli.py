@@ -8,21 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from testdata import write_checkpoint, write_image
-
-UNET = str(Path(sys.executable).with_name("unet"))
-
-
-def untracked() -> dict[str, str]:
-    """The environment of a user without a Prefect server (no API URL, no Prefect profile)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_PROFILES_PATH": "/nonexistent.toml"}
-    env.pop("PREFECT_API_URL", None)
-    return env
+from testdata import UNET, untracked, write_checkpoint, write_image
 
 
 def run(*args: str, **kwargs) -> subprocess.CompletedProcess:

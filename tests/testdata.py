@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -12,6 +14,16 @@ from conftest import make_model
 
 from unet.network.checkpoint import load_checkpoint, save_checkpoint
 from unet.predict.window import predict_array
+
+#: The ``unet`` command of this environment, as users run it.
+UNET = str(Path(sys.executable).with_name("unet"))
+
+
+def untracked() -> dict[str, str]:
+    """The environment of a user without a Prefect server (no API URL, no Prefect profile)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_PROFILES_PATH": "/nonexistent.toml"}
+    env.pop("PREFECT_API_URL", None)
+    return env
 
 
 def write_checkpoint(path, **config):

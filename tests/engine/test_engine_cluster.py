@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from testdata import write_checkpoint, write_image
+from testdata import (
+    UNET,
+    assert_same_mask,
+    reference_mask,
+    untracked,
+    write_checkpoint,
+    write_image,
+)
 
 from unet.config import SegmentParameters
 from unet.engine.run import segment
@@ -24,36 +34,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def external_cluster(tmp_path):
-    """`dask scheduler` and `dask worker` processes on 127.0.0.1, stopped after the test."""
+#: A worker that "has a device" (see device_preload.py): it streams its chunks.
+DEVICE_PRELOAD = str(Path(__file__).with_name("device_preload.py"))
+
+
+@contextlib.contextmanager
+def started_cluster(folder: Path, workers: list[list[str]]):
+    """``dask scheduler`` and one ``dask worker`` per entry of ``workers`` (its extra options),
+    on 127.0.0.1, as the README starts them; stopped on leaving."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).with_name("dask"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "cluster.log", "w")
-    scheduler = subprocess.Popen(
-        [
-            dask,
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dashboard-address",
-            ":0",
-            "--no-show",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    worker = subprocess.Popen(
-        [dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    log = open(folder / "cluster.log", "w")  # noqa: SIM115
+    processes = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--dashboard-address", ":0", "--no-show"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    ]
+    for options in workers:
+        processes.append(
+            subprocess.Popen(
+                [dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
+                + ["--no-dashboard", *options],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
     try:
         from distributed import Client
 
@@ -61,7 +73,7 @@ def external_cluster(tmp_path):
         while True:
             try:
                 with Client(address, timeout="5s") as client:
-                    client.wait_for_workers(1, timeout=30)
+                    client.wait_for_workers(len(workers), timeout=30)
                 break
             except (OSError, TimeoutError):
                 if time.monotonic() > deadline:
@@ -69,14 +81,30 @@ def external_cluster(tmp_path):
                 time.sleep(0.5)
         yield address
     finally:
-        for process in (worker, scheduler):
+        for process in reversed(processes):
             process.terminate()
-        for process in (worker, scheduler):
+        for process in reversed(processes):
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
         log.close()
+
+
+@pytest.fixture
+def external_cluster(tmp_path):
+    """`dask scheduler` and one `dask worker` process on 127.0.0.1, stopped after the test."""
+    with started_cluster(tmp_path, [[]]) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def mixed_cluster(tmp_path_factory):
+    """An external cluster of a CPU worker and a worker with a device (it streams)."""
+    with started_cluster(
+        tmp_path_factory.mktemp("mixed"), [[], ["--preload", DEVICE_PRELOAD]]
+    ) as address:
+        yield address
 
 
 def test_local_cluster_and_external_cluster_give_identical_masks(tmp_path, external_cluster):
@@ -147,3 +175,84 @@ def test_in_process_cluster_segments_like_worker_processes(tmp_path, client):
     b = zarr.open_array(str(tmp_path / "b.zarr" / "0"))[:]
     assert a.any() and not a.all()
     np.testing.assert_array_equal(a, b)
+
+
+def streamed_batches(address: str) -> int:
+    """Batches the device worker of ``address`` ran inside streams so far."""
+    from distributed import Client
+
+    def count() -> int:
+        module = next((m for n, m in sys.modules.items() if n.endswith("device_preload")), None)
+        return module.STREAMED[0] if module is not None else 0
+
+    with Client(address, timeout="10s") as client:
+        return sum(client.run(count).values())
+
+
+def test_an_external_cluster_streams_on_its_device_worker_and_computes_on_its_cpu_worker(
+    tmp_path, mixed_cluster
+):
+    from distributed import Client
+
+    from unet.engine.dispatch import describe_workers
+
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
+    raw = write_image(tmp_path / "in.zarr", (224, 224), (32, 32))  # 7 x 7 chunks
+    with Client(mixed_cluster, timeout="10s") as client:
+        workers = describe_workers(client, "cpu")
+    assert sorted(w.streams for w in workers) == [False, True]
+    before = streamed_batches(mixed_cluster)
+    parameters = SegmentParameters(model=ckpt, tile_size=72, device="cpu", scheduler=mixed_cluster)
+    report = segment(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), parameters)
+    assert report.chunks_computed == 49
+    assert streamed_batches(mixed_cluster) > before, "the device worker streamed"
+    mask = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["0"][...]
+    assert_same_mask(mask, *reference_mask(ckpt, raw[None], 72))
+
+
+@pytest.mark.slow  # about 16 s: three runs; tests/test_cli.py kills a batched local run by default
+def test_a_killed_run_on_an_external_cluster_resumes_to_the_same_mask(tmp_path, mixed_cluster):
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", base_channels=8, depth=2)
+    write_image(tmp_path / "in.zarr", (320, 320), (32, 32))  # 10 x 10 chunks
+    common = ["--model", ckpt, "--tile-size", "72", "--device", "cpu"]
+    reference = SegmentParameters(model=ckpt, tile_size=72, device="cpu")
+    segment(str(tmp_path / "in.zarr"), str(tmp_path / "ref.zarr"), reference)
+    out = tmp_path / "out.zarr"
+    process = subprocess.Popen(
+        [UNET, "segment", str(tmp_path / "in.zarr"), str(out), *common]
+        + ["--scheduler", mixed_cluster],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=untracked(),
+        start_new_session=True,
+    )
+    ledger = out / "_unet_ledger" / "c"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if ledger.exists() and sum(1 for p in ledger.rglob("*") if p.is_file()) >= 10:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver; the workers live on
+    process.wait()
+    time.sleep(1)  # the tasks the workers had started end, as they do when a driver dies
+    from unet.engine.ledger import finished_chunks
+
+    done = int(finished_chunks(zarr.open_group(str(out), mode="r")).sum())
+    assert 0 < done < 100, "the kill must land mid-run for this test to mean anything"
+    resumed = subprocess.run(
+        [UNET, "segment", str(tmp_path / "in.zarr"), str(out), *common]
+        + ["--scheduler", mixed_cluster, "--report", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        env=untracked(),
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (
+        report["chunks_resumed"] >= done
+        and report["chunks_computed"] == 100 - report["chunks_resumed"]
+    )
+    a = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["0"][...]
+    b = zarr.open_group(str(out), mode="r")["0"][...]
+    assert np.array_equal(a, b)
