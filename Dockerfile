@@ -1,8 +1,8 @@
 # unet-tiles on NVIDIA GPUs: one image for every role of docker-compose.yml.
 #
 #   flow runner (default):  unet serve /app/pipelines.yaml
-#   Dask GPU worker:        dask worker tcp://dask-scheduler:8786 --nworkers 1 --nthreads 1
-#                           (one container per GPU, started with that GPU only)
+#   Dask GPU worker:        dask worker tcp://dask-scheduler:8786 --nthreads 4
+#                           (one container per GPU, started with that GPU only; it streams)
 #   Dask scheduler:         dask scheduler --host 0.0.0.0 --no-dashboard
 #   Prefect server:         prefect server start --host 0.0.0.0
 #

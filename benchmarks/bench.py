@@ -101,6 +101,7 @@ def run_bench(
     quick: bool = False,
     simulate_device: float | None = None,
     simulated_devices: Sequence[int] = (1,),
+    scheduler: str | None = None,
     plot: str | os.PathLike[str] | None = None,
     json_path: str | os.PathLike[str] | None = None,
     workdir: str | os.PathLike[str] | None = None,
@@ -136,6 +137,8 @@ def run_bench(
         that costs nothing), see ``bench_simulated.py``; each run in a fresh process
     simulated_devices: simulated GPUs (worker processes) of each simulated run, one run per
         count
+    scheduler: with ``simulate_device``, run on this existing Dask cluster instead: each of
+        its workers is one simulated device (``simulated_devices`` is then its worker count)
     plot: PNG file of throughput against tile size (raw) and image side (pipeline)
     json_path: write the returned dict as JSON there
     workdir: keep generated images there (reused by later runs); default a temporary directory
@@ -197,7 +200,9 @@ def run_bench(
         load = os.getloadavg()
         if simulate_device is not None:
             settings.update(
-                simulate_device=simulate_device, simulated_devices=list(simulated_devices)
+                simulate_device=simulate_device,
+                simulated_devices=list(simulated_devices),
+                scheduler=scheduler,
             )
             # Each in a fresh process, quick or not: the GPU plan starts worker processes.
             results = {
@@ -215,6 +220,7 @@ def run_bench(
                     work=work,
                     measure=measure_in_subprocess,
                     in_channels=checkpoint.model.in_channels,
+                    scheduler=scheduler,
                 ),
             }
             results["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -564,6 +570,12 @@ def parser() -> argparse.ArgumentParser:
         default=(1,),
         help="simulated GPUs (worker processes) per simulated run, comma-separated (e.g. 1,2)",
     )
+    add(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --simulate-device: run on this existing Dask cluster (tcp://HOST:PORT), "
+        "each of its workers one simulated device",
+    )
     return options
 
 
@@ -590,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         quick=args.quick,
         simulate_device=args.simulate_device,
         simulated_devices=tuple(args.simulated_devices),
+        scheduler=args.scheduler,
         plot=args.plot,
         json_path=args.json,
         workdir=args.workdir,

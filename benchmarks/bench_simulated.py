@@ -50,6 +50,7 @@ def run_simulated(
     work: Path,
     measure: Callable[[dict[str, Any]], dict[str, Any]],
     in_channels: int,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """The simulated pipeline runs for every device count and side; ``simulated`` (a list),
     the contract keys of the largest side with one device (``device_mpx_per_s``,
@@ -58,6 +59,8 @@ def run_simulated(
     # 2 x 2 chunks: every simulated device's worker loads the model before the clock starts.
     warmup = bench_image(work, 2 * chunk, chunk, in_channels)
     entries = []
+    if scheduler is not None:
+        devices = [_workers_of(scheduler)]  # each worker of the cluster is one device
     for count in devices:
         for side in sides:
             image = bench_image(work, side, chunk, in_channels)
@@ -79,6 +82,7 @@ def run_simulated(
                         "simulate_device": mpx_per_s,
                         "simulated_devices": count,
                         "stages": True,
+                        "scheduler": scheduler,
                     }
                 )
             )
@@ -93,6 +97,16 @@ def run_simulated(
         "ratios": ratios,
         "targets": targets,
     }
+
+
+def _workers_of(scheduler: str) -> int:
+    from distributed import Client
+
+    from unet.engine.cluster import check_scheduler
+
+    check_scheduler(scheduler)
+    with Client(scheduler, timeout="30s") as client:
+        return len(client.scheduler_info(n_workers=-1).get("workers", {}))
 
 
 def simulated_targets(

@@ -71,7 +71,9 @@ def bench_image(
         f"-t{tissue}-i{TISSUE_INSET}" if tissue is not None else ""
     )
     path = work / f"{name}.zarr"
-    if (path / ".complete").exists():
+    # The mark of a finished image lies beside it: zarr warns of a file it does not know inside.
+    done = work / f"{name}.complete"
+    if done.exists():
         return _with_pyramid(path)
     array = create_image(path, (channels, side, side), "uint8", (chunk, chunk), overwrite=True)
     scene = NucleiScene(shape=(side, side), seed=0)
@@ -101,7 +103,7 @@ def bench_image(
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for _ in pool.map(render_chunk, origins):
             pass  # re-raises the first failure
-    (path / ".complete").write_text("")
+    done.write_text("")
     return _with_pyramid(path)
 
 

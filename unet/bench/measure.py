@@ -157,7 +157,13 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     )
     simulated = spec.get("simulate_device")
     cluster = None
-    if simulated is not None:
+    if simulated is not None and spec.get("scheduler"):
+        # An existing cluster: its workers stream because their device step is replaced.
+        client_context = dask_client(
+            plan_cluster("cpu", None, spec["scheduler"]), spec["scheduler"]
+        )
+        workers_here = False
+    elif simulated is not None:
         cluster = gpu_plan(spec.get("simulated_devices", 1))
         client_context = dask_client(cluster)
         workers_here = False
@@ -174,11 +180,13 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     # segment(overwrite=True) would delete them inside the timed run (a measurable cost at 8192^2).
     for output in (spec["output"], spec["output"] + ".warmup"):
         shutil.rmtree(output, ignore_errors=True)
-    with client_context as client:
+    with client_context as client, contextlib.ExitStack() as stack:
         if simulated is not None:
-            from unet.bench.simulate import SimulatedDevicePlugin
+            from unet.bench.simulate import PLUGIN_NAME, SimulatedDevicePlugin
 
             client.register_plugin(SimulatedDevicePlugin(float(simulated)))
+            if spec.get("scheduler"):  # a cluster that lives on: put the real step back after
+                stack.callback(client.unregister_worker_plugin, PLUGIN_NAME)
             if spec.get("stages"):
                 from unet.bench.stages import StageTimesPlugin
 
