@@ -74,8 +74,17 @@ class ClusterPlan:
     chunks_per_task: int = 1
 
 
+#: Memory a worker process needs at least (torch, the model, a chunk's buffers): ``--workers``
+#: asks for no more processes than the machine's memory holds at this much each.
+WORKER_MEMORY = 2**30
+
+
 def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> ClusterPlan:
-    """Size the LocalCluster for ``device`` (ignored when ``scheduler`` is given)."""
+    """Size the LocalCluster for ``device`` (ignored when ``scheduler`` is given).
+
+    ``workers`` is capped by what the machine has: a core and :data:`WORKER_MEMORY` per worker
+    process (a warning says so).
+    """
     cores = os.cpu_count() or 1
     gpus = 0
     if device != "cpu":
@@ -84,6 +93,8 @@ def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> Clu
         gpus = torch.cuda.device_count()
     if scheduler is not None:
         return ClusterPlan(workers=0, torch_threads=None, gpus=gpus)
+    if workers is not None:
+        workers = capped_workers(workers, cores)
     if gpus and device != "cpu":
         return gpu_plan(gpus, workers)
     count = workers or 1
@@ -94,6 +105,26 @@ def plan_cluster(device: str, workers: int | None, scheduler: str | None) -> Clu
         threads_per_worker=CPU_THREADS,
         processes=workers is not None,
     )
+
+
+def capped_workers(workers: int, cores: int) -> int:
+    """``workers``, or fewer when the machine has fewer cores, or less memory than
+    :data:`WORKER_MEMORY` for each (with a warning naming the limit)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = 0
+    fits = max(1, min(cores, memory // WORKER_MEMORY if memory else cores))
+    if workers > fits:
+        logging.getLogger(__name__).warning(
+            "--workers %d is more than this machine holds (%d cores, %.0f GiB): starting %d",
+            workers,
+            cores,
+            memory / 2**30,
+            fits,
+        )
+        return fits
+    return workers
 
 
 def gpu_plan(gpus: int, workers: int | None = None) -> ClusterPlan:

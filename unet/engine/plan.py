@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 #: Output chunk side when the input is not chunked.
 DEFAULT_CHUNK = 1024
+#: Smallest output chunk side: a chunk's fixed costs (a task's share, its window's halo, the
+#: files it writes) dwarf the work of a smaller one (a 32 x 32 image stored in 1 x 1 chunks
+#: took minutes). Smaller input chunks are grouped by whole multiples. Inputs written by
+#: imaging tools have chunks of 256 to 1024 px; this only catches pathological ones.
+MIN_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def plan_run(
         from unet.engine.valuerange import check_value_range
 
         check_value_range(source, checkpoint, parameters.model, parameters.nodata)
-    chunks = source.chunks or (DEFAULT_CHUNK, DEFAULT_CHUNK)
+    chunks = output_chunks(source.chunks)
     tile_size = _tile_size(parameters, model.geometry, chunks)
     if parameters.precision == "auto":
         from unet.predict.device import resolve_precision
@@ -116,6 +121,15 @@ def plan_run(
         destination=destination,
         georeference=georeference,
     )
+
+
+def output_chunks(input_chunks: tuple[int, int] | None) -> tuple[int, int]:
+    """The mask's chunk shape: the input's, grown to whole multiples of at least
+    :data:`MIN_CHUNK` a side; ``DEFAULT_CHUNK`` a side for an input without chunks."""
+    if input_chunks is None:
+        return (DEFAULT_CHUNK, DEFAULT_CHUNK)
+    rows, cols = (side * -(-MIN_CHUNK // side) for side in input_chunks)
+    return (rows, cols)
 
 
 def driver_checkpoint(model: str) -> Checkpoint:
