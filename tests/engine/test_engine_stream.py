@@ -104,34 +104,35 @@ def test_a_chunk_that_cannot_be_read_fails_alone_in_its_stream(tmp_path, client,
 
 
 def test_a_failed_write_in_a_stream_leaves_its_chunk_unmarked(tmp_path, client, model, monkeypatch):
+    import shutil
+
     import unet.engine.dispatch
 
-    # The first failure ends the run: a failed write deletes the chunk's file (here the link to
-    # /dev/full), so a retry would succeed.
+    # The first failure ends the run.
     monkeypatch.setattr(unet.engine.dispatch, "TASK_RETRIES", 0)
     raw = write_image(tmp_path / "in.zarr", (96, 96), (32, 32))
     expected, near_tie = reference_mask(model, raw[None], TILE)
     output = tmp_path / "out.zarr"
-    full = output / "0" / "c" / "1" / "1"  # the middle chunk of the first stream of 5
+    blocked = output / "0" / "c" / "1" / "1"  # the middle chunk of the first stream of 5
 
-    def fill_disk(done: int, total: int) -> None:
-        if done == 0 and not full.is_symlink():
-            full.parent.mkdir(parents=True, exist_ok=True)
-            full.symlink_to("/dev/full")
+    def block_write(done: int, total: int) -> None:
+        # A folder where the chunk's file goes: its write fails for real (EISDIR).
+        if done == 0 and not blocked.is_dir():
+            (blocked / "keep").mkdir(parents=True)
 
     parameters = SegmentParameters(model=model, device="cpu")
     try:
-        with pytest.raises(OutputWriteError, match="No space left on device"):
+        with pytest.raises(OutputWriteError, match="Is a directory"):
             segment(
                 str(tmp_path / "in.zarr"),
                 str(output),
                 parameters,
                 client=client,
-                progress=fill_disk,
+                progress=block_write,
                 cluster=streamed(5),
             )
     finally:
-        full.unlink(missing_ok=True)
+        shutil.rmtree(blocked, ignore_errors=True)
     done = finished_chunks(group_of(output))
     assert not done[1, 1]
     mask = group_of(output)["0"][...]

@@ -152,37 +152,41 @@ def test_nan_pixels_are_never_tissue():
     assert tissue[10:20, 10:20].all() and tissue.sum() == 100
 
 
-def test_disk_full_is_one_line_and_marks_only_written_chunks(tmp_path, client, model, monkeypatch):
+def test_a_failed_chunk_write_is_one_line_and_marks_only_written_chunks(
+    tmp_path, client, model, monkeypatch
+):
+    import shutil
+
     import unet.engine.dispatch
 
-    # A failed chunk task deletes what it wrote, and with it the links to /dev/full below: a
-    # retry would then find room. Without retries the first failed write ends the run.
+    # Without retries the first failed write ends the run.
     monkeypatch.setattr(unet.engine.dispatch, "TASK_RETRIES", 0)
     raw = write_image(tmp_path / "in.zarr", (96, 96), (32, 32))
     expected, near_tie = reference_mask(model, raw[None], TILE)
     output = tmp_path / "full disk.zarr"
-    full = [output / "0" / "c" / "2" / str(j) for j in range(3)]  # the last row's mask chunks
+    blocked = [output / "0" / "c" / "2" / str(j) for j in range(3)]  # the last row's mask chunks
 
-    def fill_disk(done: int, total: int) -> None:
-        # Called once the output exists and before any chunk runs: the last row's chunk files
-        # become /dev/full, where every write fails with ENOSPC, whichever codec pipeline writes.
-        if done == 0 and not full[0].is_symlink():
-            full[0].parent.mkdir(parents=True, exist_ok=True)
-            for path in full:
-                path.symlink_to("/dev/full")
+    def block_writes(done: int, total: int) -> None:
+        # Called once the output exists and before any chunk runs: a folder where each of the
+        # last row's chunk files goes, so that its write fails for real (a chunk file renamed
+        # over it, or opened in place, is refused with EISDIR), as on a full disk. A full disk
+        # itself (ENOSPC): tests/io/test_io_chunkfiles.py and faults/test_fault_resume.py.
+        if done == 0 and not blocked[0].is_dir():
+            for path in blocked:
+                (path / "keep").mkdir(parents=True)
 
     try:
-        with pytest.raises(OutputWriteError, match="No space left on device") as caught:
+        with pytest.raises(OutputWriteError, match="Is a directory") as caught:
             segment(
                 str(tmp_path / "in.zarr"),
                 str(output),
                 parameters(model),
                 client=client,
-                progress=fill_disk,
+                progress=block_writes,
             )
     finally:
-        for path in full:
-            path.unlink(missing_ok=True)
+        for path in blocked:
+            shutil.rmtree(path, ignore_errors=True)
     assert "\n" not in str(caught.value) and "chunk (2, " in str(caught.value)
     assert not Path(lock_location(str(output))).exists()
     done = finished_chunks(zarr.open_group(str(output), mode="r"))

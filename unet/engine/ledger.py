@@ -158,8 +158,15 @@ def remove_ledger(group) -> None:
             del group[path]
 
 
-def mark_finished(ledger_array, index: tuple[int, int]) -> None:
-    """Record one chunk as finished. Call only after its mask write returned."""
+def mark_finished(ledger_array, index: tuple[int, int], files=None) -> None:
+    """Record one chunk as finished. Call only after its mask write returned.
+
+    ``files``: the ledger's :class:`~unet.io.chunkfiles.ChunkFiles` when it is local: its one
+    byte is then written as a file (atomically), without zarr's machinery per call.
+    """
+    if files is not None:
+        files.write(index, np.ones((1, 1), np.uint8))
+        return
     ledger_array[index[0] : index[0] + 1, index[1] : index[1] + 1] = 1
 
 

@@ -13,6 +13,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -245,12 +246,10 @@ def finish_chunk(
     OutputWriteError: the chunk cannot be written (disk full, read-only); it is not marked
     """
     index, rows, cols = prepared.index, prepared.window.rows, prepared.window.cols
-    mask_array, ledger, probabilities_array, levels = _output_arrays(
-        job.output, job.probabilities, job.pyramid_levels
-    )
+    arrays = _output_arrays(job.output, job.probabilities, job.pyramid_levels)
     if mask is None:
         with writing(f"chunk {index} of {job.output}"):
-            mark_finished(ledger, index)
+            mark_finished(arrays.ledger, index, arrays.ledger_files)
         counts = np.zeros(prepared.num_labels, np.int64)
         pixels = (rows.stop - rows.start) * (cols.stop - cols.start)
         nodata = pixels if job.nodata is not None else 0
@@ -259,12 +258,14 @@ def finish_chunk(
         return ChunkResult(index, tuple(counts.tolist()), seconds, True, nodata)
     with writing(f"chunk {index} of {job.output}"):
         try:
-            write_chunk_levels(levels, mask, rows, cols, level0=mask_array)
-            if probabilities_array is not None and logits is not None:
-                probabilities_array[:, rows, cols] = probabilities_from_logits(logits)
-            mark_finished(ledger, index)
+            write_chunk_levels(
+                arrays.levels, mask, rows, cols, level0=arrays.mask, files=arrays.files
+            )
+            if arrays.probabilities is not None and logits is not None:
+                arrays.probabilities[:, rows, cols] = probabilities_from_logits(logits)
+            mark_finished(arrays.ledger, index, arrays.ledger_files)
         except BaseException:
-            _erase_chunk(levels, mask_array, probabilities_array, rows, cols)
+            _erase_chunk(arrays, rows, cols)
             raise
     nodata = 0
     if job.nodata is not None and prepared.nodata_pixels is not None:
@@ -274,20 +275,22 @@ def finish_chunk(
     return ChunkResult(index, counts, seconds, prepared.background, nodata)
 
 
-def _erase_chunk(levels, mask_array, probabilities_array, rows: slice, cols: slice) -> None:
+def _erase_chunk(arrays: OutputArrays, rows: slice, cols: slice) -> None:
     """Delete the files of an output chunk whose write failed, as far as that is possible.
 
-    zarrs writes a chunk file in place, so a full disk leaves a partial or empty one behind.
-    Writing the fill value deletes a chunk file instead (Zarr stores no chunk equal to it),
-    which needs no space. Best effort: the chunk is unmarked and the rerun computes it anyway.
+    A level written before the failure keeps its new chunk, and zarrs writes a chunk file in
+    place (the probabilities; the mask where chunk files do not apply), so a full disk leaves a
+    partial or empty one behind. Writing the fill value deletes a chunk file instead (Zarr stores
+    no chunk equal to it), which needs no space. Best effort: the chunk is unmarked and the
+    rerun computes it anyway.
     """
     shape = (rows.stop - rows.start, cols.stop - cols.start)
-    blank = np.full(shape, mask_array.fill_value, np.uint8)
+    blank = np.full(shape, arrays.mask.fill_value, np.uint8)
     with contextlib.suppress(Exception):
-        write_chunk_levels(levels, blank, rows, cols, level0=mask_array)
-    if probabilities_array is not None:
+        write_chunk_levels(arrays.levels, blank, rows, cols, level0=arrays.mask, files=arrays.files)
+    if arrays.probabilities is not None:
         with contextlib.suppress(Exception):
-            probabilities_array[:, rows, cols] = 0
+            arrays.probabilities[:, rows, cols] = 0
 
 
 def read_window(source: ImageSource, window: Window) -> np.ndarray:
@@ -369,14 +372,38 @@ def _use_threads(torch_threads: int | None) -> None:
         torch.set_num_threads(torch_threads)
 
 
+@dataclass(frozen=True)
+class OutputArrays:
+    """The arrays a chunk task writes, opened once per worker process: the mask's level 0 and
+    the levels its chunks write, the probabilities, the ledger, and their chunk files where
+    they are local (:class:`unet.io.chunkfiles.ChunkFiles`; else None: through zarr)."""
+
+    mask: Any
+    levels: list[Any]
+    probabilities: Any
+    ledger: Any
+    files: list[Any]
+    ledger_files: Any
+
+
 @lru_cache(maxsize=4)
-def _output_arrays(output: str, probabilities: bool, pyramid_levels: int):
+def _output_arrays(output: str, probabilities: bool, pyramid_levels: int) -> OutputArrays:
     import zarr
 
+    from unet.io.chunkfiles import ChunkFiles
+
     group = zarr.open_group(output, mode="r+")
-    probabilities_array = group[PROBABILITIES_PATH] if probabilities else None
+    mask = group[MASK_PATH]
     levels = [group[str(k)] for k in range(1, pyramid_levels + 1)]
-    return group[MASK_PATH], open_ledger(group), probabilities_array, levels
+    ledger = open_ledger(group)
+    return OutputArrays(
+        mask=mask,
+        levels=levels,
+        probabilities=group[PROBABILITIES_PATH] if probabilities else None,
+        ledger=ledger,
+        files=[ChunkFiles.of(array) for array in (mask, *levels)],
+        ledger_files=ChunkFiles.of(ledger),
+    )
 
 
 def _worker_device(device: str) -> str:

@@ -139,6 +139,8 @@ class ChunkCache:
             buffer = self._free.pop() if self._free and shape == self._free[-1].shape else None
         if buffer is None:
             buffer = _off_heap(shape, np.dtype(self.source.dtype))
+        if (ch, cw) == self.source.stored_cell():
+            return self.source.read_stored_chunk(i, j, out=buffer)
         return self.source.read(rows, cols, out=buffer)
 
     def _recycle(self, block: np.ndarray) -> None:

@@ -78,6 +78,7 @@ class ImageSource:
         state = dict(self.__dict__)
         state.pop("_array", None)
         state.pop("_cache", None)
+        state.pop("_chunk_files", None)
         return state
 
     @cached_property
@@ -102,6 +103,55 @@ class ImageSource:
         rows = _check_slice(rows, height, "rows")
         cols = _check_slice(cols, width, "cols")
         return select_region(self._array, self.axes, rows, cols, out=out)
+
+    def read_stored_chunk(self, i: int, j: int, out: np.ndarray) -> np.ndarray:
+        """Stored chunk ``(i, j)`` of level 0 (row and column of its grid; every channel) into
+        ``out``: C-contiguous ``(C, h, w)`` of the stored dtype, ``h, w`` the chunk's part inside
+        the image. Returned.
+
+        The files are decoded straight into ``out`` where :class:`unet.io.chunkfiles.ChunkFiles`
+        can (a local Zarr v3 array of ``(C, Y, X)`` or ``(Y, X)`` axes, Blosc or raw); else
+        through zarr, as :meth:`read`.
+        """
+        files = self._chunk_files
+        rows, cols = self.stored_cell()
+        region = (
+            slice(i * rows, i * rows + out.shape[1]),
+            slice(j * cols, j * cols + out.shape[2]),
+        )
+        if files is None or self.axes not in ((CHANNEL, ROWS, COLUMNS), (ROWS, COLUMNS)):
+            return self.read(*region, out=out)
+        whole = out.shape[1:] == (rows, cols)
+        if len(self.axes) == 2:
+            if whole:
+                files.read((i, j), out=out[0])
+            else:
+                self._clip(files.read((i, j)), out[0])
+            return out
+        depth = files.chunks[0]
+        for first in range(0, self.shape[0], depth):
+            target = out[first : first + depth]
+            if whole and target.shape[0] == depth:
+                files.read((first // depth, i, j), out=target)
+            else:
+                self._clip(files.read((first // depth, i, j)), target)
+        return out
+
+    @staticmethod
+    def _clip(chunk: np.ndarray, target: np.ndarray) -> np.ndarray:
+        target[...] = chunk[tuple(slice(0, n) for n in target.shape)]
+        return target
+
+    def stored_cell(self) -> tuple[int, int]:
+        """``(rows, cols)`` of a stored (inner) chunk of level 0: what is decoded at once."""
+        stored = self._array.chunks
+        return int(stored[self.axes.index(ROWS)]), int(stored[self.axes.index(COLUMNS)])
+
+    @cached_property
+    def _chunk_files(self):
+        from unet.io.chunkfiles import ChunkFiles
+
+        return ChunkFiles.of(self._array)
 
     def read_cached(self, rows: slice, cols: slice) -> np.ndarray:
         """:meth:`read`, through a cache of decoded chunks kept with this object.

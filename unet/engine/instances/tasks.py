@@ -77,11 +77,11 @@ def relabel_task(job: InstanceJob, item: RelabelItem) -> ObjectStats:
     use_fast_codecs()
     mask = _read_mask(job, item.index)
     labels, count = label_chunk(mask)
-    level0, levels = _instance_arrays(job.instances, job.pyramid_levels, job.token)
+    level0, levels, files = _instance_arrays(job.instances, job.pyramid_levels, job.token)
     ids = item.mapping.lookup_table(count, level0.dtype)
     rows, cols = job.grid.bounds(item.index)
     with writing(f"chunk {item.index} of {job.instances}"):
-        write_chunk_levels(levels, ids[labels], rows, cols, level0=level0)
+        write_chunk_levels(levels, ids[labels], rows, cols, level0=level0, files=files)
     values = region_values(labels, mask, count)
     return chunk_stats(labels, count, values, ids, (rows.start, cols.start))
 
@@ -99,5 +99,8 @@ def _read_mask(job: InstanceJob, index: Index) -> np.ndarray:
 def _instance_arrays(instances: str, pyramid_levels: int, token: str):
     import zarr
 
+    from unet.io.chunkfiles import ChunkFiles
+
     group = zarr.open_group(instances, mode="r+")
-    return group["0"], [group[str(k)] for k in range(1, pyramid_levels + 1)]
+    level0, levels = group["0"], [group[str(k)] for k in range(1, pyramid_levels + 1)]
+    return level0, levels, [ChunkFiles.of(array) for array in (level0, *levels)]
