@@ -157,23 +157,28 @@ def _check_early(
     """Refuse in a second what the engine would refuse at its start, before anything starts;
     return the plan of a Zarr image, which its segment step then runs.
 
-    A missing input or checkpoint, an invalid tile size, an output inside the input or locked by
-    another run then cost no cluster or server start-up. The checkpoint is loaded once per
+    A missing input or checkpoint, an invalid tile size, an output that would replace the input
+    or something unet did not write, or one locked by another run then cost no cluster or server
+    start-up. The checkpoint is loaded once per
     process (:func:`unet.engine.plan.driver_checkpoint`), here for the whole run.
     """
     from unet.engine.lock import check_unlocked
     from unet.engine.plan import driver_checkpoint, plan_run
     from unet.errors import InputNotFound
+    from unet.runs import check_job, image_job
 
     image_file = "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES
     if image_file and not Path(input).is_file():
         raise InputNotFound(f"input {input} does not exist: check the path")
+    if image_file:
+        check_job(image_job(input, output), parameters)
     if folder or image_file:
         checkpoint = driver_checkpoint(parameters.model)
         if parameters.tile_size is not None:
             checkpoint.model.geometry.check_tile_size(parameters.tile_size)
         return []
     plan = plan_run(input, output, parameters)
+    check_job(image_job(input, output), parameters)
     check_unlocked(output)
     return [plan]
 

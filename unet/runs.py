@@ -1,6 +1,7 @@
 """A run of ``unet segment`` without Prefect: one image or every image of a folder.
 
-The recipe per image is: ingest (a TIFF, SVS, PNG or JPEG file becomes OME-Zarr in
+The recipe per image is: check that no output would replace an input or something unet did not
+write (:func:`check_job`), ingest (a TIFF, SVS, PNG or JPEG file becomes OME-Zarr in
 ``<output folder>/_ingested/``), skip it when its mask is complete with the same fingerprint,
 segment it on Dask, and write ``<name>.preview.png`` beside the mask. One Dask cluster serves
 every image of a run, started at the first image that needs computing; several images of a folder
@@ -136,6 +137,40 @@ def needs_ingest(job: ImageJob, parameters: SegmentParameters) -> bool:
     return job.needs_ingest and (parameters.overwrite or not is_zarr(job.zarr_input))
 
 
+def check_job(job: ImageJob, parameters: SegmentParameters) -> None:
+    """Refuse, before anything is written, a job whose outputs would replace an input or
+    something unet did not write (:mod:`unet.io.replace`): the ingested copy, the mask, with
+    ``instances`` the instance image and object table, and the preview.
+
+    Raises
+    ------
+    InvalidParameter: an output is an input, holds one or lies inside one
+    OutputExists: something is at an output's place that unet did not write there
+    """
+    from unet.engine.instances.location import instances_location, objects_location
+    from unet.io.replace import check_apart, check_replaceable
+    from unet.results.preview import preview_path
+
+    inputs = [job.source] if job.source == job.zarr_input else [job.source, job.zarr_input]
+    image = job.zarr_input if parameters.labels else None
+    inside = parameters.labels is not None
+    if job.needs_ingest:
+        check_apart(job.zarr_input, [job.source], what="ingested copy")
+        check_replaceable(job.zarr_input, "image", what="ingested copy")
+    check_apart(job.output, inputs, inside_allowed=inside)
+    check_replaceable(job.output, "mask")
+    preview = preview_path(job.output, image=image)
+    check_apart(preview, inputs, what="preview")
+    check_replaceable(preview, "png", what="preview")
+    if parameters.instances:
+        instances = instances_location(job.output, image)
+        objects = objects_location(job.output, image)
+        check_apart(instances, inputs, what="instance image", inside_allowed=inside)
+        check_apart(objects, inputs, what="object table")
+        check_replaceable(instances, "instances", what="instance image")
+        check_replaceable(objects, "parquet", what="object table")
+
+
 @dataclass(frozen=True)
 class Steps:
     """How the steps of one image run: plain calls by default; the Prefect flows pass their
@@ -258,6 +293,7 @@ def _run_job(
     from unet.engine.finished import finished_report
 
     try:
+        check_job(job, parameters)
         if needs_ingest(job, parameters):
             steps.ingest(job)
         finished = finished_report(job.zarr_input, job.output, parameters)

@@ -132,10 +132,19 @@ def resolve_label(mask: LabelMask, label: str | int) -> int:
     raise InvalidParameter(f"class {label!r} is not in this mask: give a name or value ({known})")
 
 
-def check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool, mask: LabelMask) -> None:
+    """Refuse, before anything is written, a file ``target`` exported from ``mask`` that would
+    replace the mask (or lie in it), something that is not a file of its own format, or an
+    existing file without ``overwrite`` (:mod:`unet.io.replace`)."""
+    from unet.io.replace import check_apart, check_replaceable, kind_of_suffix
+
     if "://" in str(target):
         raise InvalidParameter(f"{target} is a URL: export writes local files")
-    if target.exists() and not overwrite:
+    check_apart(target, [mask.source.url])
+    kind = kind_of_suffix(target)
+    if kind not in ("gpkg", "json", "parquet"):
+        kind = "tiff"  # any other name gets the GeoTIFF
+    if check_replaceable(target, kind) and not overwrite:
         raise OutputExists(
             f"output {target} exists: choose another path or pass overwrite=True (--overwrite)"
         )

@@ -28,6 +28,7 @@ give identical weights, and so does a run interrupted and resumed from its saved
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet.config import validated
-from unet.errors import ChannelMismatch, InvalidParameter, OutputExists
+from unet.errors import ChannelMismatch, InvalidParameter, OutputExists, UNetError
 from unet.predict.device import Precision
 from unet.results.evaluate import confusion_matrix, dice_iou
 from unet.training.config import TrainParameters
@@ -145,6 +146,7 @@ def train(
         parameters = validated(TrainParameters, {**given, **options})
     config = parameters
     out = Path(out)
+    _check_outputs(out, Path(data_dir), config)
     if out.exists() and not config.overwrite:
         raise OutputExists(f"{out} exists: choose another path or pass --overwrite")
     initial = None
@@ -375,6 +377,38 @@ def _validation_set(
         else:
             checks.extend(sampler.fixed_windows(item, VAL_WINDOWS, seed=[seed, 3, index]))
     return checks
+
+
+def _check_outputs(out: Path, data_dir: Path, config: TrainParameters) -> None:
+    """Refuse, before anything is read or written, a checkpoint, plot or state file that would
+    replace the training data, the initial checkpoint, or a file of another format
+    (:mod:`unet.io.replace`)."""
+    from unet.io.replace import check_apart, check_replaceable
+
+    folders = [data_dir / name for name in ("images", "masks") if (data_dir / name).is_dir()]
+    # The data folder may hold the checkpoint beside images/ and masks/; a slide may not.
+    inputs: list[Path] = folders or [data_dir]
+    around = [data_dir] if folders else []
+    if config.init is not None:
+        from unet.network.checkpoint import resolve_checkpoint
+
+        with contextlib.suppress(UNetError):  # a missing one is refused when it is loaded
+            inputs.append(resolve_checkpoint(config.init))
+    plot, state = plot_path(out), state_path(out)
+    for path, kind, what in (
+        (out, "safetensors", "checkpoint"),
+        (plot, "png", "plot"),
+        (state, "safetensors", "training state"),
+    ):
+        check_apart(path, inputs, what=what)
+        check_apart(path, around, what=what, inside_allowed=True)
+        check_replaceable(path, kind, what=what)
+    if plot.exists() and not (out.exists() or state.exists()):
+        # A plot is written with the state or the checkpoint: without either, it is not ours.
+        raise OutputExists(
+            f"plot {plot} (the checkpoint's name with .png) exists and no earlier run of "
+            f"{out} wrote it: move it away or choose another --out"
+        )
 
 
 def _plot(path: Path, run: Progress, total_steps: int) -> None:

@@ -1,0 +1,262 @@
+"""Hostile and careless use, third round: ``--overwrite`` replaces only what unet wrote, copies
+and results are never stale, and every refusal is one line with nothing written or lost.
+
+Refusals run the real ``unet`` command in this process (no cluster starts before them); the few
+cases that segment use the module's one in-process Dask cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import zarr
+from testdata import write_checkpoint, write_image
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", depth=2)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from unet.engine.cluster import ClusterPlan, dask_client
+
+    with dask_client(ClusterPlan(workers=1, torch_threads=1, gpus=0, processes=False)) as dask:
+        yield dask
+
+
+def tree(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every file and folder under ``root`` (links not followed): size and content of files."""
+    found: dict[str, tuple[int, bytes | None]] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink() or not path.is_file():
+            found[key] = (0, None)
+        else:
+            found[key] = (path.stat().st_size, path.read_bytes())
+    return found
+
+
+def run_main(monkeypatch, capsys, *arguments: str) -> tuple[int, list[str]]:
+    """``unet ARGUMENTS`` in this process: (exit status, the lines on stderr but the untracked
+    run's note)."""
+    import sys
+
+    from unet.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(sys, "argv", ["unet", *arguments])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    lines = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.strip() and not line.startswith("note: no Prefect server")
+    ]
+    return code, lines
+
+
+def write_png(path: Path, shape=(24, 24), seed=0) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+    path.write_bytes(imagecodecs.png_encode(pixels))
+    return pixels
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """``D/`` with a Zarr image, a PNG, a text file, a folder of other files, a store of
+    another tool and training data: what a careless output could destroy."""
+    root = tmp_path / "D"
+    root.mkdir()
+    write_image(root / "in.zarr", (16, 16), (8, 8))
+    write_png(root / "img.png")
+    (root / "other.txt").write_text("precious")
+    (root / "notes").mkdir()
+    (root / "notes" / "a.txt").write_text("precious too")
+    zarr.open_group(str(root / "foreign.zarr"), mode="w").attrs["tool"] = "someone else's"
+    for part in ("images", "masks"):
+        (root / "data" / part).mkdir(parents=True)
+        write_png(root / "data" / part / "a.png", seed=1)
+    (root / "images").mkdir()
+    write_png(root / "images" / "a.png", seed=2)
+    return root
+
+
+def _png_named_like_a_preview(root: Path) -> None:
+    (root / "img.png").rename(root / "img.preview.png")
+
+
+def _image_where_the_instances_go(root: Path) -> None:
+    (root / "in.zarr").rename(root / "m-instances.zarr")
+
+
+def _folder_where_the_instances_go(root: Path) -> None:
+    (root / "notes").rename(root / "m-instances.zarr")
+
+
+def _text_named_geojson(root: Path) -> None:
+    (root / "x.geojson").write_text("not json")
+
+
+# Each case: what to prepare in D, the command's arguments (D is the folder above), and what
+# its one line says.
+OVERWRITE_CASES = {
+    # Outputs that hold the input, or are it.
+    "segment-output-holds-zarr-input": (None, "segment D/in.zarr D --overwrite", "holds the input"),
+    "segment-output-holds-zarr-input-no-overwrite": (
+        None,
+        "segment D/in.zarr D",
+        "holds the input",
+    ),
+    "segment-output-holds-png-input": (None, "segment D/img.png D --overwrite", "holds the input"),
+    "segment-output-is-input": (None, "segment D/in.zarr D/in.zarr --overwrite", "is the input"),
+    "ingest-output-holds-input": (None, "ingest D/img.png D --overwrite", "holds the input"),
+    "ingest-output-is-input": (None, "ingest D/img.png D/img.png --overwrite", "is the input"),
+    "export-output-is-mask": (None, "export D/in.zarr D/in.zarr --overwrite", "is the input"),
+    "preview-is-input": (
+        _png_named_like_a_preview,
+        "segment D/img.preview.png D/img.zarr",
+        "preview D/img.preview.png is the input",
+    ),
+    "instances-is-input": (
+        _image_where_the_instances_go,
+        "segment D/m-instances.zarr D/m.zarr --instances",
+        "m-instances.zarr is the input",
+    ),
+    "report-is-input": (None, "segment D/img.png D/m.zarr --report D/img.png", "is the input"),
+    "report-is-output": (None, "segment D/in.zarr D/m.zarr --report D/m.zarr", "is the output"),
+    "train-out-in-images": (
+        None,
+        "train D/data --out D/data/images/m.safetensors --overwrite",
+        "inside the input",
+    ),
+    # Outputs where something unet did not write is.
+    "segment-over-text-file": (None, "segment D/in.zarr D/other.txt --overwrite", "not a mask"),
+    "segment-over-folder": (None, "segment D/in.zarr D/notes --overwrite", "not a mask"),
+    "segment-over-foreign-store": (
+        None,
+        "segment D/in.zarr D/foreign.zarr --overwrite",
+        "not a mask",
+    ),
+    "segment-png-over-foreign-store": (
+        None,
+        "segment D/img.png D/foreign.zarr --overwrite",
+        "not a mask",
+    ),
+    "segment-instances-over-folder": (
+        _folder_where_the_instances_go,
+        "segment D/in.zarr D/m.zarr --instances --overwrite",
+        "not an instance image",
+    ),
+    "ingest-over-text-file": (None, "ingest D/img.png D/other.txt --overwrite", "not an image"),
+    "ingest-over-foreign-store": (
+        None,
+        "ingest D/img.png D/foreign.zarr --overwrite",
+        "not an image",
+    ),
+    "export-over-png": (None, "export D/in.zarr D/img.png --overwrite", "not a TIFF"),
+    "export-over-folder": (None, "export D/in.zarr D/notes --overwrite", "not a TIFF"),
+    "export-vector-over-text": (
+        _text_named_geojson,
+        "export D/in.zarr D/x.geojson --overwrite",
+        "not a JSON file",
+    ),
+    "report-over-text": (
+        None,
+        "segment D/in.zarr D/m.zarr --report D/other.txt",
+        "not a JSON file",
+    ),
+    "train-over-text": (None, "train D/data --out D/other.txt --overwrite", "not a safetensors"),
+    "train-plot-over-png": (None, "train D/data --out D/img.safetensors", "plot D/img.png"),
+    "demo-over-folders": (None, "demo --output D", "did not write"),
+}
+
+
+@pytest.mark.parametrize(
+    ("prepare", "command", "match"), OVERWRITE_CASES.values(), ids=OVERWRITE_CASES
+)
+def test_overwrite_never_replaces_an_input_or_what_unet_did_not_write(
+    folder, model, monkeypatch, capsys, prepare, command, match
+):
+    if prepare is not None:
+        prepare(folder)
+    monkeypatch.chdir(folder.parent)
+    before = tree(folder)
+    arguments = command.split()
+    if arguments[0] == "segment":
+        arguments += ["--model", model]
+    elif arguments[0] == "train":
+        arguments += ["--steps", "1", "--base-channels", "4", "--depth", "2"]
+    code, lines = run_main(monkeypatch, capsys, *arguments)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and match in lines[0], lines
+    assert tree(folder) == before, "nothing written, nothing lost"
+
+
+def test_a_folder_run_refuses_an_image_whose_mask_place_is_taken(
+    tmp_path, model, monkeypatch, capsys
+):
+    (tmp_path / "images").mkdir()
+    write_png(tmp_path / "images" / "a.png")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "a.zarr").write_text("precious")
+    before = tree(tmp_path)
+    code, lines = run_main(
+        monkeypatch, capsys, "segment", str(tmp_path / "images"), str(tmp_path / "masks"),
+        "--model", model, "--overwrite",
+    )  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "not a mask written by unet segment" in lines[0]
+    assert tree(tmp_path) == before
+
+
+def test_an_object_store_output_of_other_files_is_refused_not_deleted(tmp_path, model):
+    import fsspec
+
+    from unet.errors import OutputExists
+    from unet.runs import segment
+
+    write_image(tmp_path / "in.zarr", (16, 16), (8, 8))
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/round3/out/notes.txt", b"precious")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExists, match="not a mask written by unet segment"):
+            segment(
+                str(tmp_path / "in.zarr"), "memory://round3/out", model=model, overwrite=overwrite
+            )
+        assert memory.cat("/round3/out/notes.txt") == b"precious"
+    memory.rm("/round3", recursive=True)
+
+
+def test_overwrite_replaces_the_projects_own_outputs(tmp_path, model, client, monkeypatch, capsys):
+    from unet.io.ingest import ingest
+    from unet.runs import segment
+
+    write_png(tmp_path / "img.png")
+    ingest(tmp_path / "img.png", tmp_path / "in.zarr", progress=False)
+    ingest(tmp_path / "img.png", tmp_path / "in.zarr", overwrite=True, progress=False)
+    (tmp_path / "m.zarr").mkdir()  # an empty folder: nothing to lose
+    parameters = {"model": model, "device": "cpu", "overwrite": True, "instances": True}
+    for _ in range(2):  # the second run replaces the first one's mask, instances and preview
+        segment(str(tmp_path / "in.zarr"), str(tmp_path / "m.zarr"), client=client, **parameters)
+    state = zarr.open_group(str(tmp_path / "m.zarr"), mode="r").attrs["unet"]
+    assert state["complete"] and state["instances"]["objects"] >= 0
+    code, lines = run_main(
+        monkeypatch, capsys, "export", str(tmp_path / "m.zarr"), str(tmp_path / "m.tif")
+    )
+    assert code == 0, lines
+    code, lines = run_main(
+        monkeypatch, capsys, "export", str(tmp_path / "m.zarr"), str(tmp_path / "m.tif"),
+        "--overwrite",
+    )  # fmt: skip
+    assert code == 0, lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "img.png", "in.zarr", "m-instances.zarr", "m-objects.parquet", "m.preview.png", "m.tif",
+        "m.zarr",
+    ]  # fmt: skip
