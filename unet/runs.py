@@ -2,7 +2,8 @@
 
 The recipe per image is: check that no output would replace an input or something unet did not
 write (:func:`check_job`), ingest (a TIFF, SVS, PNG or JPEG file becomes OME-Zarr in
-``<output folder>/_ingested/``), skip it when its mask is complete with the same fingerprint,
+``<output folder>/_ingested/``, again whenever the file changed), skip it when its mask is
+complete with the same fingerprint,
 segment it on Dask, and write ``<name>.preview.png`` beside the mask. One Dask cluster serves
 every image of a run, started at the first image that needs computing; several images of a folder
 are in flight at once (:data:`IMAGES_IN_FLIGHT`); one failing image does not stop the others, and
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from unet.config import SegmentParameters, validated
 from unet.engine.report import SegmentReport
-from unet.errors import InvalidParameter, UNetError, UnsupportedInput
-from unet.io.folder import INGEST_SUFFIXES, INGESTED_DIR, is_zarr_store, list_images
+from unet.errors import FingerprintMismatch, InvalidParameter, UNetError, UnsupportedInput
+from unet.io.folder import INGEST_SUFFIXES, ingested_location, is_zarr_store, list_images
 
 if TYPE_CHECKING:
     from unet.engine.plan import RunPlan
@@ -92,11 +93,10 @@ def is_folder(input: str) -> bool:
 
 
 def image_job(input: str, output: str) -> ImageJob:
-    """The job of a single image; a local TIFF/PNG/JPEG is ingested next to the output."""
+    """The job of a single image; a local TIFF/PNG/JPEG is ingested next to the output
+    (:func:`unet.io.folder.ingested_location`)."""
     if "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES:
-        name = Path(input).stem
-        target = _join(_parent(output), INGESTED_DIR, f"{name}.zarr")
-        return ImageJob(input, target, output, needs_ingest=True)
+        return ImageJob(input, ingested_location(output), output, needs_ingest=True)
     return ImageJob(input, input, output, needs_ingest=False)
 
 
@@ -133,8 +133,14 @@ def folder_jobs(input: str, output: str) -> list[ImageJob]:
 
 
 def needs_ingest(job: ImageJob, parameters: SegmentParameters) -> bool:
-    """Whether ``job``'s image file must be (re)ingested: no Zarr copy yet, or ``overwrite``."""
-    return job.needs_ingest and (parameters.overwrite or not is_zarr(job.zarr_input))
+    """Whether ``job``'s image file must be (re)ingested: with ``overwrite``, or when no copy of
+    the file as it is now exists (none yet, or one of another file or of the file before it
+    changed: :func:`unet.io.ingest.is_current_copy`)."""
+    from unet.io.ingest import is_current_copy
+
+    return job.needs_ingest and (
+        parameters.overwrite or not is_current_copy(job.zarr_input, job.source)
+    )
 
 
 def check_job(job: ImageJob, parameters: SegmentParameters) -> None:
@@ -146,8 +152,11 @@ def check_job(job: ImageJob, parameters: SegmentParameters) -> None:
     ------
     InvalidParameter: an output is an input, holds one or lies inside one
     OutputExists: something is at an output's place that unet did not write there
+    FingerprintMismatch: the image file changed (or its copy is gone) since its existing mask
+        was made from its copy, without ``overwrite``
     """
     from unet.engine.instances.location import instances_location, objects_location
+    from unet.io.locations import location_exists
     from unet.io.replace import check_apart, check_replaceable
     from unet.results.preview import preview_path
 
@@ -169,6 +178,14 @@ def check_job(job: ImageJob, parameters: SegmentParameters) -> None:
         check_apart(objects, inputs, what="object table")
         check_replaceable(instances, "instances", what="instance image")
         check_replaceable(objects, "parquet", what="object table")
+    if needs_ingest(job, parameters) and not parameters.overwrite and location_exists(job.output):
+        # Its copy would be made anew, and the mask no longer fits it: say so before the copy
+        # it was made from is replaced.
+        raise FingerprintMismatch(
+            f"{job.output} was segmented from a copy of {job.source} that is missing or out of "
+            f"date (the file changed, or {job.zarr_input} is gone or of another file): rerun "
+            "with --overwrite to ingest and segment it again"
+        )
 
 
 @dataclass(frozen=True)
@@ -394,23 +411,3 @@ def collect_reports(
         listed = "; ".join(f"{Path(job.source).name}: {error}" for job, error in failures)
         raise UNetError(f"{len(failures)} of {len(jobs)} images failed: {listed}")
     return [o for o in outcomes if isinstance(o, SegmentReport)]
-
-
-def is_zarr(location: str) -> bool:
-    """Whether a Zarr v3 group or array is at ``location`` (path or URL)."""
-    if "://" not in location:
-        return is_zarr_store(Path(location))
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(location)
-    return fs.exists(f"{path.rstrip('/')}/zarr.json")
-
-
-def _parent(location: str) -> str:
-    if "://" in location:
-        return location.rstrip("/").rsplit("/", 1)[0]
-    return str(Path(location).parent)
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else str(Path(base, *parts))

@@ -260,3 +260,99 @@ def test_overwrite_replaces_the_projects_own_outputs(tmp_path, model, client, mo
         "img.png", "in.zarr", "m-instances.zarr", "m-objects.parquet", "m.preview.png", "m.tif",
         "m.zarr",
     ]  # fmt: skip
+
+
+def mask_of(output: Path) -> np.ndarray:
+    return zarr.open_group(str(output), mode="r")["0"][...]
+
+
+def expected_mask(model: str, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from testdata import reference_mask
+
+    return reference_mask(model, pixels[None].astype(np.float32), 44)
+
+
+def test_two_files_of_one_name_get_their_own_copies_and_masks(tmp_path, model, client):
+    from testdata import assert_same_mask
+
+    from unet.runs import segment
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pixels_a = write_png(tmp_path / "a" / "img.png", seed=1)
+    pixels_b = write_png(tmp_path / "b" / "img.png", seed=2)
+    out = tmp_path / "out"
+    for folder, name in (("a", "m1"), ("b", "m2")):
+        segment(str(tmp_path / folder / "img.png"), str(out / f"{name}.zarr"), model=model,
+                device="cpu", client=client)  # fmt: skip
+    assert_same_mask(mask_of(out / "m1.zarr"), *expected_mask(model, pixels_a))
+    assert_same_mask(mask_of(out / "m2.zarr"), *expected_mask(model, pixels_b))
+    assert sorted(p.name for p in (out / "_ingested").iterdir()) == ["m1.zarr", "m2.zarr"]
+
+
+def test_a_changed_image_file_is_ingested_again_and_its_old_mask_refused(
+    tmp_path, model, client, monkeypatch, capsys
+):
+    import os
+
+    from testdata import assert_same_mask
+
+    from unet.runs import segment
+
+    source, out = tmp_path / "img.png", tmp_path / "m.zarr"
+    write_png(source, seed=1)
+    segment(str(source), str(out), model=model, device="cpu", client=client)
+    first = mask_of(out)
+    changed = write_png(source, seed=2)
+    status = source.stat()
+    os.utime(source, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))  # surely newer
+    before = tree(tmp_path)
+    code, lines = run_main(monkeypatch, capsys, "segment", str(source), str(out), "--model", model)
+    assert code == 2 and len(lines) == 1 and "out of date" in lines[0] and "--overwrite" in lines[0]
+    assert tree(tmp_path) == before, "the mask and the copy it was made from are kept"
+    segment(str(source), str(out), model=model, device="cpu", overwrite=True, client=client)
+    assert_same_mask(mask_of(out), *expected_mask(model, changed))
+    assert not np.array_equal(mask_of(out), first)
+
+
+def test_an_ingested_copy_is_tied_to_its_file(tmp_path):
+    import os
+
+    from unet.io.ingest import ingest, is_current_copy
+
+    write_png(tmp_path / "a.png", seed=1)
+    write_png(tmp_path / "b.png", seed=1)  # the same pixels, another file
+    ingest(tmp_path / "a.png", tmp_path / "a.zarr", progress=False)
+    assert is_current_copy(str(tmp_path / "a.zarr"), tmp_path / "a.png")
+    assert not is_current_copy(str(tmp_path / "a.zarr"), tmp_path / "b.png")
+    assert not is_current_copy(str(tmp_path / "missing.zarr"), tmp_path / "a.png")
+    os.utime(tmp_path / "a.png", ns=(0, 10**9))  # touched: its copy may be out of date
+    assert not is_current_copy(str(tmp_path / "a.zarr"), tmp_path / "a.png")
+    group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r+")
+    group.attrs["unet"] = {}  # a copy from before images recorded their file: redone
+    assert not is_current_copy(str(tmp_path / "a.zarr"), tmp_path / "a.png")
+
+
+def test_a_training_state_is_not_resumed_once_the_annotations_changed(tmp_path):
+    """The state's fingerprint (what must match to resume) changes with an annotation corrected
+    in place, same name and shape; a reload of unchanged data keeps it."""
+    import tifffile
+
+    from unet.training.config import TrainParameters
+    from unet.training.data import load_dataset
+    from unet.training.synthetic import write_nuclei_dataset
+    from unet.training.train import _fingerprint
+
+    data = write_nuclei_dataset(tmp_path / "data", count=2, size=32, seed=0)
+    config = TrainParameters(base_channels=4, depth=2, tile_size=60)
+    before = _fingerprint(config, load_dataset(data), None)
+    assert _fingerprint(config, load_dataset(data), None) == before
+    mask = sorted((Path(data) / "masks").iterdir())[0]
+    corrected = tifffile.imread(mask)
+    corrected[corrected == corrected.max()] = 0  # an object's annotation removed
+    tifffile.imwrite(mask, corrected)
+    after = _fingerprint(config, load_dataset(data), None)
+    assert after["data"] != before["data"]
+    assert {k: v for k, v in after.items() if k != "data"} == {
+        k: v for k, v in before.items() if k != "data"
+    }

@@ -112,7 +112,8 @@ def ingest(
     micrometres where the resolution tags or the SVS description give one.
 
     The image group records the file it was made from (``{"unet": {"ingested": {"path",
-    "size", "modified_ns"}}}``, :func:`source_record`): what ``--overwrite`` may replace.
+    "size", "modified_ns"}}}``, :func:`source_record`), so that a copy is known to be stale
+    once the file changes (:func:`is_current_copy`).
 
     Raises
     ------
@@ -182,6 +183,29 @@ def source_record(path: str | os.PathLike[str]) -> dict[str, object]:
     real = os.path.realpath(path)
     status = os.stat(real)
     return {"path": real, "size": status.st_size, "modified_ns": status.st_mtime_ns}
+
+
+def recorded_source(location: str) -> dict[str, object] | None:
+    """The :func:`source_record` an image ingested at ``location`` carries; None when there is
+    no such image or it was ingested before images recorded their source."""
+    import zarr
+
+    try:
+        state = zarr.open_group(store=location, mode="r").attrs.get(ATTRIBUTE)
+    except (FileNotFoundError, OSError, ValueError, zarr.errors.NodeTypeValidationError):
+        return None
+    record = state.get(INGESTED) if isinstance(state, dict) else None
+    return dict(record) if isinstance(record, dict) else None
+
+
+def is_current_copy(location: str, source: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` holds an image ingested from ``source`` as it is now (same real path,
+    size and modification time)."""
+    recorded = recorded_source(location)
+    try:
+        return recorded is not None and recorded == source_record(source)
+    except OSError:
+        return False
 
 
 def _copy(

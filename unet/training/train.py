@@ -360,10 +360,28 @@ def _fingerprint(
 
     document = {
         **config.recorded(),
-        "data": [[item.name, *item.shape] for item in dataset],
+        "data": [[item.name, *item.shape, _content(item)] for item in dataset],
         "init_digest": initial.digest if initial is not None else None,
     }
     return json.loads(json.dumps(document))
+
+
+def _content(item: TrainingItem) -> str:
+    """What changes when an item's pixels or annotations change, so that a state saved before a
+    correction is not resumed with the corrected data: the SHA-256 of an image and its classes
+    read whole; for a slide, the change markers of its image and mask stores and its annotated
+    pixels per class (its pixels are never read whole)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if isinstance(item, LabelledImage):
+        for array in (item.image, item.classes):
+            digest.update(str((array.dtype, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).data)
+    else:
+        marker = [item.image.identity(), item.mask.identity(), item.class_counts.tolist()]
+        digest.update(repr(marker).encode())
+    return digest.hexdigest()
 
 
 def _validation_set(
