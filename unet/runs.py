@@ -393,8 +393,10 @@ class _Cluster:
 
 def write_preview(input: str, output: str, parameters: SegmentParameters) -> str:
     """Write ``<name>.preview.png`` beside the mask at ``output``; return its path."""
+    from unet.io.complete import check_finished
     from unet.results.preview import preview_path, render_preview, write_bytes
 
+    check_finished(output, reader="preview it")
     path = preview_path(output, image=input if parameters.labels else None)
     write_bytes(path, render_preview(input, output, channels_last=parameters.channels_last))
     return path

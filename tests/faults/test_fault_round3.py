@@ -15,6 +15,8 @@ import pytest
 import zarr
 from testdata import write_checkpoint, write_image
 
+from unet.config import SegmentParameters
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
@@ -356,3 +358,86 @@ def test_a_training_state_is_not_resumed_once_the_annotations_changed(tmp_path):
     assert {k: v for k, v in after.items() if k != "data"} == {
         k: v for k, v in before.items() if k != "data"
     }
+
+
+def unfinish(mask: Path) -> None:
+    """Make a finished mask look as a run killed midway leaves it: not complete, a chunk lost."""
+    group = zarr.open_group(str(mask), mode="r+")
+    group.attrs["unet"] = {**group.attrs["unet"], "complete": False}
+    next(path for path in (mask / "0" / "c").rglob("*") if path.is_file()).unlink()
+
+
+@pytest.fixture
+def unfinished(tmp_path, model, client) -> tuple[Path, Path]:
+    """An unfinished mask ``m.zarr`` of ``img.png`` (4 chunks) and the image's ground truth."""
+    from unet.runs import segment
+
+    write_png(tmp_path / "img.png", shape=(32, 32))
+    write_png(tmp_path / "truth.png", shape=(32, 32), seed=5)
+    write_image(tmp_path / "in.zarr", (32, 32), (16, 16))
+    segment(str(tmp_path / "in.zarr"), str(tmp_path / "m.zarr"), model=model, device="cpu",
+            client=client)  # fmt: skip
+    unfinish(tmp_path / "m.zarr")
+    return tmp_path / "m.zarr", tmp_path / "truth.png"
+
+
+def test_evaluate_refuses_an_unfinished_mask(unfinished, monkeypatch, capsys):
+    mask, truth = unfinished
+    code, lines = run_main(monkeypatch, capsys, "evaluate", str(mask), str(truth))
+    assert code == 2 and len(lines) == 1 and "unfinished unet segment run" in lines[0], lines
+    code, lines = run_main(monkeypatch, capsys, "evaluate", str(truth), str(mask))
+    assert code == 2 and "unfinished" in lines[0], "ground truth is a mask too"
+
+
+def test_every_other_reader_refuses_an_unfinished_mask(unfinished, tmp_path):
+    from unet.errors import InvalidImage
+    from unet.results.export import export
+    from unet.runs import write_preview
+    from unet.training.data import load_dataset
+
+    mask, _ = unfinished
+    (tmp_path / "m.preview.png").unlink()  # the finished run's
+    for level in ("", "/0"):  # the store, or its level-0 array
+        with pytest.raises(InvalidImage, match="unfinished"):
+            export(f"{mask}{level}", tmp_path / "m.tif")
+    with pytest.raises(InvalidImage, match="unfinished"):
+        write_preview(str(tmp_path / "in.zarr"), str(mask), SegmentParameters(model="nuclei"))
+    assert not (tmp_path / "m.tif").exists() and not (tmp_path / "m.preview.png").exists()
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    write_png(data / "images" / "m.png", shape=(32, 32))
+    mask.rename(data / "masks" / "m.zarr")
+    with pytest.raises(InvalidImage, match="unfinished"):
+        load_dataset(data)
+
+
+def test_training_refuses_an_unfinished_label_image_inside_a_slide(tmp_path, model, client):
+    from unet.errors import InvalidImage
+    from unet.io.ingest import ingest
+    from unet.runs import segment
+    from unet.training.data import load_dataset
+
+    write_png(tmp_path / "img.png", shape=(32, 32))
+    ingest(tmp_path / "img.png", tmp_path / "slide.zarr", chunks=(16, 16), progress=False)
+    segment(str(tmp_path / "slide.zarr"), labels="cells", model=model, device="cpu",
+            client=client)  # fmt: skip
+    assert load_dataset(tmp_path / "slide.zarr", label_name="cells")
+    unfinish(tmp_path / "slide.zarr" / "labels" / "cells")
+    with pytest.raises(InvalidImage, match="unfinished"):
+        load_dataset(tmp_path / "slide.zarr", label_name="cells")
+
+
+def test_an_instance_image_its_mask_does_not_record_is_refused(tmp_path, model, client):
+    from unet.errors import InvalidImage
+    from unet.io.files import read_labels
+    from unet.runs import segment
+
+    write_image(tmp_path / "in.zarr", (32, 32), (16, 16))
+    segment(str(tmp_path / "in.zarr"), str(tmp_path / "m.zarr"), model=model, device="cpu",
+            instances=True, client=client)  # fmt: skip
+    assert read_labels(tmp_path / "m-instances.zarr").shape == (32, 32)
+    group = zarr.open_group(str(tmp_path / "m.zarr"), mode="r+")
+    group.attrs["unet"] = {k: v for k, v in group.attrs["unet"].items() if k != "instances"}
+    with pytest.raises(InvalidImage, match="does not record as finished"):
+        read_labels(tmp_path / "m-instances.zarr")

@@ -41,7 +41,8 @@ def read_array(path: str | os.PathLike[str]) -> np.ndarray:
     TIFF axes come from the file (samples-per-pixel such as RGB move to the front); PNG colour
     is (Y, X, C) and moves likewise, palette PNGs give their indices; Zarr arrays are (Y, X) or
     (C, Y, X) and an OME-Zarr group is read at level ``"0"``. Leading axes of length 1 (t, z)
-    are dropped.
+    are dropped. A mask of an unfinished ``unet segment`` run is refused
+    (:func:`unet.io.complete.check_finished`).
     """
     path = Path(path)
     if not path.exists():
@@ -101,6 +102,9 @@ def _read_png(path: Path) -> np.ndarray:
 def _read_zarr(path: Path) -> np.ndarray:
     import zarr
 
+    from unet.io.complete import check_finished
+
+    check_finished(str(path), reader="use it")
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as error:  # zarr raises several types for a directory that is no store

@@ -57,3 +57,21 @@ def remove_location(location: str) -> None:
     filesystem, path = fsspec.core.url_to_fs(location)
     if filesystem.exists(path):
         filesystem.rm(path, recursive=True)
+
+
+def read_json(location: str) -> object:
+    """The JSON document at a resolved path or URL (a ``zarr.json``); None when it is absent or
+    not JSON."""
+    import json
+
+    try:
+        if is_url(location):
+            import fsspec
+
+            with fsspec.open(location, "rb") as handle:
+                text = handle.read()
+        else:
+            text = Path(location).read_bytes()
+        return json.loads(text)
+    except (OSError, ValueError):
+        return None

@@ -16,14 +16,19 @@ folder runs of the flows) asks here before it replaces or deletes anything, with
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from unet.errors import InvalidParameter, OutputExists
-from unet.io.locations import is_url, location_exists, real_location, resolve_location
+from unet.io.locations import (
+    is_url,
+    location_exists,
+    read_json,
+    real_location,
+    resolve_location,
+)
 
 #: The kinds of things outputs are: Zarr stores this project writes, and file formats.
 Kind = Literal[
@@ -138,7 +143,7 @@ def _is_own_store(location: str, kind: Kind) -> bool:
             return _head(location, 1) == b""  # an empty file: nothing to lose
         if not os.listdir(location):
             return True  # an empty folder: nothing to lose
-    group = _read_json(f"{location.rstrip('/')}/zarr.json")
+    group = read_json(f"{location.rstrip('/')}/zarr.json")
     if not isinstance(group, dict):
         return False
     attributes = group.get("attributes")
@@ -151,7 +156,7 @@ def _is_own_store(location: str, kind: Kind) -> bool:
     if "ingested" in state:
         return True
     # Images ingested before the group recorded its source: level 0 says every chunk is stored.
-    level0 = _read_json(f"{location.rstrip('/')}/0/zarr.json")
+    level0 = read_json(f"{location.rstrip('/')}/0/zarr.json")
     level_attributes = level0.get("attributes") if isinstance(level0, dict) else None
     level_state = level_attributes.get(ATTRIBUTE) if isinstance(level_attributes, dict) else None
     return isinstance(level_state, dict) and level_state.get("every_chunk_stored") is True
@@ -198,21 +203,6 @@ def _head(location: str, size: int) -> bytes | None:
         with filesystem.open(path, "rb") as handle:
             return handle.read(size)
     except OSError:
-        return None
-
-
-def _read_json(location: str) -> object:
-    """The JSON document at ``location`` (path or URL); None when absent or not JSON."""
-    try:
-        if is_url(location):
-            import fsspec
-
-            with fsspec.open(location, "rb") as handle:
-                text = handle.read()
-        else:
-            text = Path(location).read_bytes()
-        return json.loads(text)
-    except (OSError, ValueError):
         return None
 
 

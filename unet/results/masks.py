@@ -47,7 +47,7 @@ def open_mask(url: str | os.PathLike[str]) -> LabelMask:
     """
     import zarr
 
-    from unet.engine.ledger import ATTRIBUTE
+    from unet.io.complete import check_finished
     from unet.io.geo import read_georeference
     from unet.io.source import open_image
 
@@ -60,12 +60,7 @@ def open_mask(url: str | os.PathLike[str]) -> LabelMask:
     attributes: dict[str, Any] = {}
     if source.array_path:
         attributes = zarr.open_group(store=source.url, mode="r").attrs.asdict()
-    run = attributes.get(ATTRIBUTE)
-    if isinstance(run, dict) and not run.get("complete", True):
-        raise InvalidImage(
-            f"{source.url} is an unfinished unet segment run: rerun the same segment command "
-            "to finish it, then export"
-        )
+    check_finished(source.url, reader="export")
     image_label = attributes.get("ome", {}).get("image-label", {})
     names = {
         int(item["label-value"]): str(item["class"])
