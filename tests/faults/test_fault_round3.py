@@ -441,3 +441,97 @@ def test_an_instance_image_its_mask_does_not_record_is_refused(tmp_path, model, 
     group.attrs["unet"] = {k: v for k, v in group.attrs["unet"].items() if k != "instances"}
     with pytest.raises(InvalidImage, match="does not record as finished"):
         read_labels(tmp_path / "m-instances.zarr")
+
+
+def write_ome04(path: Path, levels: list[np.ndarray], axes: list, **multiscale) -> None:
+    """An NGFF 0.4 image on Zarr v2: one array per level, listed in the given order."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    datasets = []
+    for index, level in enumerate(levels):
+        group.create_array(str(index), shape=level.shape, dtype=level.dtype, chunks=(16, 16))
+        group[str(index)][...] = level
+        datasets.append({"path": str(index)})
+    group.attrs["multiscales"] = [
+        {"version": "0.4", "axes": axes, "datasets": datasets, **multiscale}
+    ]
+
+
+XY = [{"name": "x", "type": "space"}, {"name": "y", "type": "space"}]
+
+
+def test_axes_stored_x_before_y_are_read_by_name(tmp_path, model, client, monkeypatch, capsys):
+    from testdata import assert_same_mask
+
+    from unet.io.files import read_labels
+    from unet.io.source import open_image
+    from unet.runs import segment
+
+    pixels = np.random.default_rng(3).integers(0, 255, (24, 40), dtype=np.uint8)  # 24 high
+    write_ome04(tmp_path / "xy.zarr", [np.ascontiguousarray(pixels.T)], XY)  # stored (x, y)
+    source = open_image(tmp_path / "xy.zarr")
+    assert source.shape == (1, 24, 40) and source.chunks == (16, 16)
+    assert np.array_equal(source.read(slice(0, 24), slice(0, 40))[0], pixels)
+    assert np.array_equal(read_labels(tmp_path / "xy.zarr"), pixels), "evaluate reads by name"
+    segment(str(tmp_path / "xy.zarr"), str(tmp_path / "m.zarr"), model=model, device="cpu",
+            client=client)  # fmt: skip
+    mask = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["0"]
+    assert mask.shape == (24, 40) and mask.metadata.dimension_names == ("y", "x")
+    assert_same_mask(mask[...], *expected_mask(model, pixels))
+    before = tree(tmp_path / "xy.zarr")
+    code, lines = run_main(
+        monkeypatch, capsys, "segment", str(tmp_path / "xy.zarr"), "--labels", "cells",
+        "--model", model,
+    )  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "x before y" in lines[0], lines
+    assert tree(tmp_path / "xy.zarr") == before
+
+
+@pytest.mark.parametrize("order", [[1, 0], [1, 2, 0]], ids=["smallest-first", "level-0-smaller"])
+def test_the_largest_level_is_segmented_whatever_order_the_metadata_lists(
+    tmp_path, model, client, order
+):
+    from unet.io.source import open_image
+    from unet.runs import segment
+
+    full = np.random.default_rng(4).integers(0, 255, (32, 32), dtype=np.uint8)
+    pyramid = [full, full[::2, ::2], full[::4, ::4]][: len(order)]
+    yx = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    write_ome04(tmp_path / "in.zarr", [pyramid[i] for i in order], yx)
+    source = open_image(tmp_path / "in.zarr")
+    assert source.shape == (1, 32, 32) and source.array_path == str(order.index(0))
+    if len(order) == 3:  # the pyramid's smallest level, wherever it is listed
+        low, factor = source.low_resolution(max_side=8)
+        assert factor == 4 and np.array_equal(low[0], full[::4, ::4])
+    report = segment(str(tmp_path / "in.zarr"), str(tmp_path / "m.zarr"), model=model,
+                     device="cpu", client=client)  # fmt: skip
+    assert report.shape == (1, 32, 32)
+    assert zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["0"].shape == (32, 32)
+
+
+HOSTILE_OME = {
+    "scale-strings": {"coordinateTransformations": [{"type": "scale", "scale": ["a", "b"]}]},
+    "scale-zero": {"coordinateTransformations": [{"type": "scale", "scale": [0, 1]}]},
+    "axes-without-name": {"axes": [{"type": "space"}, {"type": "space"}]},
+    "axes-twice": {"axes": ["y", "y"]},
+    "multiscales-dict": "dict",
+    "dataset-path-number": "path",
+}
+
+
+@pytest.mark.parametrize("damage", HOSTILE_OME.values(), ids=HOSTILE_OME)
+def test_hostile_ome_metadata_is_one_line(tmp_path, model, monkeypatch, capsys, damage):
+    pixels = np.zeros((16, 16), np.uint8)
+    write_ome04(tmp_path / "in.zarr", [pixels], ["y", "x"])
+    group = zarr.open_group(str(tmp_path / "in.zarr"), mode="r+", zarr_format=2)
+    multiscale = dict(group.attrs["multiscales"][0])
+    if damage == "dict":
+        group.attrs["multiscales"] = multiscale
+    elif damage == "path":
+        group.attrs["multiscales"] = [{**multiscale, "datasets": [{"path": 0}]}]
+    else:
+        group.attrs["multiscales"] = [{**multiscale, **damage}]
+    before = tree(tmp_path)
+    code, lines = run_main(monkeypatch, capsys, "segment", str(tmp_path / "in.zarr"),
+                           str(tmp_path / "m.zarr"), "--model", model)  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "fix its" in lines[0], lines
+    assert tree(tmp_path) == before

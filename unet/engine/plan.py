@@ -164,6 +164,12 @@ def _check_holds_labels(input: str, source: ImageSource) -> None:
             "(a plain array, or a collection of images): give the image group itself "
             "(e.g. IMAGE.zarr/0 of a bioformats2raw store), or OUTPUT instead"
         )
+    if source.axes.index("x") < source.axes.index("y"):
+        # Its label images would have to store x before y too; masks are written (y, x).
+        raise UnsupportedInput(
+            f"{input} stores its axes {source.axes} with x before y, and --labels writes a "
+            "(y, x) mask into it: give OUTPUT instead (a mask of its own, axes named y, x)"
+        )
 
 
 def _check_outputs(

@@ -100,17 +100,31 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def _read_zarr(path: Path) -> np.ndarray:
+    """(C, Y, X) of an OME-Zarr image (its largest level, axes by name) or of an array whose
+    dimension names name y and x; other arrays (and groups with a level ``"0"`` but no OME
+    metadata) as stored."""
     import zarr
 
+    from unet.io.axes import COLUMNS, ROWS, array_axes, select_region
     from unet.io.complete import check_finished
+    from unet.io.source import open_image
 
     check_finished(str(path), reader="use it")
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as error:  # zarr raises several types for a directory that is no store
         raise UnsupportedInput(f"{path} is not a readable Zarr store ({error})") from None
+    attributes = node.attrs.asdict()
+    if isinstance(node, zarr.Group) and "multiscales" in attributes.get("ome", attributes):
+        source = open_image(str(path))
+        return source.read(slice(None), slice(None))
     if isinstance(node, zarr.Group):
         if "0" not in node:
             raise UnsupportedInput(f"{path} is a Zarr group without a level '0' array")
         node = node["0"]
+    names = [str(name).lower() for name in getattr(node.metadata, "dimension_names", None) or []]
+    if ROWS in names and COLUMNS in names:
+        axes = array_axes(str(path), node, channels_last=False)
+        shape = dict(zip(axes, node.shape, strict=True))
+        return select_region(node, axes, slice(0, shape[ROWS]), slice(0, shape[COLUMNS]))
     return np.asarray(node[...])
