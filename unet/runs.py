@@ -255,6 +255,8 @@ def run_jobs(
     """
     planned = {(plan.input, plan.output): plan for plan in plans}
     stopping = threading.Event()
+    # One image's error is raised to the caller, who says it: logged, it would be said twice.
+    failures = _FailureLog(logger, shown=SHOWN_FAILURES if len(jobs) > 1 else 0)
     with _Cluster(client, parameters) as cluster:
         run = functools.partial(
             _run_job,
@@ -265,10 +267,46 @@ def run_jobs(
             logger=logger,
             planned=planned,
             stopping=stopping,
+            failures=failures,
         )
         if images_in_flight <= 1 or len(jobs) <= 1:
-            return [run(job) for job in jobs]
-        return _concurrently(run, jobs, images_in_flight, stopping)
+            outcomes = [run(job) for job in jobs]
+        else:
+            outcomes = _concurrently(run, jobs, images_in_flight, stopping)
+    failures.finish()
+    return outcomes
+
+
+#: Failed images a run names in its log and its error; the others are counted, and listed in
+#: ``OUTPUT/_failures.json`` (:func:`collect_reports`).
+SHOWN_FAILURES = 3
+#: Where a folder run lists every image that failed, beside the masks.
+FAILURES_FILE = "_failures.json"
+
+
+class _FailureLog:
+    """Logs the first ``shown`` failures of a run as they happen, then counts the others: a
+    folder of 2,000 bad files gives a few lines, not 2,000."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, shown: int) -> None:
+        self._logger, self._shown, self._count = logger, shown, 0
+        self._lock = threading.Lock()
+
+    def log(self, job: ImageJob, error: Exception) -> None:
+        with self._lock:
+            self._count += 1
+            if self._count <= self._shown:
+                self._logger.error("%s failed: %s", job.source, _short(error))
+
+    def finish(self) -> None:
+        if self._shown and self._count > self._shown:
+            self._logger.error("%d more images failed", self._count - self._shown)
+
+
+def _short(error: Exception, limit: int = 300) -> str:
+    """The error on one line, at most ``limit`` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _concurrently(
@@ -304,6 +342,7 @@ def _run_job(
     logger: logging.Logger | logging.LoggerAdapter,
     planned: dict[tuple[str, str], RunPlan],
     stopping: threading.Event,
+    failures: _FailureLog,
 ) -> SegmentReport | Exception:
     """One image's steps: its report, or the error that stopped it (logged, unless the run is
     stopping: then the cluster closing under it is the cause, not news)."""
@@ -322,7 +361,7 @@ def _run_job(
         report = steps.segment(job, parameters, cluster.client(), callback, plan)
     except Exception as error:  # one image's failure, whatever it is, stops no other
         if not stopping.is_set():
-            logger.error("%s failed: %s", job.source, error)
+            failures.log(job, error)
         return error
     try:
         steps.finish(job, parameters)
@@ -405,11 +444,58 @@ def write_preview(input: str, output: str, parameters: SegmentParameters) -> str
 def collect_reports(
     jobs: list[ImageJob], outcomes: list[SegmentReport | Exception]
 ) -> list[SegmentReport]:
-    """The reports, or the failure: the error itself when one image failed, else a summary."""
+    """The reports, or the failure: the error itself when one image failed, else one line
+    naming the first :data:`SHOWN_FAILURES` and counting the others. A folder run lists every
+    failure in ``OUTPUT/_failures.json`` (``[{"image", "error"}]``), and removes that list once
+    a run has none to list."""
     failures = [(job, o) for job, o in zip(jobs, outcomes, strict=True) if isinstance(o, Exception)]
+    listing = _failures_file(jobs)
     if len(failures) == 1:
+        _list_failures(listing, [])
         raise failures[0][1]
-    if failures:
-        listed = "; ".join(f"{Path(job.source).name}: {error}" for job, error in failures)
-        raise UNetError(f"{len(failures)} of {len(jobs)} images failed: {listed}")
-    return [o for o in outcomes if isinstance(o, SegmentReport)]
+    if not failures:
+        _list_failures(listing, [])
+        return [o for o in outcomes if isinstance(o, SegmentReport)]
+    shown = "; ".join(
+        f"{Path(job.source).name}: {_short(error, 200)}" for job, error in failures[:SHOWN_FAILURES]
+    )
+    rest = len(failures) - SHOWN_FAILURES
+    more = ""
+    if rest > 0:
+        written = _list_failures(listing, failures)
+        more = f"; and {rest:,} more" + (f" (every one in {written})" if written else "")
+    else:
+        _list_failures(listing, [])
+    raise UNetError(f"{len(failures):,} of {len(jobs):,} images failed: {shown}{more}")
+
+
+def _failures_file(jobs: list[ImageJob]) -> Path | None:
+    """``OUTPUT/_failures.json`` of a local folder run (its masks' common folder), else None."""
+    folders = {str(Path(job.output).parent) for job in jobs}
+    if len(jobs) < 2 or len(folders) != 1 or any("://" in job.output for job in jobs):
+        return None
+    return Path(folders.pop()) / FAILURES_FILE
+
+
+def _list_failures(path: Path | None, failures: list[tuple[ImageJob, Exception]]) -> str | None:
+    """Write ``failures`` to ``path`` (or remove a list of an earlier run when there are none);
+    the path written, or None. Only a JSON file there is replaced (:mod:`unet.io.replace`), and
+    a list that cannot be written costs the run nothing but the list."""
+    import json
+
+    from unet.io.replace import check_replaceable
+
+    if path is None:
+        return None
+    try:
+        exists = check_replaceable(path, "json", what="list of failed images")
+        if not failures:
+            if exists:
+                path.unlink()
+            return None
+        rows = [{"image": job.source, "error": " ".join(str(e).split())} for job, e in failures]
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+    except (OSError, UNetError) as error:
+        log.warning("the failed images could not be listed in %s: %s", path, error)
+        return None
+    return str(path)

@@ -7,6 +7,8 @@ cases that segment use the module's one in-process Dask cluster.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import imagecodecs
@@ -43,9 +45,9 @@ def tree(root: Path) -> dict[str, tuple[int, bytes | None]]:
     return found
 
 
-def run_main(monkeypatch, capsys, *arguments: str) -> tuple[int, list[str]]:
-    """``unet ARGUMENTS`` in this process: (exit status, the lines on stderr but the untracked
-    run's note)."""
+def run_main(monkeypatch, capsys, *arguments: str, note: bool = False) -> tuple[int, list[str]]:
+    """``unet ARGUMENTS`` in this process: (exit status, the lines on stderr; the untracked
+    run's note only with ``note``)."""
     import sys
 
     from unet.cli import main
@@ -60,7 +62,7 @@ def run_main(monkeypatch, capsys, *arguments: str) -> tuple[int, list[str]]:
     lines = [
         line
         for line in capsys.readouterr().err.splitlines()
-        if line.strip() and not line.startswith("note: no Prefect server")
+        if line.strip() and (note or not line.startswith("note: no Prefect server"))
     ]
     return code, lines
 
@@ -237,6 +239,8 @@ def test_an_object_store_output_of_other_files_is_refused_not_deleted(tmp_path, 
 
 
 def test_overwrite_replaces_the_projects_own_outputs(tmp_path, model, client, monkeypatch, capsys):
+    import tifffile
+
     from unet.io.ingest import ingest
     from unet.runs import segment
 
@@ -249,10 +253,7 @@ def test_overwrite_replaces_the_projects_own_outputs(tmp_path, model, client, mo
         segment(str(tmp_path / "in.zarr"), str(tmp_path / "m.zarr"), client=client, **parameters)
     state = zarr.open_group(str(tmp_path / "m.zarr"), mode="r").attrs["unet"]
     assert state["complete"] and state["instances"]["objects"] >= 0
-    code, lines = run_main(
-        monkeypatch, capsys, "export", str(tmp_path / "m.zarr"), str(tmp_path / "m.tif")
-    )
-    assert code == 0, lines
+    tifffile.imwrite(tmp_path / "m.tif", np.zeros((2, 2), np.uint8))  # a TIFF: replaceable
     code, lines = run_main(
         monkeypatch, capsys, "export", str(tmp_path / "m.zarr"), str(tmp_path / "m.tif"),
         "--overwrite",
@@ -535,3 +536,225 @@ def test_hostile_ome_metadata_is_one_line(tmp_path, model, monkeypatch, capsys, 
                            str(tmp_path / "m.zarr"), "--model", model)  # fmt: skip
     assert code == 2 and len(lines) == 1 and "fix its" in lines[0], lines
     assert tree(tmp_path) == before
+
+
+# --- Minor: hangs, exit 1 instead of one line, strict pipelines.yaml, strict JSON, drowning ---
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_is_refused_not_read(tmp_path, model, client, monkeypatch, capsys):
+    import os
+
+    from flows.pipelines import load_pipelines
+    from unet.errors import ConfigError, UnsupportedInput
+    from unet.io.files import read_labels
+    from unet.runs import segment
+
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "a.png")
+    os.mkfifo(tmp_path / "in" / "x.png")  # nobody ever writes to it
+    with pytest.raises(UnsupportedInput, match="x.png is a FIFO"):
+        segment(str(tmp_path / "in"), str(tmp_path / "out"), model=model, device="cpu",
+                client=client)  # fmt: skip
+    assert zarr.open_group(str(tmp_path / "out" / "a.zarr"), mode="r").attrs["unet"]["complete"]
+    code, lines = run_main(monkeypatch, capsys, "ingest", str(tmp_path / "in" / "x.png"),
+                           str(tmp_path / "x.zarr"))  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "FIFO" in lines[0], lines
+    code, lines = run_main(monkeypatch, capsys, "segment", str(tmp_path / "in" / "x.png"),
+                           str(tmp_path / "x.zarr"), "--model", model)  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "FIFO" in lines[0], lines
+    with pytest.raises(UnsupportedInput, match="FIFO"):
+        read_labels(tmp_path / "in" / "x.png")  # unet evaluate, training data
+    os.mkfifo(tmp_path / "pipelines.yaml")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_pipelines(tmp_path / "pipelines.yaml")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def rewrite_header(source: str, target: Path, change) -> str:
+    """A copy of the checkpoint ``source`` whose unet header ``change(header)`` edited."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(source, framework="pt") as handle:
+        header = json.loads(handle.metadata()["unet"])
+    change(header)
+    save_file(load_file(source), str(target), metadata={"unet": json.dumps(header)})
+    return str(target)
+
+
+HOSTILE_HEADERS = {
+    "colours-strings": (lambda h: h.update(colours=["red", "green"]), "colours"),
+    "metadata-list": (lambda h: h.update(metadata=[1, 2]), "metadata must be an object"),
+    "base-channels-100000": (
+        lambda h: h["architecture"].update(base_channels=100000),
+        "GiB in fp32. where the file holds",
+    ),
+    "depth-string": (lambda h: h["architecture"].update(depth="4"), "not an integer"),
+    "architecture-list": (lambda h: h.update(architecture=[1]), "architecture must name"),
+}
+
+
+@pytest.mark.parametrize(("change", "match"), HOSTILE_HEADERS.values(), ids=HOSTILE_HEADERS)
+def test_hostile_checkpoint_headers_are_one_line_before_anything_is_allocated(
+    tmp_path, model, monkeypatch, capsys, change, match
+):
+    import tracemalloc
+
+    from unet.errors import CheckpointError
+    from unet.network.checkpoint import load_checkpoint
+
+    bad = rewrite_header(model, tmp_path / "bad.safetensors", change)
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(bad)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20, "refused before the network is built"
+    write_image(tmp_path / "in.zarr", (16, 16), (8, 8))
+    before = tree(tmp_path)
+    code, lines = run_main(monkeypatch, capsys, "segment", str(tmp_path / "in.zarr"),
+                           str(tmp_path / "m.zarr"), "--model", bad)  # fmt: skip
+    assert code == 2 and len(lines) == 1 and re.search(match, lines[0]), lines
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--base-channels", "100000"], ["--depth", "12"], ["--depth", "17"]],
+    ids=["base-channels-100000", "depth-12", "depth-17"],
+)
+def test_a_network_that_cannot_fit_is_refused_with_its_size(tmp_path, monkeypatch, capsys, options):
+    import tracemalloc
+
+    from unet.training.synthetic import write_nuclei_dataset
+
+    data = write_nuclei_dataset(tmp_path / "data", count=2, size=32, seed=0)
+    tracemalloc.start()
+    code, lines = run_main(monkeypatch, capsys, "train", str(data), "--out",
+                           str(tmp_path / "m.safetensors"), "--steps", "1", *options)  # fmt: skip
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert code == 2 and len(lines) == 1, lines
+    assert ("GiB" in lines[0] and "free" in lines[0]) or "depth must be 0 to 16" in lines[0]
+    assert peak < 200 * 2**20 and not (tmp_path / "m.safetensors").exists()
+
+
+def test_evaluate_refuses_class_counts_it_cannot_hold_with_their_size(
+    tmp_path, monkeypatch, capsys
+):
+    import tifffile
+
+    labels = np.zeros((16, 16), np.int32)
+    labels[0, 0] = 70000
+    tifffile.imwrite(tmp_path / "a.tif", labels)
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((16, 16), np.int32))
+    for extra in ([], ["--num-classes", "100000"]):
+        files = [str(tmp_path / "b.tif")] * 2 if extra else [str(tmp_path / "a.tif")] * 2
+        code, lines = run_main(monkeypatch, capsys, "evaluate", *files, *extra)
+        assert code == 2 and len(lines) == 1 and "--instances" in lines[0], lines
+    code, lines = run_main(monkeypatch, capsys, "evaluate", str(tmp_path / "a.tif"),
+                           str(tmp_path / "b.tif"), "--instances")  # fmt: skip
+    assert code == 0, lines
+
+
+def test_device_cuda_without_cuda_is_refused_before_the_output_exists(
+    tmp_path, model, monkeypatch, capsys
+):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    write_image(tmp_path / "in.zarr", (16, 16), (8, 8))
+    before = tree(tmp_path)
+    code, lines = run_main(monkeypatch, capsys, "segment", str(tmp_path / "in.zarr"),
+                           str(tmp_path / "m.zarr"), "--model", model, "--device", "cuda")  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0], lines
+    assert tree(tmp_path) == before
+
+
+PIPELINE = (
+    "deployments:\n"
+    "  - name: {name}\n"
+    "    flow: segment_image\n"
+    "    parameters: {{input: {input}, output: m.zarr{extra}}}\n"
+    "{schedule}"
+)
+LAX_PIPELINES = {
+    "cron-6-fields": ({"schedule": "    schedule: {cron: '0 0 2 * * *'}\n"}, "6 fields"),
+    "batch-size-yes": ({"extra": ", batch_size: yes"}, "batch_size"),
+    "tile-size-float": ({"extra": ", tile_size: 1.0e3"}, "tile_size"),
+    "nodata-nan": ({"extra": ", nodata: .nan"}, "NaN pixels are always no data"),
+    "duplicate-key": ({"extra": ", device: cpu, device: cuda"}, "given twice"),
+    "input-empty": ({"input": '""'}, "input"),
+    "name-with-newline": ({"name": '"a\\nb"'}, "name"),
+}
+
+
+@pytest.mark.parametrize(("change", "match"), LAX_PIPELINES.values(), ids=LAX_PIPELINES)
+def test_pipelines_yaml_is_parsed_strictly(tmp_path, change, match):
+    from flows.pipelines import load_pipelines
+    from unet.errors import ConfigError
+
+    fields = {"name": "a", "input": "a.zarr", "extra": "", "schedule": "", **change}
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(PIPELINE.format(**fields))
+    with pytest.raises(ConfigError, match=match) as caught:
+        load_pipelines(config)
+    assert "\n" not in str(caught.value)
+    config.write_text(PIPELINE.format(name="a", input="a.zarr", extra="", schedule=""))
+    assert load_pipelines(config).deployments[0].name == "a"
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_pipelines_yaml_not_in_utf8_is_one_line(tmp_path, encoding):
+    from flows.pipelines import load_pipelines
+    from unet.errors import ConfigError
+
+    text = PIPELINE.format(name="Lüneburg", input="a.zarr", extra="", schedule="")
+    (tmp_path / "pipelines.yaml").write_bytes(text.encode(encoding))
+    with pytest.raises(ConfigError, match="save it as UTF-8"):
+        load_pipelines(tmp_path / "pipelines.yaml")
+
+
+def test_nodata_nan_writes_strict_json(tmp_path, model, client):
+    from unet.runs import segment
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"bare {constant} in JSON")
+
+    pixels = np.random.default_rng(0).integers(0, 255, (16, 16)).astype(np.float32)
+    pixels[:4, :4] = np.nan
+    zarr.create_array(str(tmp_path / "in.zarr"), data=pixels, chunks=(8, 8))
+    segment(str(tmp_path / "in.zarr"), str(tmp_path / "m.zarr"), model=model, device="cpu",
+            nodata=float("nan"), client=client)  # fmt: skip
+    for metadata in (tmp_path / "m.zarr").rglob("zarr.json"):
+        json.loads(metadata.read_text(), parse_constant=refuse)
+    assert zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["0"][0, 0] == 0
+
+
+def test_a_folder_of_many_bad_files_is_summarized_and_listed(tmp_path, model, monkeypatch, capsys):
+    (tmp_path / "in").mkdir()
+    for index in range(40):
+        (tmp_path / "in" / f"empty-{index:02d}.png").write_bytes(b"")
+    code, lines = run_main(monkeypatch, capsys, "segment", str(tmp_path / "in"),
+                           str(tmp_path / "out"), "--model", model, note=True)  # fmt: skip
+    assert code == 2 and len(lines) <= 5, lines
+    assert lines[-1].startswith("error: 40 of 40 images failed: empty-00.png")
+    assert "and 37 more" in lines[-1] and len(lines[-1]) < 2000
+    listed = json.loads((tmp_path / "out" / "_failures.json").read_text())
+    assert [Path(row["image"]).name for row in listed] == [f"empty-{i:02d}.png" for i in range(40)]
+    for index in range(40):  # repaired: the next run lists nothing, and removes the old list
+        write_png(tmp_path / "in" / f"empty-{index:02d}.png", shape=(4, 4))
+    from unet.runs import collect_reports, folder_jobs
+
+    jobs = folder_jobs(str(tmp_path / "in"), str(tmp_path / "out"))
+    collect_reports(jobs, [None] * len(jobs))  # type: ignore[list-item]
+    assert not (tmp_path / "out" / "_failures.json").exists()
+
+
+def test_an_error_after_planning_is_one_line(tmp_path, model, monkeypatch, capsys):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    code, lines = run_main(monkeypatch, capsys, "segment", str(tmp_path / "bad.png"),
+                           str(tmp_path / "m.zarr"), "--model", model, note=True)  # fmt: skip
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines

@@ -66,6 +66,12 @@ def plan_run(
         from unet.engine.cluster import check_scheduler
 
         check_scheduler(parameters.scheduler)
+    else:
+        from unet.predict.device import resolve_device
+
+        # The local cluster's workers have this machine's devices: a GPU it lacks is refused
+        # here, before the output exists (a remote cluster's workers may have one).
+        resolve_device(parameters.device)
     source = open_image(input, channels_last=parameters.channels_last)
     checkpoint = driver_checkpoint(parameters.model)
     model = checkpoint.model

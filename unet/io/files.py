@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from unet.errors import InputNotFound, InvalidImage, UnsupportedInput
+from unet.io.locations import check_readable
 
 #: File name endings read by :func:`read_array`, longest first so that ``.ome.tif`` wins.
 SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".zarr")
@@ -47,6 +48,7 @@ def read_array(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputNotFound(f"{path} does not exist")
+    check_readable(path)
     suffix = file_suffix(path)
     if suffix in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
         array = _read_tiff(path)

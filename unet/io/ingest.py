@@ -36,7 +36,7 @@ from unet.errors import (
     UnsupportedInput,
 )
 from unet.io.geo import is_geotiff, open_geotiff, write_georeference
-from unet.io.locations import is_url, remove_location, resolve_location
+from unet.io.locations import check_readable, is_url, remove_location, resolve_location
 from unet.io.omezarr import LEVEL0, create_image
 from unet.io.presence import store_every_chunk
 from unet.io.pyramid import build_pyramid
@@ -129,6 +129,7 @@ def ingest(
     path = Path(input).expanduser()
     if not path.exists():
         raise InputNotFound(f"input {path} does not exist: check the path")
+    check_readable(path)
     if path.is_dir():
         raise UnsupportedInput(
             f"{path} is a folder, not an image file: ingest reads {SUPPORTED} files (a Zarr "

@@ -176,6 +176,7 @@ def train(
         item.mean, item.std = mean, std
 
     torch_device = resolve_device(config.device)
+    check_memory(config, dataset[0].channels, num_classes, torch_device)
     model = _initial_model(config, dataset[0].channels, num_classes, initial)
     model.to(torch_device)
     # Channels-last from the start: faster on CPU and GPU, and validation (which converts the
@@ -395,6 +396,49 @@ def _validation_set(
         else:
             checks.extend(sampler.fixed_windows(item, VAL_WINDOWS, seed=[seed, 3, index]))
     return checks
+
+
+def check_memory(config: TrainParameters, channels: int, num_classes: int, device: Any) -> None:
+    """Refuse, before the network is built, a training run whose weights, gradients, optimizer
+    state and one step's feature maps alone need more memory than ``device`` has free.
+
+    The estimate is a lower bound (4 copies of the parameters, and the feature maps that a
+    step keeps for its backward pass, :func:`unet.network.model.activation_count`), so a run
+    that is refused could not have fitted.
+
+    Raises
+    ------
+    InvalidParameter: naming the bytes needed and free, and what to lower
+    """
+    from unet.network.model import activation_count, parameter_count
+
+    architecture = (channels, num_classes, config.base_channels, config.depth, config.padding)
+    parameters = parameter_count(*architecture)
+    activations = config.batch_size * activation_count(*architecture, config.tile_size)
+    value_bytes = 4 if config.precision == "fp32" else 2
+    needed = 4 * 4 * parameters + value_bytes * activations
+    free = _free_memory(device)
+    if needed > free:
+        raise InvalidParameter(
+            f"training this network needs at least {_gib(needed)} ({parameters:,} parameters; "
+            f"{config.batch_size} tile(s) of {config.tile_size}x{config.tile_size} px) but "
+            f"{device} has {_gib(free)} free: lower --base-channels "
+            f"({config.base_channels}), --depth ({config.depth}), --tile-size or --batch-size"
+        )
+
+
+def _free_memory(device: Any) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
 
 
 def _check_outputs(out: Path, data_dir: Path, config: TrainParameters) -> None:
