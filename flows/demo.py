@@ -17,6 +17,22 @@ SLIDE_SIDE = 8192
 SMALL_IMAGES = {"cells-a.png": (512, 640), "cells-b.tif": (700, 500), "cells-c.png": (384, 384)}
 
 
+#: The file that marks a folder as the demo's own: its images/, truth/ and masks/ are replaced.
+DEMO_MARKER = ".unet-demo"
+
+
+def _check_own_folders(output: Path, folders: tuple[Path, ...]) -> None:
+    """Refuse to replace folders the demo did not write (no marker beside them)."""
+    from unet.errors import OutputExists
+
+    present = [folder.name for folder in folders if folder.exists() or folder.is_symlink()]
+    if present and not (output / DEMO_MARKER).is_file():
+        raise OutputExists(
+            f"{output} holds {', '.join(present)} that unet demo did not write, and the demo "
+            "replaces them: give an empty or new folder (unet demo --output DIR)"
+        )
+
+
 def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SIDE) -> dict:
     """Generate inputs under ``output/images``, segment them into ``output/masks``, print a summary.
 
@@ -26,6 +42,11 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
     from unet.config import SegmentParameters
 
     images, truth, masks = output / "images", output / "truth", output / "masks"
+    _check_own_folders(output, (images, truth, masks))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / DEMO_MARKER).write_text(
+        "written by unet demo, which replaces images/, truth/, masks/\n"
+    )
     for folder in (images, truth, masks):
         if folder.exists():
             shutil.rmtree(folder)

@@ -21,9 +21,11 @@ file's folder, so the config means the same wherever ``unet serve`` starts.
 from __future__ import annotations
 
 import datetime
+import math
 import os
+import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,6 +56,12 @@ class Schedule(BaseModel):
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        if len(value.split()) != 5:
+            # Prefect's croniter also takes a sixth (seconds) field, which cron does not.
+            raise ValueError(
+                f"{value!r} has {len(value.split())} fields: use five "
+                "(minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
+            )
         from prefect.client.schemas.schedules import CronSchedule
 
         try:
@@ -89,14 +97,40 @@ class Schedule(BaseModel):
 
 
 class DeploymentParameters(SegmentParameters):
-    """The flow's parameters, flat: input and output plus the segmentation settings."""
+    """The flow's parameters, flat: input and output plus the segmentation settings.
 
-    input: str = Field(description="image or folder (path relative to the file, or a URL)")
+    Parsed strictly: YAML's ``yes`` is no batch size and ``1.0e3`` no tile size (each value of
+    its field's own type), no text is empty, and ``nodata`` is a finite number.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    input: str = Field(
+        min_length=1, description="image or folder (path relative to the file, or a URL)"
+    )
     output: str | None = Field(
         None,
+        min_length=1,
         description="mask or folder of masks (path relative to the file, or URL); "
         "left out with labels, which writes the mask into the image",
     )
+
+    @field_validator("model", "scheduler")
+    @classmethod
+    def _not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("nodata")
+    @classmethod
+    def _finite_nodata(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(
+                f"nodata {value} is not a pixel value: NaN pixels are always no data (label 0); "
+                "leave nodata out, or give a finite number"
+            )
+        return value
 
     @model_validator(mode="after")
     def _output_or_labels(self) -> DeploymentParameters:
@@ -118,12 +152,18 @@ class Deployment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, pattern=r"^[^/%&><]+$", description="unique in the file")
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[^/%&><\x00-\x1f\x7f]+$",
+        description="unique in the file; no /, %, &, <, > or control characters (newlines)",
+    )
     flow: FlowName
     description: str | None = None
     parameters: DeploymentParameters
     schedule: Schedule | None = None
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Annotated[str, Field(min_length=1, pattern=r"^[^\x00-\x1f\x7f]+$")]] = Field(
+        default_factory=list
+    )
     concurrency_limit: int | None = Field(None, ge=1, description="runs at once, at most")
 
 
@@ -155,14 +195,19 @@ def load_pipelines(path: str | os.PathLike[str]) -> Pipelines:
 
     file = Path(path)
     try:
-        size = file.stat().st_size
-        if size > MAX_FILE_BYTES:
+        status = file.stat()
+        if not stat.S_ISREG(status.st_mode):
+            # A FIFO would block the read for ever, a device read without end.
+            raise ConfigError(f"{file} is not a regular file: give the path of a pipelines.yaml")
+        if status.st_size > MAX_FILE_BYTES:
             raise ConfigError(
-                f"{file} is {size} bytes, more than a pipelines.yaml needs (at most "
+                f"{file} is {status.st_size} bytes, more than a pipelines.yaml needs (at most "
                 f"{MAX_FILE_BYTES}): give the path of a pipelines.yaml"
             )
-        text = file.read_text()
-        _check_expanded_size(file, yaml.compose(text, Loader=yaml.SafeLoader))
+        text = _utf8(file, file.read_bytes())
+        document = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_expanded_size(file, document)
+        _check_unique_keys(file, document)
         data = yaml.safe_load(text)
     except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{file}: no such file: give the path of a pipelines.yaml") from None
@@ -177,6 +222,45 @@ def load_pipelines(path: str | os.PathLike[str]) -> Pipelines:
     except ValidationError as error:
         raise ConfigError(f"{file}: {_describe(error)}") from None
     return _resolved(pipelines, file.resolve().parent)
+
+
+def _utf8(file: Path, data: bytes) -> str:
+    """The file's text; one line naming the encoding to use when it is not UTF-8 (latin-1,
+    UTF-16: YAML would misread the one and PyYAML refuse the other with a traceback)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{file} is not UTF-8 text (byte {error.start} is {data[error.start : error.start + 1]!r}"
+            "; latin-1 or UTF-16?): save it as UTF-8"
+        ) from None
+
+
+def _check_unique_keys(file: Path, root: Any) -> None:
+    """Refuse a mapping that gives a key twice (plain YAML keeps the last one without a word);
+    on the composed document, before anything is constructed."""
+    import yaml
+
+    seen_nodes: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:
+            continue  # an alias: checked where its anchor is
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if (key.tag, key.value) in keys:
+                        raise ConfigError(
+                            f"{file}: line {key.start_mark.line + 1}: key {key.value!r} is given "
+                            "twice in one mapping: keep one"
+                        )
+                    keys.add((key.tag, key.value))
+                stack.extend((key, value))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _check_expanded_size(file: Path, root: Any) -> None:

@@ -6,8 +6,8 @@ profile) that answers, the run is a flow run there (``segment-image``, or ``segm
 a folder; see :mod:`flows.segment`) with its task runs, logs, progress, summary and preview
 artifacts. Without one, the same jobs and steps run without Prefect (:func:`unet.runs.run_jobs`),
 and ``prefect`` is not even imported: a local run costs no server start-up and no server's
-memory. It says so once on stderr, with how to track it; a configured server that does not
-answer gets the same untracked run and a warning. The terminal shows a progress bar (on a TTY)
+memory. It says so once on stderr when it succeeded, with how to track it; a configured server
+that does not answer gets the same untracked run and a warning. The terminal shows a progress bar (on a TTY)
 and the summary, not Prefect's logs.
 """
 
@@ -55,8 +55,10 @@ def run_segment(
     plans = _check_early(input, output, parameters, folder)
     url = configured_api_url()
     if url is None:
+        reports = _run_untracked(input, output, parameters, folder, plans, progress)
+        # Said once the run succeeded: a failed run's one line is its error.
         _say(UNTRACKED)
-        return _run_untracked(input, output, parameters, folder, plans, progress)
+        return reports
     problem = _health_problem(url)
     if problem is not None:
         _say(
@@ -157,23 +159,31 @@ def _check_early(
     """Refuse in a second what the engine would refuse at its start, before anything starts;
     return the plan of a Zarr image, which its segment step then runs.
 
-    A missing input or checkpoint, an invalid tile size, an output inside the input or locked by
-    another run then cost no cluster or server start-up. The checkpoint is loaded once per
+    A missing input or checkpoint, an invalid tile size, an output that would replace the input
+    or something unet did not write, or one locked by another run then cost no cluster or server
+    start-up. The checkpoint is loaded once per
     process (:func:`unet.engine.plan.driver_checkpoint`), here for the whole run.
     """
     from unet.engine.lock import check_unlocked
     from unet.engine.plan import driver_checkpoint, plan_run
     from unet.errors import InputNotFound
+    from unet.io.locations import check_readable
+    from unet.runs import check_job, image_job
 
     image_file = "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES
-    if image_file and not Path(input).is_file():
+    if image_file and not Path(input).exists():
         raise InputNotFound(f"input {input} does not exist: check the path")
+    if "://" not in input:
+        check_readable(input)
+    if image_file:
+        check_job(image_job(input, output), parameters)
     if folder or image_file:
         checkpoint = driver_checkpoint(parameters.model)
         if parameters.tile_size is not None:
             checkpoint.model.geometry.check_tile_size(parameters.tile_size)
         return []
     plan = plan_run(input, output, parameters)
+    check_job(image_job(input, output), parameters)
     check_unlocked(output)
     return [plan]
 

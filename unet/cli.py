@@ -53,7 +53,7 @@ def segment(
     parameters = validated(SegmentParameters, options)
     output = mask_location(input, output, parameters.labels)
     if report is not None:
-        _check_writable(report)
+        _check_report(report, input, output)
     try:
         reports = run_segment(input, output, parameters, progress=_show_progress())
     except ChunksFailed as error:
@@ -235,10 +235,15 @@ def demo(
     run_demo(output, progress=_show_progress())
 
 
-def _check_writable(path: Path) -> None:
-    """Refuse a file that cannot be written before a run whose result it would record."""
+def _check_report(path: Path, input: str, output: str) -> None:
+    """Refuse, before the run, a report that would replace an input, the output or a file that
+    is not JSON (:mod:`unet.io.replace`), or that cannot be written."""
     from unet.errors import OutputWriteError
+    from unet.io.replace import check_apart, check_replaceable
 
+    check_apart(path, [input], what="--report")
+    check_apart(path, [output], what="--report", role="output")
+    check_replaceable(path, "json", what="--report")
     existed = path.exists()
     try:
         with path.open("a"):

@@ -6,6 +6,7 @@ The CLI options, the Prefect flow parameters and ``pipelines.yaml`` all validate
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from typing import Any, Literal, TypeVar
@@ -103,13 +104,22 @@ class SegmentParameters(BaseModel):
             "tile_size": tile_size,
             "precision": self.precision,
             "skip_background": self.skip_background,
-            "nodata": self.nodata,
+            "nodata": json_number(self.nodata),
             "probabilities": self.probabilities,
             "channels_last": self.channels_last,
         }
         if self.instances:
             fields["instances"] = True
         return fields
+
+
+def json_number(value: float | None) -> float | str | None:
+    """``value`` as strict JSON takes it: NaN and the infinities, which ``json.dumps`` would
+    write as bare ``NaN``/``Infinity`` (invalid JSON that strict parsers refuse), as the strings
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (Zarr v3's spelling; ``float()`` reads them)."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def check_label_name(name: str) -> str:

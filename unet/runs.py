@@ -1,7 +1,9 @@
 """A run of ``unet segment`` without Prefect: one image or every image of a folder.
 
-The recipe per image is: ingest (a TIFF, SVS, PNG or JPEG file becomes OME-Zarr in
-``<output folder>/_ingested/``), skip it when its mask is complete with the same fingerprint,
+The recipe per image is: check that no output would replace an input or something unet did not
+write (:func:`check_job`), ingest (a TIFF, SVS, PNG or JPEG file becomes OME-Zarr in
+``<output folder>/_ingested/``, again whenever the file changed), skip it when its mask is
+complete with the same fingerprint,
 segment it on Dask, and write ``<name>.preview.png`` beside the mask. One Dask cluster serves
 every image of a run, started at the first image that needs computing; several images of a folder
 are in flight at once (:data:`IMAGES_IN_FLIGHT`); one failing image does not stop the others, and
@@ -23,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from unet.config import SegmentParameters, validated
 from unet.engine.report import SegmentReport
-from unet.errors import InvalidParameter, UNetError, UnsupportedInput
-from unet.io.folder import INGEST_SUFFIXES, INGESTED_DIR, is_zarr_store, list_images
+from unet.errors import FingerprintMismatch, InvalidParameter, UNetError, UnsupportedInput
+from unet.io.folder import INGEST_SUFFIXES, ingested_location, is_zarr_store, list_images
 
 if TYPE_CHECKING:
     from unet.engine.plan import RunPlan
@@ -91,11 +93,10 @@ def is_folder(input: str) -> bool:
 
 
 def image_job(input: str, output: str) -> ImageJob:
-    """The job of a single image; a local TIFF/PNG/JPEG is ingested next to the output."""
+    """The job of a single image; a local TIFF/PNG/JPEG is ingested next to the output
+    (:func:`unet.io.folder.ingested_location`)."""
     if "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES:
-        name = Path(input).stem
-        target = _join(_parent(output), INGESTED_DIR, f"{name}.zarr")
-        return ImageJob(input, target, output, needs_ingest=True)
+        return ImageJob(input, ingested_location(output), output, needs_ingest=True)
     return ImageJob(input, input, output, needs_ingest=False)
 
 
@@ -132,8 +133,59 @@ def folder_jobs(input: str, output: str) -> list[ImageJob]:
 
 
 def needs_ingest(job: ImageJob, parameters: SegmentParameters) -> bool:
-    """Whether ``job``'s image file must be (re)ingested: no Zarr copy yet, or ``overwrite``."""
-    return job.needs_ingest and (parameters.overwrite or not is_zarr(job.zarr_input))
+    """Whether ``job``'s image file must be (re)ingested: with ``overwrite``, or when no copy of
+    the file as it is now exists (none yet, or one of another file or of the file before it
+    changed: :func:`unet.io.ingest.is_current_copy`)."""
+    from unet.io.ingest import is_current_copy
+
+    return job.needs_ingest and (
+        parameters.overwrite or not is_current_copy(job.zarr_input, job.source)
+    )
+
+
+def check_job(job: ImageJob, parameters: SegmentParameters) -> None:
+    """Refuse, before anything is written, a job whose outputs would replace an input or
+    something unet did not write (:mod:`unet.io.replace`): the ingested copy, the mask, with
+    ``instances`` the instance image and object table, and the preview.
+
+    Raises
+    ------
+    InvalidParameter: an output is an input, holds one or lies inside one
+    OutputExists: something is at an output's place that unet did not write there
+    FingerprintMismatch: the image file changed (or its copy is gone) since its existing mask
+        was made from its copy, without ``overwrite``
+    """
+    from unet.engine.instances.location import instances_location, objects_location
+    from unet.io.locations import location_exists
+    from unet.io.replace import check_apart, check_replaceable
+    from unet.results.preview import preview_path
+
+    inputs = [job.source] if job.source == job.zarr_input else [job.source, job.zarr_input]
+    image = job.zarr_input if parameters.labels else None
+    inside = parameters.labels is not None
+    if job.needs_ingest:
+        check_apart(job.zarr_input, [job.source], what="ingested copy")
+        check_replaceable(job.zarr_input, "image", what="ingested copy")
+    check_apart(job.output, inputs, inside_allowed=inside)
+    check_replaceable(job.output, "mask")
+    preview = preview_path(job.output, image=image)
+    check_apart(preview, inputs, what="preview")
+    check_replaceable(preview, "png", what="preview")
+    if parameters.instances:
+        instances = instances_location(job.output, image)
+        objects = objects_location(job.output, image)
+        check_apart(instances, inputs, what="instance image", inside_allowed=inside)
+        check_apart(objects, inputs, what="object table")
+        check_replaceable(instances, "instances", what="instance image")
+        check_replaceable(objects, "parquet", what="object table")
+    if needs_ingest(job, parameters) and not parameters.overwrite and location_exists(job.output):
+        # Its copy would be made anew, and the mask no longer fits it: say so before the copy
+        # it was made from is replaced.
+        raise FingerprintMismatch(
+            f"{job.output} was segmented from a copy of {job.source} that is missing or out of "
+            f"date (the file changed, or {job.zarr_input} is gone or of another file): rerun "
+            "with --overwrite to ingest and segment it again"
+        )
 
 
 @dataclass(frozen=True)
@@ -203,6 +255,8 @@ def run_jobs(
     """
     planned = {(plan.input, plan.output): plan for plan in plans}
     stopping = threading.Event()
+    # One image's error is raised to the caller, who says it: logged, it would be said twice.
+    failures = _FailureLog(logger, shown=SHOWN_FAILURES if len(jobs) > 1 else 0)
     with _Cluster(client, parameters) as cluster:
         run = functools.partial(
             _run_job,
@@ -213,10 +267,46 @@ def run_jobs(
             logger=logger,
             planned=planned,
             stopping=stopping,
+            failures=failures,
         )
         if images_in_flight <= 1 or len(jobs) <= 1:
-            return [run(job) for job in jobs]
-        return _concurrently(run, jobs, images_in_flight, stopping)
+            outcomes = [run(job) for job in jobs]
+        else:
+            outcomes = _concurrently(run, jobs, images_in_flight, stopping)
+    failures.finish()
+    return outcomes
+
+
+#: Failed images a run names in its log and its error; the others are counted, and listed in
+#: ``OUTPUT/_failures.json`` (:func:`collect_reports`).
+SHOWN_FAILURES = 3
+#: Where a folder run lists every image that failed, beside the masks.
+FAILURES_FILE = "_failures.json"
+
+
+class _FailureLog:
+    """Logs the first ``shown`` failures of a run as they happen, then counts the others: a
+    folder of 2,000 bad files gives a few lines, not 2,000."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, shown: int) -> None:
+        self._logger, self._shown, self._count = logger, shown, 0
+        self._lock = threading.Lock()
+
+    def log(self, job: ImageJob, error: Exception) -> None:
+        with self._lock:
+            self._count += 1
+            if self._count <= self._shown:
+                self._logger.error("%s failed: %s", job.source, _short(error))
+
+    def finish(self) -> None:
+        if self._shown and self._count > self._shown:
+            self._logger.error("%d more images failed", self._count - self._shown)
+
+
+def _short(error: Exception, limit: int = 300) -> str:
+    """The error on one line, at most ``limit`` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _concurrently(
@@ -252,12 +342,14 @@ def _run_job(
     logger: logging.Logger | logging.LoggerAdapter,
     planned: dict[tuple[str, str], RunPlan],
     stopping: threading.Event,
+    failures: _FailureLog,
 ) -> SegmentReport | Exception:
     """One image's steps: its report, or the error that stopped it (logged, unless the run is
     stopping: then the cluster closing under it is the cause, not news)."""
     from unet.engine.finished import finished_report
 
     try:
+        check_job(job, parameters)
         if needs_ingest(job, parameters):
             steps.ingest(job)
         finished = finished_report(job.zarr_input, job.output, parameters)
@@ -269,7 +361,7 @@ def _run_job(
         report = steps.segment(job, parameters, cluster.client(), callback, plan)
     except Exception as error:  # one image's failure, whatever it is, stops no other
         if not stopping.is_set():
-            logger.error("%s failed: %s", job.source, error)
+            failures.log(job, error)
         return error
     try:
         steps.finish(job, parameters)
@@ -340,8 +432,10 @@ class _Cluster:
 
 def write_preview(input: str, output: str, parameters: SegmentParameters) -> str:
     """Write ``<name>.preview.png`` beside the mask at ``output``; return its path."""
+    from unet.io.complete import check_finished
     from unet.results.preview import preview_path, render_preview, write_bytes
 
+    check_finished(output, reader="preview it")
     path = preview_path(output, image=input if parameters.labels else None)
     write_bytes(path, render_preview(input, output, channels_last=parameters.channels_last))
     return path
@@ -350,31 +444,58 @@ def write_preview(input: str, output: str, parameters: SegmentParameters) -> str
 def collect_reports(
     jobs: list[ImageJob], outcomes: list[SegmentReport | Exception]
 ) -> list[SegmentReport]:
-    """The reports, or the failure: the error itself when one image failed, else a summary."""
+    """The reports, or the failure: the error itself when one image failed, else one line
+    naming the first :data:`SHOWN_FAILURES` and counting the others. A folder run lists every
+    failure in ``OUTPUT/_failures.json`` (``[{"image", "error"}]``), and removes that list once
+    a run has none to list."""
     failures = [(job, o) for job, o in zip(jobs, outcomes, strict=True) if isinstance(o, Exception)]
+    listing = _failures_file(jobs)
     if len(failures) == 1:
+        _list_failures(listing, [])
         raise failures[0][1]
-    if failures:
-        listed = "; ".join(f"{Path(job.source).name}: {error}" for job, error in failures)
-        raise UNetError(f"{len(failures)} of {len(jobs)} images failed: {listed}")
-    return [o for o in outcomes if isinstance(o, SegmentReport)]
+    if not failures:
+        _list_failures(listing, [])
+        return [o for o in outcomes if isinstance(o, SegmentReport)]
+    shown = "; ".join(
+        f"{Path(job.source).name}: {_short(error, 200)}" for job, error in failures[:SHOWN_FAILURES]
+    )
+    rest = len(failures) - SHOWN_FAILURES
+    more = ""
+    if rest > 0:
+        written = _list_failures(listing, failures)
+        more = f"; and {rest:,} more" + (f" (every one in {written})" if written else "")
+    else:
+        _list_failures(listing, [])
+    raise UNetError(f"{len(failures):,} of {len(jobs):,} images failed: {shown}{more}")
 
 
-def is_zarr(location: str) -> bool:
-    """Whether a Zarr v3 group or array is at ``location`` (path or URL)."""
-    if "://" not in location:
-        return is_zarr_store(Path(location))
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(location)
-    return fs.exists(f"{path.rstrip('/')}/zarr.json")
+def _failures_file(jobs: list[ImageJob]) -> Path | None:
+    """``OUTPUT/_failures.json`` of a local folder run (its masks' common folder), else None."""
+    folders = {str(Path(job.output).parent) for job in jobs}
+    if len(jobs) < 2 or len(folders) != 1 or any("://" in job.output for job in jobs):
+        return None
+    return Path(folders.pop()) / FAILURES_FILE
 
 
-def _parent(location: str) -> str:
-    if "://" in location:
-        return location.rstrip("/").rsplit("/", 1)[0]
-    return str(Path(location).parent)
+def _list_failures(path: Path | None, failures: list[tuple[ImageJob, Exception]]) -> str | None:
+    """Write ``failures`` to ``path`` (or remove a list of an earlier run when there are none);
+    the path written, or None. Only a JSON file there is replaced (:mod:`unet.io.replace`), and
+    a list that cannot be written costs the run nothing but the list."""
+    import json
 
+    from unet.io.replace import check_replaceable
 
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else str(Path(base, *parts))
+    if path is None:
+        return None
+    try:
+        exists = check_replaceable(path, "json", what="list of failed images")
+        if not failures:
+            if exists:
+                path.unlink()
+            return None
+        rows = [{"image": job.source, "error": " ".join(str(e).split())} for job, e in failures]
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+    except (OSError, UNetError) as error:
+        log.warning("the failed images could not be listed in %s: %s", path, error)
+        return None
+    return str(path)

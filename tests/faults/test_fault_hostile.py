@@ -16,7 +16,7 @@ from testdata import assert_same_mask, reference_mask, write_checkpoint, write_i
 from unet.config import SegmentParameters
 from unet.engine.lock import lock_location
 from unet.engine.run import segment
-from unet.errors import InvalidParameter
+from unet.errors import InvalidParameter, OutputExists
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_output_through_a_symlink_into_the_input_is_refused(tmp_path, model):
     for output in (tmp_path / "out" / "link_to_in" / "mask.zarr", tmp_path / "out" / "mask.zarr"):
         for overwrite in (False, True):
             parameters = SegmentParameters(model=model, overwrite=overwrite)
-            with pytest.raises(InvalidParameter, match="inside the input") as caught:
+            with pytest.raises(InvalidParameter, match="inside the input|is the input") as caught:
                 segment(str(tmp_path / "in.zarr"), str(output), parameters)
             assert "\n" not in str(caught.value) and "symbolic link" in str(caught.value)
             assert not Path(lock_location(str(output))).exists()
@@ -99,16 +99,16 @@ def test_tiny_images_are_segmented_exactly(tmp_path, client, depth3_model, shape
     assert_same_mask(mask, expected, near_tie)
 
 
-def test_overwrite_replaces_a_plain_file(tmp_path, client, model):
+def test_overwrite_refuses_a_plain_file_and_replaces_an_empty_one(tmp_path, client, model):
     raw = write_image(tmp_path / "in.zarr", (8, 8), (8, 8))
     output = tmp_path / "out.zarr"
     output.write_text("not a store")
-    segment(
-        str(tmp_path / "in.zarr"),
-        str(output),
-        SegmentParameters(model=model, device="cpu", overwrite=True),
-        client=client,
-    )
+    parameters = SegmentParameters(model=model, device="cpu", overwrite=True)
+    with pytest.raises(OutputExists, match="not a mask written by unet segment"):
+        segment(str(tmp_path / "in.zarr"), str(output), parameters, client=client)
+    assert output.read_text() == "not a store", "--overwrite replaces only what unet wrote"
+    output.write_text("")  # an empty file holds nothing to lose
+    segment(str(tmp_path / "in.zarr"), str(output), parameters, client=client)
     expected, near_tie = reference_mask(model, raw[None], 44)
     assert_same_mask(zarr.open_group(str(output), mode="r")["0"][...], expected, near_tie)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr", "out.zarr"]

@@ -126,7 +126,10 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(
 
 @pytest.mark.parametrize(
     ("below", "error_type", "match"),
-    [(False, OutputExists, "not a Zarr group"), (True, OutputWriteError, "writable")],
+    [
+        (False, OutputExists, "not a mask written by unet segment"),
+        (True, OutputWriteError, "writable"),
+    ],
     ids=["output-is-a-file", "output-below-a-file"],
 )
 def test_output_on_a_file_is_refused_and_the_file_kept(tmp_path, model, below, error_type, match):

@@ -32,13 +32,15 @@ def open_output(plan: RunPlan) -> zarr.Group:
 
     Raises
     ------
-    OutputExists: something that ``unet segment`` did not write is there, without ``overwrite``
+    OutputExists: something that ``unet segment`` did not write is there (with or without
+        ``overwrite``: see :mod:`unet.io.replace`)
     FingerprintMismatch: another run's output is there, without ``overwrite``
     """
     import zarr
 
     from unet.io.locations import is_url, location_exists, remove_location, resolve_location
     from unet.io.omezarr import set_label_listed
+    from unet.io.replace import check_replaceable
     from unet.io.staging import (
         remove_staging,
         remove_stale_staging,
@@ -55,14 +57,16 @@ def open_output(plan: RunPlan) -> zarr.Group:
         stored = existing.attrs.get(ATTRIBUTE)
         if stored is None:
             raise OutputExists(
-                f"{output} exists and was not written by unet segment: "
-                "use --overwrite to replace it, or choose another output"
+                f"{output} exists and is not a mask written by unet segment: unet replaces only "
+                "its own outputs, also with --overwrite; move it away or choose another output"
             )
         fingerprint.check_against(stored.get("fingerprint"), output)
         # The ledger is created last and deleted once the run is complete: with neither, the
         # layout of a URL output was cut short, and it is created again.
         if LEDGER_PATH in existing or stored.get("complete"):
             return existing
+    # The plan checked it; checked again where it is replaced, since it may have changed since.
+    check_replaceable(location, "mask")
     destination = plan.destination
     if destination.inside_image:
         set_label_listed(destination.image, destination.label_name, listed=False)
@@ -163,8 +167,8 @@ def existing_group(output: str):
         if is_url(output):
             return None
         raise OutputExists(
-            f"{output} exists and is not a Zarr group: use --overwrite to replace it, "
-            "or choose another output"
+            f"{output} exists and is not a Zarr group: unet replaces only its own outputs, "
+            "also with --overwrite; move it away or choose another output"
         ) from None
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unet.config import SegmentParameters
 from unet.engine.destination import Destination
 from unet.engine.ledger import Fingerprint
-from unet.errors import ChannelMismatch, InvalidParameter, UnsupportedInput
+from unet.errors import ChannelMismatch, UnsupportedInput
 from unet.tiling import ChunkGrid, Geometry, default_tile_size
 
 if TYPE_CHECKING:
@@ -59,7 +58,8 @@ def plan_run(
     of a folder one after the other loads it once.
 
     Raises the same errors as :func:`unet.engine.run.segment` would at its start (missing input
-    or checkpoint, channel or band mismatch, invalid tile size, output inside the input, labels
+    or checkpoint, channel or band mismatch, invalid tile size, an output that is, holds or lies
+    inside the input, something there that unet did not write (:mod:`unet.io.replace`), labels
     for an input that is not an OME-Zarr image group, a ``scheduler`` where nothing listens, and
     with ``check_values`` an image on another scale than the model's training data:
     :func:`unet.engine.valuerange.check_value_range`).
@@ -71,6 +71,12 @@ def plan_run(
         from unet.engine.cluster import check_scheduler
 
         check_scheduler(parameters.scheduler)
+    else:
+        from unet.predict.device import resolve_device
+
+        # The local cluster's workers have this machine's devices: a GPU it lacks is refused
+        # here, before the output exists (a remote cluster's workers may have one).
+        resolve_device(parameters.device)
     source = open_image(input, channels_last=parameters.channels_last)
     checkpoint = driver_checkpoint(parameters.model)
     model = checkpoint.model
@@ -104,8 +110,7 @@ def plan_run(
     destination = Destination.of(input, output, parameters.labels)
     if destination.inside_image:
         _check_holds_labels(input, source)
-    else:
-        _check_output_location(source.url, output)
+    _check_outputs(destination, source, parameters)
     fingerprint = Fingerprint.of(
         source.identity(), checkpoint.digest, parameters.result_fields(tile_size)
     )
@@ -179,19 +184,31 @@ def _check_holds_labels(input: str, source: ImageSource) -> None:
             "(a plain array, or a collection of images): give the image group itself "
             "(e.g. IMAGE.zarr/0 of a bioformats2raw store), or OUTPUT instead"
         )
-
-
-def _check_output_location(input_url: str, output: str) -> None:
-    """Refuse an output inside the input, also where a symbolic link leads there."""
-    from unet.io.locations import is_url, real_location, resolve_location
-
-    if is_url(output) or is_url(input_url):
-        return
-    source, target = Path(real_location(input_url)), Path(real_location(output))
-    if target == source or source in target.parents:
-        linked = str(target) != resolve_location(output)
-        raise InvalidParameter(
-            f"output {output} lies inside the input {input_url}"
-            + (f" (a symbolic link leads to {target})" if linked else "")
-            + ": choose an output outside it"
+    if source.axes.index("x") < source.axes.index("y"):
+        # Its label images would have to store x before y too; masks are written (y, x).
+        raise UnsupportedInput(
+            f"{input} stores its axes {source.axes} with x before y, and --labels writes a "
+            "(y, x) mask into it: give OUTPUT instead (a mask of its own, axes named y, x)"
         )
+
+
+def _check_outputs(
+    destination: Destination, source: ImageSource, parameters: SegmentParameters
+) -> None:
+    """Refuse outputs that would replace the input or what this project did not write: the
+    mask, and with ``instances`` its instance image and object table (see
+    :mod:`unet.io.replace`). A mask inside its image lies there by design."""
+    from unet.engine.instances.location import instances_location, objects_location
+    from unet.io.replace import check_apart, check_replaceable
+
+    inside = destination.inside_image
+    image = destination.image if inside else None
+    check_apart(destination.mask, [source.url], inside_allowed=inside)
+    check_replaceable(destination.mask, "mask")
+    if parameters.instances:
+        instances = instances_location(destination.mask, image)
+        objects = objects_location(destination.mask, image)
+        check_apart(instances, [source.url], what="instance image", inside_allowed=inside)
+        check_apart(objects, [source.url], what="object table")
+        check_replaceable(instances, "instances", what="instance image")
+        check_replaceable(objects, "parquet", what="object table")

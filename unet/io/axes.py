@@ -24,31 +24,73 @@ CHANNEL, ROWS, COLUMNS = "c", "y", "x"
 _MAX_TRAILING_CHANNELS = 4
 
 
-def ome_axes(multiscale: dict[str, Any], ndim: int) -> tuple[list[str], list[str | None]]:
-    """Axis names and types from NGFF metadata (0.3 strings, 0.4+ objects, 0.1-0.2 implicit)."""
+def ome_axes(
+    location: str, multiscale: dict[str, Any], ndim: int
+) -> tuple[list[str], list[str | None]]:
+    """Axis names and types from NGFF metadata (0.3 strings, 0.4+ objects, 0.1-0.2 implicit).
+
+    Raises InvalidImage for axes that are not a list of names or of objects with a ``name``.
+    """
     axes = multiscale.get("axes")
     if axes is None:
         names = ["t", "c", "z", "y", "x"][-ndim:] if ndim <= 5 else []
         return names, [None] * len(names)
-    names = [str(axis["name"] if isinstance(axis, dict) else axis) for axis in axes]
-    types = [axis.get("type") if isinstance(axis, dict) else None for axis in axes]
+    names: list[str] = []
+    types: list[str | None] = []
+    for axis in axes if isinstance(axes, list) else [axes]:
+        name = axis.get("name") if isinstance(axis, dict) else axis
+        kind = axis.get("type") if isinstance(axis, dict) else None
+        if not isinstance(name, str) or not name or not isinstance(kind, str | None):
+            raise InvalidImage(
+                f"OME-Zarr image {location} has an axis {axis!r} without a name: axes are "
+                'a list of names or of {"name": ..., "type": ...}; fix its multiscales metadata'
+            )
+        names.append(name)
+        types.append(kind)
+    if len({name.lower() for name in names}) != len(names):
+        raise InvalidImage(
+            f"OME-Zarr image {location} names an axis twice {tuple(names)}: fix its multiscales "
+            "metadata"
+        )
     return names, types
 
 
-def ome_scale(multiscale: dict[str, Any], dataset: dict[str, Any], ndim: int) -> list[float] | None:
-    """Level-0 scale: the dataset's scale times the multiscale-wide scale, if any is given."""
+def ome_scale(
+    location: str, multiscale: dict[str, Any], dataset: dict[str, Any], ndim: int
+) -> list[float] | None:
+    """Level scale: the dataset's scale times the multiscale-wide scale, if any is given.
+
+    Raises InvalidImage for a scale that is not a list of finite positive numbers.
+    """
     found = False
     scale = [1.0] * ndim
     for transforms in (
         dataset.get("coordinateTransformations"),
         multiscale.get("coordinateTransformations"),
     ):
-        for transform in transforms or []:
-            values = transform.get("scale") if transform.get("type") == "scale" else None
-            if isinstance(values, list) and len(values) == ndim:
-                scale = [a * float(b) for a, b in zip(scale, values, strict=True)]
-                found = True
+        for transform in transforms if isinstance(transforms, list) else []:
+            if not isinstance(transform, dict) or transform.get("type") != "scale":
+                continue
+            values = transform.get("scale")
+            if not isinstance(values, list) or len(values) != ndim:
+                continue
+            numbers = [_scale_value(location, value) for value in values]
+            scale = [a * b for a, b in zip(scale, numbers, strict=True)]
+            found = True
     return scale if found else None
+
+
+def _scale_value(location: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        number = float("nan")
+    else:
+        number = float(value)
+    if not (np.isfinite(number) and number > 0):
+        raise InvalidImage(
+            f"OME-Zarr image {location} has a scale value {value!r}: scales are positive "
+            "numbers; fix its coordinateTransformations"
+        )
+    return number
 
 
 def normalise_axes(
@@ -59,17 +101,23 @@ def normalise_axes(
     Raises InvalidImage when an axis other than those three is longer than 1.
     """
     lowered = [name.lower() for name in names]
-    space = [i for i, kind in enumerate(types) if kind == "space"]
-    if len(space) < 2:
-        space = [i for i, name in enumerate(lowered) if name in ("z", "y", "x")]
-    if len(space) < 2:
-        raise InvalidImage(
-            f"image {location} has axes {tuple(names)} without two image axes (y, x): "
-            "store it with y and x axes"
-        )
+    if ROWS in lowered and COLUMNS in lowered:
+        # By name, in whatever order they are stored: [x, y] is as good as [y, x].
+        image_axes = [lowered.index(ROWS), lowered.index(COLUMNS)]
+    else:
+        space = [i for i, kind in enumerate(types) if kind == "space"]
+        if len(space) < 2:
+            space = [i for i, name in enumerate(lowered) if name in ("z", "y", "x")]
+        if len(space) < 2:
+            raise InvalidImage(
+                f"image {location} has axes {tuple(names)} without two image axes (y, x): "
+                "store it with y and x axes"
+            )
+        image_axes = space[-2:]
     channel = [i for i, kind in enumerate(types) if kind == "channel"]
     channel = channel or [i for i, name in enumerate(lowered) if name == CHANNEL]
-    roles = {space[-2]: ROWS, space[-1]: COLUMNS}
+    channel = [i for i in channel if i not in image_axes]
+    roles = {image_axes[0]: ROWS, image_axes[1]: COLUMNS}
     if channel:
         roles[channel[0]] = CHANNEL
     axes = tuple(roles.get(i, lowered[i]) for i in range(len(names)))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from unet.errors import InputNotFound, InvalidImage, UnsupportedInput
+from unet.io.locations import check_readable
 
 #: File name endings read by :func:`read_array`, longest first so that ``.ome.tif`` wins.
 SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".zarr")
@@ -41,11 +42,13 @@ def read_array(path: str | os.PathLike[str]) -> np.ndarray:
     TIFF axes come from the file (samples-per-pixel such as RGB move to the front); PNG colour
     is (Y, X, C) and moves likewise, palette PNGs give their indices; Zarr arrays are (Y, X) or
     (C, Y, X) and an OME-Zarr group is read at level ``"0"``. Leading axes of length 1 (t, z)
-    are dropped.
+    are dropped. A mask of an unfinished ``unet segment`` run is refused
+    (:func:`unet.io.complete.check_finished`).
     """
     path = Path(path)
     if not path.exists():
         raise InputNotFound(f"{path} does not exist")
+    check_readable(path)
     suffix = file_suffix(path)
     if suffix in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
         array = _read_tiff(path)
@@ -99,14 +102,31 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def _read_zarr(path: Path) -> np.ndarray:
+    """(C, Y, X) of an OME-Zarr image (its largest level, axes by name) or of an array whose
+    dimension names name y and x; other arrays (and groups with a level ``"0"`` but no OME
+    metadata) as stored."""
     import zarr
 
+    from unet.io.axes import COLUMNS, ROWS, array_axes, select_region
+    from unet.io.complete import check_finished
+    from unet.io.source import open_image
+
+    check_finished(str(path), reader="use it")
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as error:  # zarr raises several types for a directory that is no store
         raise UnsupportedInput(f"{path} is not a readable Zarr store ({error})") from None
+    attributes = node.attrs.asdict()
+    if isinstance(node, zarr.Group) and "multiscales" in attributes.get("ome", attributes):
+        source = open_image(str(path))
+        return source.read(slice(None), slice(None))
     if isinstance(node, zarr.Group):
         if "0" not in node:
             raise UnsupportedInput(f"{path} is a Zarr group without a level '0' array")
         node = node["0"]
+    names = [str(name).lower() for name in getattr(node.metadata, "dimension_names", None) or []]
+    if ROWS in names and COLUMNS in names:
+        axes = array_axes(str(path), node, channels_last=False)
+        shape = dict(zip(axes, node.shape, strict=True))
+        return select_region(node, axes, slice(0, shape[ROWS]), slice(0, shape[COLUMNS]))
     return np.asarray(node[...])

@@ -1,8 +1,9 @@
 """A folder of images: which files are images, and where each one's outputs go.
 
 ``OUTPUT/<name>.zarr`` is the mask of ``INPUT/<name>.<ext>``; images that are not Zarr are first
-ingested into ``OUTPUT/_ingested/<name>.zarr``. Symbolic links that lead outside the folder are
-refused: a config naming a folder must not reach files elsewhere.
+ingested into ``OUTPUT/_ingested/<name>.zarr`` (:func:`ingested_location`: one copy per mask).
+Symbolic links that lead outside the folder are refused: a config naming a folder must not reach
+files elsewhere.
 """
 
 from __future__ import annotations
@@ -27,10 +28,24 @@ class FolderItem:
 
     def zarr_input(self, output_dir: Path) -> Path:
         """The Zarr image to segment: the source itself, or where it is ingested."""
-        return output_dir / INGESTED_DIR / f"{self.name}.zarr" if self.needs_ingest else self.source
+        if self.needs_ingest:
+            return Path(ingested_location(str(self.mask_output(output_dir))))
+        return self.source
 
     def mask_output(self, output_dir: Path) -> Path:
         return output_dir / f"{self.name}.zarr"
+
+
+def ingested_location(mask: str) -> str:
+    """Where the image file segmented into the mask ``mask`` is ingested first: beside the mask,
+    ``masks/a.zarr`` -> ``masks/_ingested/a.zarr``. One copy per mask, so that two files of one
+    name segmented into two masks never share a copy (each copy also records its file:
+    :func:`unet.io.ingest.is_current_copy`)."""
+    if "://" in mask:
+        parent, name = mask.rstrip("/").rsplit("/", 1)
+        return f"{parent}/{INGESTED_DIR}/{name.removesuffix('.zarr')}.zarr"
+    path = Path(mask)
+    return str(path.parent / INGESTED_DIR / f"{path.name.removesuffix('.zarr')}.zarr")
 
 
 def is_zarr_store(path: Path) -> bool:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unet.config import json_number
 from unet.errors import ChannelMismatch, InvalidImage, UnsupportedInput
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class Georeference:
             attributes["proj:wkt2"] = _wkt2(self.crs_wkt)
             attributes["crs"] = self.crs_wkt
         if self.nodata is not None:
-            attributes["nodata"] = self.nodata
+            attributes["nodata"] = json_number(self.nodata)
         if self.band_names is not None:
             attributes["band_names"] = list(self.band_names)
         return attributes

@@ -36,10 +36,11 @@ from unet.errors import (
     UnsupportedInput,
 )
 from unet.io.geo import is_geotiff, open_geotiff, write_georeference
-from unet.io.locations import is_url, location_exists, remove_location, resolve_location
+from unet.io.locations import check_readable, is_url, remove_location, resolve_location
 from unet.io.omezarr import LEVEL0, create_image
 from unet.io.presence import store_every_chunk
 from unet.io.pyramid import build_pyramid
+from unet.io.replace import ATTRIBUTE, check_apart, check_replaceable
 from unet.io.source import ImageSource, open_image
 from unet.io.staging import (
     remove_staging,
@@ -67,6 +68,8 @@ _MAGIC = {
 #: Micrometres per pixel in an Aperio description: "...|AppMag = 20|MPP = 0.4990|...".
 _SVS_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.]+(?:[eE][-+]?[0-9]+)?)")
 _RGB_NAMES = ["red", "green", "blue", "alpha"]
+#: The key of the image group's ``unet`` attribute that records the file it was ingested from.
+INGESTED = "ingested"
 _MICROMETRES_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 
 
@@ -108,9 +111,16 @@ def ingest(
     as ``C == 1``, RGB(A) as 3 (4) channels, the input dtype, and the TIFF pixel size in
     micrometres where the resolution tags or the SVS description give one.
 
+    The image group records the file it was made from (``{"unet": {"ingested": {"path",
+    "size", "modified_ns"}}}``, :func:`source_record`), so that a copy is known to be stale
+    once the file changes (:func:`is_current_copy`).
+
     Raises
     ------
-    InputNotFound, UnsupportedInput, InvalidImage, OutputExists
+    InputNotFound, UnsupportedInput, InvalidImage
+    InvalidParameter: the output is the input, or holds it
+    OutputExists: the output exists (without ``overwrite``), or is not an image of unet ingest
+        (also with ``overwrite``: :mod:`unet.io.replace`)
     """
     if is_url(os.fspath(input)):
         raise UnsupportedInput(
@@ -119,6 +129,7 @@ def ingest(
     path = Path(input).expanduser()
     if not path.exists():
         raise InputNotFound(f"input {path} does not exist: check the path")
+    check_readable(path)
     if path.is_dir():
         raise UnsupportedInput(
             f"{path} is a folder, not an image file: ingest reads {SUPPORTED} files (a Zarr "
@@ -127,7 +138,8 @@ def ingest(
     if len(chunks) != 2 or not all(isinstance(c, int) and c >= 1 for c in chunks):
         raise InvalidParameter(f"chunks {chunks} must be two positive integers (cy, cx)")
     location = resolve_location(output)
-    if location_exists(location) and not overwrite:
+    check_apart(location, [path])
+    if check_replaceable(location, "image") and not overwrite:
         raise OutputExists(
             f"output {location} exists: choose another path or pass overwrite=True (--overwrite)"
         )
@@ -145,6 +157,7 @@ def ingest(
                 pixel_size=reader.pixel_size,
                 name=path.stem,
                 overwrite=True,
+                attributes={ATTRIBUTE: {INGESTED: source_record(path)}},
             )
             _copy(reader, level0, chunks, progress, path)
             # So that a chunk missing later is known to be lost (see unet.io.presence).
@@ -159,8 +172,41 @@ def ingest(
                 remove_staging(staging)
             raise
     if staging != location:
+        # Checked again where it is replaced: something else may have come there meanwhile.
+        check_replaceable(location, "image")
         replace_location(staging, location)
     return open_image(location)
+
+
+def source_record(path: str | os.PathLike[str]) -> dict[str, object]:
+    """What ties an ingested image to the file it was made from: the file's real path, size and
+    modification time (ns). A copy whose record differs from its file's is stale."""
+    real = os.path.realpath(path)
+    status = os.stat(real)
+    return {"path": real, "size": status.st_size, "modified_ns": status.st_mtime_ns}
+
+
+def recorded_source(location: str) -> dict[str, object] | None:
+    """The :func:`source_record` an image ingested at ``location`` carries; None when there is
+    no such image or it was ingested before images recorded their source."""
+    import zarr
+
+    try:
+        state = zarr.open_group(store=location, mode="r").attrs.get(ATTRIBUTE)
+    except (FileNotFoundError, OSError, ValueError, zarr.errors.NodeTypeValidationError):
+        return None
+    record = state.get(INGESTED) if isinstance(state, dict) else None
+    return dict(record) if isinstance(record, dict) else None
+
+
+def is_current_copy(location: str, source: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` holds an image ingested from ``source`` as it is now (same real path,
+    size and modification time)."""
+    recorded = recorded_source(location)
+    try:
+        return recorded is not None and recorded == source_record(source)
+    except OSError:
+        return False
 
 
 def _copy(

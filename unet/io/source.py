@@ -323,10 +323,12 @@ def _open_array(location: str, array_path: str) -> zarr.Array:
 
 
 def _open_ome_group(location: str, group: zarr.Group, channels_last: bool) -> ImageSource:
+    """The image of an OME-Zarr group: its largest level (datasets may list levels in any
+    order), its axes by name, its pixel size; hostile metadata is one :class:`InvalidImage`."""
     attributes = group.attrs.asdict()
     ome = attributes.get("ome", attributes)
     prefix = ""
-    if "bioformats2raw.layout" in ome and "multiscales" not in ome:
+    if isinstance(ome, dict) and "bioformats2raw.layout" in ome and "multiscales" not in ome:
         # bioformats2raw puts the first image in the sub-group "0".
         import zarr
 
@@ -334,40 +336,54 @@ def _open_ome_group(location: str, group: zarr.Group, channels_last: bool) -> Im
         attributes = group.attrs.asdict()
         ome = attributes.get("ome", attributes)
         prefix = "0/"
-    multiscales = ome.get("multiscales")
+    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
     if not multiscales:
         raise UnsupportedInput(
             f"{location} is a Zarr group without OME-NGFF multiscales metadata: give the path "
             "of the image array inside it (e.g. <group>/0) or of an OME-Zarr image group"
         )
-    multiscale = multiscales[0]
-    datasets = multiscale.get("datasets") or []
-    if not datasets or "path" not in datasets[0]:
+    multiscale = multiscales[0] if isinstance(multiscales, list) else None
+    if not isinstance(multiscale, dict):
+        raise InvalidImage(
+            f"OME-Zarr image {location} has multiscales metadata of the wrong form (a list of "
+            f"objects is expected, found {type(multiscales).__name__}): fix its metadata"
+        )
+    datasets = multiscale.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
         raise InvalidImage(
             f"OME-Zarr image {location} lists no datasets in its multiscales metadata: "
             "rewrite the metadata or open the level-0 array directly"
         )
-    level_paths = tuple(prefix + dataset["path"] for dataset in datasets if "path" in dataset)
-    try:
-        array = _open_array(location, level_paths[0])
-    except FileNotFoundError as error:
+    for dataset in datasets:
+        path = dataset.get("path") if isinstance(dataset, dict) else None
+        if not isinstance(path, str) or not path:
+            raise InvalidImage(
+                f"OME-Zarr image {location} has a dataset {dataset!r} without a path (a string "
+                "naming its array): fix its multiscales metadata"
+            )
+    levels = [_open_level(location, prefix + dataset["path"]) for dataset in datasets]
+    ndim = levels[0].ndim
+    names, types = ome_axes(location, multiscale, ndim)
+    if len(names) != ndim or any(level.ndim != ndim for level in levels):
         raise InvalidImage(
-            f"OME-Zarr image {location} names level 0 '{level_paths[0]}', which does not exist "
-            "in the store: rewrite the metadata or open the level-0 array directly"
-        ) from error
-    names, types = ome_axes(multiscale, array.ndim)
-    if len(names) != array.ndim:
-        raise InvalidImage(
-            f"OME-Zarr image {location} declares {len(names)} axes {tuple(names)} for a "
-            f"{array.ndim}-D level-0 array: fix its multiscales metadata"
+            f"OME-Zarr image {location} declares {len(names)} axes {tuple(names)} for levels "
+            f"of {sorted({level.ndim for level in levels})} dimensions: fix its multiscales "
+            "metadata"
         )
-    axes = normalise_axes(location, names, types, array.shape)
+    axes = normalise_axes(location, names, types, levels[0].shape)
+    # The largest level is the image, wherever the metadata lists it; the others follow it
+    # from large to small, as the pyramid's readers expect.
+    order = sorted(range(len(levels)), key=lambda i: -math.prod(spatial_shape(levels[i], axes)))
+    largest = order[0]
+    if largest != 0:
+        axes = normalise_axes(location, names, types, levels[largest].shape)
+    level_paths = tuple(prefix + datasets[i]["path"] for i in order)
     if channels_last and CHANNEL in axes and axes.index(CHANNEL) < axes.index(ROWS):
         raise InvalidParameter(
             f"channels_last was given but {location} declares its axes {axes} in OME metadata: "
             "drop --channels-last"
         )
-    scale = ome_scale(multiscale, datasets[0], len(names))
+    scale = ome_scale(location, multiscale, datasets[largest], len(names))
     pixel_size = None
     if scale is not None:
         pixel_size = (float(scale[axes.index(ROWS)]), float(scale[axes.index(COLUMNS)]))
@@ -376,8 +392,20 @@ def _open_ome_group(location: str, group: zarr.Group, channels_last: bool) -> Im
             # A unit-less scale of 1 is the writer's placeholder, not a measured pixel size.
             pixel_size = None
     return _source_from_array(
-        location, level_paths[0], array, axes, channels_last, pixel_size, level_paths
+        location, level_paths[0], levels[largest], axes, channels_last, pixel_size, level_paths
     )
+
+
+def _open_level(location: str, path: str) -> zarr.Array:
+    """A level array the OME metadata names; InvalidImage where there is none."""
+    try:
+        array = _open_array(location, path)
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as error:
+        raise InvalidImage(
+            f"OME-Zarr image {location} names level '{path}', which is not an array in the "
+            f"store ({type(error).__name__}): rewrite the metadata or open a level directly"
+        ) from None
+    return array
 
 
 def _source_from_array(

@@ -181,12 +181,16 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Checkp
         )
     try:
         header = json.loads(header_text)
-        config = header["architecture"]
+        config = _architecture(file, header)
+        _check_size(file, config, state)
         model = UNet(**config)
         mean = np.asarray(header["mean"], dtype=np.float32)
         std = np.asarray(header["std"], dtype=np.float32)
     except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
         raise CheckpointError(f"{file} has corrupt unet metadata ({error})") from None
+    class_names, colours, metadata = _labels(file, header, model.num_classes)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -203,17 +207,93 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Checkp
         )
     _check_finite_weights(file, state)
     model.eval().to(device)
-    colours = [tuple(int(v) for v in c) for c in header.get("colours", [])]
     return Checkpoint(
         model=model,
         mean=mean,
         std=std,
-        class_names=list(header.get("class_names") or default_class_names(model.num_classes)),
-        colours=colours or default_colours(max(model.num_classes, 2)),
-        metadata=dict(header.get("metadata", {})),
+        class_names=class_names,
+        colours=colours,
+        metadata=metadata,
         digest=hashlib.sha256(data).hexdigest(),
         path=str(file),
     )
+
+
+#: The architecture keys of a checkpoint and their types.
+_ARCHITECTURE = {
+    "in_channels": int,
+    "num_classes": int,
+    "base_channels": int,
+    "depth": int,
+    "padding": str,
+}
+
+
+def _architecture(file: Path, header: Any) -> dict[str, Any]:
+    """The header's architecture, each value of its type and within range."""
+    config = header.get("architecture") if isinstance(header, dict) else None
+    if not isinstance(config, dict) or set(config) != set(_ARCHITECTURE):
+        raise CheckpointError(
+            f"{file} has corrupt unet metadata: the architecture must name exactly "
+            f"{', '.join(_ARCHITECTURE)}"
+        )
+    for key, kind in _ARCHITECTURE.items():
+        value = config[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(
+                f"{file} has corrupt unet metadata: architecture {key} is {value!r}, not "
+                f"{'an integer' if kind is int else 'a string'}"
+            )
+    from unet.tiling.geometry import MAX_DEPTH
+
+    if config["padding"] not in ("valid", "same") or not 1 <= config["depth"] <= MAX_DEPTH:
+        raise CheckpointError(
+            f"{file} has corrupt unet metadata: padding {config['padding']!r} (valid or same), "
+            f"depth {config['depth']} (1 to {MAX_DEPTH})"
+        )
+    if min(config["in_channels"], config["num_classes"], config["base_channels"]) < 1:
+        raise CheckpointError(f"{file} has corrupt unet metadata: channel counts below 1")
+    return config
+
+
+def _check_size(file: Path, config: dict[str, Any], state: dict[str, Any]) -> None:
+    """Refuse an architecture whose parameters the file does not hold, before building it: a
+    header claiming base_channels 100000 would otherwise allocate hundreds of GB."""
+    from unet.network.model import parameter_count
+
+    expected = parameter_count(**config)
+    stored = sum(int(tensor.numel()) for tensor in state.values())
+    if expected != stored:
+        raise CheckpointError(
+            f"{file}: weights do not fit the stored architecture {config}, which has "
+            f"{expected:,} parameters ({expected * 4 / 2**30:,.1f} GiB in fp32) where the file "
+            f"holds {stored:,}: re-save it with save_checkpoint"
+        )
+
+
+def _labels(
+    file: Path, header: dict[str, Any], num_classes: int
+) -> tuple[list[str], list[tuple[int, int, int]], dict[str, Any]]:
+    """Class names, RGB colours and metadata of the header, checked (defaults where absent)."""
+    labels = max(num_classes, 2)
+    names = header.get("class_names") or default_class_names(num_classes)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{file} has corrupt unet metadata: class_names must be strings")
+    colours = header.get("colours") or default_colours(labels)
+    valid = isinstance(colours, list) and all(
+        isinstance(c, list | tuple)
+        and len(c) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
+        for c in colours
+    )
+    if not valid:
+        raise CheckpointError(
+            f"{file} has corrupt unet metadata: colours must be [r, g, b] lists of 0..255 integers"
+        )
+    metadata = header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{file} has corrupt unet metadata: metadata must be an object")
+    return list(names), [tuple(c) for c in colours], dict(metadata)
 
 
 def _check_finite_weights(file: Path, state: dict[str, Any]) -> None:

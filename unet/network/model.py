@@ -127,3 +127,51 @@ class UNet(nn.Module):
             del skip
             x = decoder(x)
         return self.head(x)
+
+
+def parameter_count(
+    in_channels: int, num_classes: int, base_channels: int, depth: int, padding: str = "valid"
+) -> int:
+    """The number of parameters of ``UNet(in_channels, num_classes, base_channels, depth)``,
+    computed without building it (a size check before anything is allocated)."""
+    widths = [base_channels * 2**level for level in range(depth + 1)]
+
+    def double(cin: int, cout: int) -> int:
+        return cin * cout * 9 + cout + cout * cout * 9 + cout
+
+    total, channels = 0, in_channels
+    for width in widths[:-1]:
+        total += double(channels, width)
+        channels = width
+    total += double(channels, widths[-1])
+    for level in range(depth):
+        total += widths[level + 1] * widths[level] * 4 + widths[level]
+        total += double(2 * widths[level], widths[level])
+    return total + widths[0] * num_classes + num_classes
+
+
+def activation_count(
+    in_channels: int, num_classes: int, base_channels: int, depth: int, padding: str, side: int
+) -> int:
+    """Float values of the feature maps one ``side`` x ``side`` tile makes in a forward pass
+    (convolution, pooling, up-convolution and concatenation outputs): what a training step keeps
+    for its backward pass, per tile; computed without building the network."""
+    shrink = 0 if padding == "same" else 2
+    widths = [base_channels * 2**level for level in range(depth + 1)]
+    total, sides = side * side * in_channels, []
+    for width in widths[:-1]:
+        first, second = side - shrink, side - 2 * shrink
+        total += width * (first * first + second * second)
+        sides.append(second)
+        side = second // 2
+        total += width * side * side
+    first, second = side - shrink, side - 2 * shrink
+    total += widths[-1] * (first * first + second * second)
+    side = second
+    for level in reversed(range(depth)):
+        side *= 2
+        total += widths[level] * side * side * 3  # up-convolution, then the concatenation
+        first, second = side - shrink, side - 2 * shrink
+        total += widths[level] * (first * first + second * second)
+        side = second
+    return total + num_classes * side * side

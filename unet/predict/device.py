@@ -34,6 +34,11 @@ def resolve_device(device: str) -> torch.device:
         ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InvalidParameter(f"device {device!r} asked for but no CUDA GPU is visible: use cpu")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise InvalidParameter(
+            f"device {device!r} asked for but this machine has {torch.cuda.device_count()} "
+            f"CUDA GPU(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or auto"
+        )
     return resolved
 
 

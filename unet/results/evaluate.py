@@ -10,16 +10,17 @@ import numpy as np
 from unet.errors import InvalidImage, InvalidParameter
 from unet.io.files import read_labels
 
+#: The most classes scored per class: a uint16 label's every value. Larger "labels" are object
+#: ids (score them with ``instances``), and their per-class lists would not be read anyway.
+MAX_CLASSES = 2**16
+
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
     """int64 (num_classes, num_classes) pixel counts, rows the ground truth, columns the
-    prediction. Both arrays hold class indices ``0 .. num_classes - 1``."""
-    for name, array in (("prediction", pred), ("ground truth", gt)):
-        if array.size and (array.min() < 0 or array.max() >= num_classes):
-            raise InvalidImage(
-                f"{name} holds values {array.min()}..{array.max()}, outside the "
-                f"{num_classes} classes 0..{num_classes - 1}: pass num_classes"
-            )
+    prediction. Both arrays hold class indices ``0 .. num_classes - 1``; ``num_classes`` is at
+    most :data:`MAX_CLASSES` ** 0.5 (the matrix is dense: :func:`evaluate` needs none)."""
+    _check_classes(num_classes, limit=int(MAX_CLASSES**0.5), what="a confusion matrix")
+    _check_values(pred, gt, num_classes)
     index = gt.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
     return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
@@ -28,14 +29,51 @@ def dice_iou(confusion: np.ndarray) -> tuple[list[float | None], list[float | No
     """Dice ``2TP / (2TP + FP + FN)`` and IoU ``TP / (TP + FP + FN)`` per class from a confusion
     matrix; None for a class absent from both prediction and ground truth."""
     true_positive = np.diag(confusion).astype(np.float64)
-    false_positive = confusion.sum(axis=0) - true_positive
-    false_negative = confusion.sum(axis=1) - true_positive
+    return _scores(true_positive, confusion.sum(axis=0), confusion.sum(axis=1))
+
+
+def class_scores(
+    pred: np.ndarray, gt: np.ndarray, num_classes: int
+) -> tuple[list[float | None], list[float | None]]:
+    """:func:`dice_iou` of the two label arrays, in memory linear in ``num_classes`` (no
+    matrix): per class the pixels where both agree, and each side's pixel count."""
+    _check_classes(num_classes, limit=MAX_CLASSES, what="per-class scores")
+    _check_values(pred, gt, num_classes)
+    pred, gt = pred.astype(np.int64).ravel(), gt.astype(np.int64).ravel()
+    true_positive = np.bincount(gt[gt == pred], minlength=num_classes)
+    predicted = np.bincount(pred, minlength=num_classes)
+    true = np.bincount(gt, minlength=num_classes)
+    return _scores(true_positive.astype(np.float64), predicted, true)
+
+
+def _scores(
+    true_positive: np.ndarray, predicted: np.ndarray, true: np.ndarray
+) -> tuple[list[float | None], list[float | None]]:
+    false_positive = predicted - true_positive
+    false_negative = true - true_positive
     dice, iou = [], []
     for tp, fp, fn in zip(true_positive, false_positive, false_negative, strict=True):
         union = tp + fp + fn
         dice.append(float(2 * tp / (2 * tp + fp + fn)) if union else None)
         iou.append(float(tp / union) if union else None)
     return dice, iou
+
+
+def _check_classes(num_classes: int, *, limit: int, what: str) -> None:
+    if num_classes > limit:
+        raise InvalidParameter(
+            f"{num_classes:,} classes is more than {what} take ({limit:,}): labels this large "
+            "are object ids, scored with --instances (instances=True); or give fewer classes"
+        )
+
+
+def _check_values(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> None:
+    for name, array in (("prediction", pred), ("ground truth", gt)):
+        if array.size and (array.min() < 0 or array.max() >= num_classes):
+            raise InvalidImage(
+                f"{name} holds values {array.min()}..{array.max()}, outside the "
+                f"{num_classes} classes 0..{num_classes - 1}: pass num_classes"
+            )
 
 
 def match_objects(
@@ -123,7 +161,7 @@ def evaluate(
     else:
         classes = num_classes or max(int(pred.max()) + 1, int(gt.max()) + 1, 2)
         pred_classes, gt_classes = pred, gt
-    dice, iou = dice_iou(confusion_matrix(pred_classes, gt_classes, classes))
+    dice, iou = class_scores(pred_classes, gt_classes, classes)
     result: dict[str, Any] = {
         "num_classes": classes,
         "dice": dice,

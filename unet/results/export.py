@@ -113,7 +113,7 @@ def export(
     if vector is not None:
         check_vector_format(Path(vector))
     for target in targets:
-        check_target(target, overwrite)
+        check_target(target, overwrite, labels)
     cog = None
     if not polygons_only:
         cog = write_cog(labels, output, overwrite=overwrite, blocksize=blocksize)
@@ -154,7 +154,7 @@ def export_instances(
     value = resolve_label(labels, label) if label is not None else None
     target = Path(output)
     check_vector_format(target)
-    check_target(target, overwrite)
+    check_target(target, overwrite, labels)
     instances = open_instances(labels)
     return write_instance_polygons(
         labels, instances, target, label=value, overwrite=overwrite, object_type=object_type
@@ -178,7 +178,7 @@ def write_cog(
     import rasterio.shutil
 
     target = Path(output)
-    check_target(target, overwrite)
+    check_target(target, overwrite, mask)
     temporary, staging = sibling(target, "tiles"), sibling(target, "partial")
     try:
         _write_tiled(mask, temporary, blocksize)

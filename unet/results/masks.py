@@ -47,7 +47,7 @@ def open_mask(url: str | os.PathLike[str]) -> LabelMask:
     """
     import zarr
 
-    from unet.engine.ledger import ATTRIBUTE
+    from unet.io.complete import check_finished
     from unet.io.geo import read_georeference
     from unet.io.source import open_image
 
@@ -60,12 +60,7 @@ def open_mask(url: str | os.PathLike[str]) -> LabelMask:
     attributes: dict[str, Any] = {}
     if source.array_path:
         attributes = zarr.open_group(store=source.url, mode="r").attrs.asdict()
-    run = attributes.get(ATTRIBUTE)
-    if isinstance(run, dict) and not run.get("complete", True):
-        raise InvalidImage(
-            f"{source.url} is an unfinished unet segment run: rerun the same segment command "
-            "to finish it, then export"
-        )
+    check_finished(source.url, reader="export")
     image_label = attributes.get("ome", {}).get("image-label", {})
     names = {
         int(item["label-value"]): str(item["class"])
@@ -132,10 +127,19 @@ def resolve_label(mask: LabelMask, label: str | int) -> int:
     raise InvalidParameter(f"class {label!r} is not in this mask: give a name or value ({known})")
 
 
-def check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool, mask: LabelMask) -> None:
+    """Refuse, before anything is written, a file ``target`` exported from ``mask`` that would
+    replace the mask (or lie in it), something that is not a file of its own format, or an
+    existing file without ``overwrite`` (:mod:`unet.io.replace`)."""
+    from unet.io.replace import check_apart, check_replaceable, kind_of_suffix
+
     if "://" in str(target):
         raise InvalidParameter(f"{target} is a URL: export writes local files")
-    if target.exists() and not overwrite:
+    check_apart(target, [mask.source.url])
+    kind = kind_of_suffix(target)
+    if kind not in ("gpkg", "json", "parquet"):
+        kind = "tiff"  # any other name gets the GeoTIFF
+    if check_replaceable(target, kind) and not overwrite:
         raise OutputExists(
             f"output {target} exists: choose another path or pass overwrite=True (--overwrite)"
         )

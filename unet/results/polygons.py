@@ -156,7 +156,7 @@ def _vector_file(
     target = Path(output)
     check_vector_format(target)
     check_object_type(object_type)
-    check_target(target, overwrite)
+    check_target(target, overwrite, mask)
     staging = sibling(target, "partial")
     try:
         with _vector_writer(

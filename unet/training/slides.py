@@ -132,8 +132,9 @@ def open_slide(
     ------
     InputNotFound, UnsupportedInput, InvalidImage
         Missing or unreadable stores, a mask of another size or with channels, masks that are
-        not integer labels.
+        not integer labels, a mask of an unfinished ``unet segment`` run.
     """
+    from unet.io.complete import check_finished
     from unet.io.source import open_image
 
     image = open_image(image_path)
@@ -142,6 +143,7 @@ def open_slide(
     if mask_path is None:
         mask_path = inner_labels(Path(image_path), label_name)
     mask = open_image(mask_path)
+    check_finished(mask.url, reader="train on it")
     where = str(mask_path)
     if mask.shape[0] != 1:
         raise InvalidImage(f"{where} has {mask.shape[0]} channels: a mask is one (Y, X) plane")

@@ -28,6 +28,7 @@ give identical weights, and so does a run interrupted and resumed from its saved
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet.config import validated
-from unet.errors import ChannelMismatch, InvalidParameter, OutputExists
+from unet.errors import ChannelMismatch, InvalidParameter, OutputExists, UNetError
 from unet.predict.device import Precision
 from unet.results.evaluate import confusion_matrix, dice_iou
 from unet.training.config import TrainParameters
@@ -145,6 +146,7 @@ def train(
         parameters = validated(TrainParameters, {**given, **options})
     config = parameters
     out = Path(out)
+    _check_outputs(out, Path(data_dir), config)
     if out.exists() and not config.overwrite:
         raise OutputExists(f"{out} exists: choose another path or pass --overwrite")
     initial = None
@@ -174,6 +176,7 @@ def train(
         item.mean, item.std = mean, std
 
     torch_device = resolve_device(config.device)
+    check_memory(config, dataset[0].channels, num_classes, torch_device)
     model = _initial_model(config, dataset[0].channels, num_classes, initial)
     model.to(torch_device)
     # Channels-last from the start: faster on CPU and GPU, and validation (which converts the
@@ -358,10 +361,28 @@ def _fingerprint(
 
     document = {
         **config.recorded(),
-        "data": [[item.name, *item.shape] for item in dataset],
+        "data": [[item.name, *item.shape, _content(item)] for item in dataset],
         "init_digest": initial.digest if initial is not None else None,
     }
     return json.loads(json.dumps(document))
+
+
+def _content(item: TrainingItem) -> str:
+    """What changes when an item's pixels or annotations change, so that a state saved before a
+    correction is not resumed with the corrected data: the SHA-256 of an image and its classes
+    read whole; for a slide, the change markers of its image and mask stores and its annotated
+    pixels per class (its pixels are never read whole)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if isinstance(item, LabelledImage):
+        for array in (item.image, item.classes):
+            digest.update(str((array.dtype, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).data)
+    else:
+        marker = [item.image.identity(), item.mask.identity(), item.class_counts.tolist()]
+        digest.update(repr(marker).encode())
+    return digest.hexdigest()
 
 
 def _validation_set(
@@ -375,6 +396,81 @@ def _validation_set(
         else:
             checks.extend(sampler.fixed_windows(item, VAL_WINDOWS, seed=[seed, 3, index]))
     return checks
+
+
+def check_memory(config: TrainParameters, channels: int, num_classes: int, device: Any) -> None:
+    """Refuse, before the network is built, a training run whose weights, gradients, optimizer
+    state and one step's feature maps alone need more memory than ``device`` has free.
+
+    The estimate is a lower bound (4 copies of the parameters, and the feature maps that a
+    step keeps for its backward pass, :func:`unet.network.model.activation_count`), so a run
+    that is refused could not have fitted.
+
+    Raises
+    ------
+    InvalidParameter: naming the bytes needed and free, and what to lower
+    """
+    from unet.network.model import activation_count, parameter_count
+
+    architecture = (channels, num_classes, config.base_channels, config.depth, config.padding)
+    parameters = parameter_count(*architecture)
+    activations = config.batch_size * activation_count(*architecture, config.tile_size)
+    value_bytes = 4 if config.precision == "fp32" else 2
+    needed = 4 * 4 * parameters + value_bytes * activations
+    free = _free_memory(device)
+    if needed > free:
+        raise InvalidParameter(
+            f"training this network needs at least {_gib(needed)} ({parameters:,} parameters; "
+            f"{config.batch_size} tile(s) of {config.tile_size}x{config.tile_size} px) but "
+            f"{device} has {_gib(free)} free: lower --base-channels "
+            f"({config.base_channels}), --depth ({config.depth}), --tile-size or --batch-size"
+        )
+
+
+def _free_memory(device: Any) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
+
+
+def _check_outputs(out: Path, data_dir: Path, config: TrainParameters) -> None:
+    """Refuse, before anything is read or written, a checkpoint, plot or state file that would
+    replace the training data, the initial checkpoint, or a file of another format
+    (:mod:`unet.io.replace`)."""
+    from unet.io.replace import check_apart, check_replaceable
+
+    folders = [data_dir / name for name in ("images", "masks") if (data_dir / name).is_dir()]
+    # The data folder may hold the checkpoint beside images/ and masks/; a slide may not.
+    inputs: list[Path] = folders or [data_dir]
+    around = [data_dir] if folders else []
+    if config.init is not None:
+        from unet.network.checkpoint import resolve_checkpoint
+
+        with contextlib.suppress(UNetError):  # a missing one is refused when it is loaded
+            inputs.append(resolve_checkpoint(config.init))
+    plot, state = plot_path(out), state_path(out)
+    for path, kind, what in (
+        (out, "safetensors", "checkpoint"),
+        (plot, "png", "plot"),
+        (state, "safetensors", "training state"),
+    ):
+        check_apart(path, inputs, what=what)
+        check_apart(path, around, what=what, inside_allowed=True)
+        check_replaceable(path, kind, what=what)
+    if plot.exists() and not (out.exists() or state.exists()):
+        # A plot is written with the state or the checkpoint: without either, it is not ours.
+        raise OutputExists(
+            f"plot {plot} (the checkpoint's name with .png) exists and no earlier run of "
+            f"{out} wrote it: move it away or choose another --out"
+        )
 
 
 def _plot(path: Path, run: Progress, total_steps: int) -> None:

@@ -237,7 +237,12 @@ def create_instance_image(
     from unet.engine.ledger import ATTRIBUTE
     from unet.io.omezarr import LABEL_COMPRESSION, create_image
     from unet.io.pyramid import create_chunk_levels
+    from unet.io.replace import check_replaceable
 
+    # The plan checked it; checked again where it is replaced, since it may have changed since.
+    check_replaceable(location, "instances", what="instance image")
+    # Recognisable as an instance image from its first write (unet.io.replace).
+    record = {ATTRIBUTE: {"mask": relative_to(location, mask), "digest": digest}}
     create_image(
         location,
         shape,
@@ -247,6 +252,7 @@ def create_instance_image(
         name=location.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr"),
         overwrite=True,
         compression=LABEL_COMPRESSION,
+        attributes=record,
     )
     group = zarr.open_group(location, mode="r+")
     ome = copy.deepcopy(group.attrs["ome"])
@@ -254,9 +260,7 @@ def create_instance_image(
     source = zarr.open_group(mask, mode="r").attrs.get("ome", {}).get("image-label", {})
     if "source" in source:
         ome["image-label"]["source"] = source["source"]
-    group.update_attributes(
-        {"ome": ome, ATTRIBUTE: {"mask": relative_to(location, mask), "digest": digest}}
-    )
+    group.update_attributes({"ome": ome, **record})
     create_chunk_levels(group, pyramid_levels)
     return group
 
