@@ -18,6 +18,7 @@ import json
 import shutil
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,9 +68,17 @@ def main() -> None:
         job = chunk_job(plan, group, torch_threads=1)
         job = type(job)(**{**job.__dict__, "stream": not arguments.sequential})
         order = strip_order_array(np.ones(plan.grid.counts, bool))
+
+        def tasks(job=job, order=order) -> None:
+            for start in range(0, len(order), arguments.task):
+                run_chunk_task(job, order[start : start + arguments.task])
+
+        # In a thread of its own, as a Dask worker runs a task (Blosc, for one, starts threads
+        # of its own only when called from the main thread).
         cpu, wall = time.process_time(), time.perf_counter()
-        for start in range(0, len(order), arguments.task):
-            run_chunk_task(job, order[start : start + arguments.task])
+        runner = threading.Thread(target=tasks)
+        runner.start()
+        runner.join()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         rounds.append(
             {

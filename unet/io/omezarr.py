@@ -51,7 +51,7 @@ def create_image(
     unit: str | None = _UNIT,
     name: str | None = None,
     overwrite: bool = False,
-    compression: tuple[int, str] | None = None,
+    compression: tuple[str, int, str] | None = None,
     attributes: dict[str, Any] | None = None,
     fill_value: int | float = 0,
 ) -> zarr.Array:
@@ -68,8 +68,8 @@ def create_image(
     unit: the OME unit of ``pixel_size`` (micrometres unless given; None for none)
     name: the multiscale's name (defaults to the store's base name)
     overwrite: replace whatever exists at ``url``
-    compression: Blosc zstd ``(clevel, shuffle)``; default ``(5, "bitshuffle")`` for 1-byte
-        types and ``(5, "shuffle")`` for others
+    compression: Blosc ``(cname, clevel, shuffle)``; default ``("zstd", 5, "bitshuffle")``
+        for 1-byte types and ``("zstd", 5, "shuffle")`` for others
     attributes: more group attributes, written with the OME ones in the group's first metadata
         write (entries of an ``"ome"`` key join the OME metadata)
     fill_value: what an unwritten chunk reads as (Zarr stores no chunk equal to it)
@@ -116,24 +116,28 @@ def create_image(
     ome.update(extra.pop("ome", {}))
     _make_room(location, overwrite)
     group = zarr.create_group(store=location, zarr_format=3, attributes={"ome": ome, **extra})
-    clevel, shuffle = compression or (5, "bitshuffle" if numpy_dtype.itemsize == 1 else "shuffle")
+    cname, clevel, shuffle = compression or (
+        "zstd",
+        5,
+        "bitshuffle" if numpy_dtype.itemsize == 1 else "shuffle",
+    )
     return group.create_array(
         LEVEL0,
         shape=shape,
         dtype=numpy_dtype,
         chunks=chunk_shape,
-        compressors=[BloscCodec(cname="zstd", clevel=clevel, shuffle=shuffle)],
+        compressors=[BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle)],
         fill_value=fill_value,
         dimension_names=axes,
     )
 
 
-#: Blosc zstd level and shuffle of masks (the chunk tasks write them). Labels use the low bits
-#: of each byte only, so bitshuffle leaves long runs of zero bits: writing 1024^2 chunks of a
-#: nuclei mask was faster and gave smaller chunks than without a shuffle, and level 5 was much
-#: slower for chunks a little smaller still (zarrs codec pipeline, 2 CPU cores; figures in
-#: benchmarks/README.md).
-LABEL_COMPRESSION = (1, "bitshuffle")
+#: Blosc compressor, level and shuffle of masks (the chunk tasks write them). Labels use the low
+#: bits of each byte only, so bitshuffle leaves long runs of zero bits. lz4 encodes a 1024^2
+#: nuclei mask in about half the CPU of zstd level 1 (0.9 against 1.5 ms), at about twice the
+#: bytes (67 against 32 KiB, still a sixteenth of the pixels), and decodes faster for viewers:
+#: the chunk tasks' encodes are on a GPU run's critical path (benchmarks/README.md).
+LABEL_COMPRESSION = ("lz4", 1, "bitshuffle")
 
 
 def create_label_image(
