@@ -101,6 +101,7 @@ def run_bench(
     quick: bool = False,
     simulate_device: float | None = None,
     simulated_devices: Sequence[int] = (1,),
+    processes_per_device: int = 1,
     scheduler: str | None = None,
     plot: str | os.PathLike[str] | None = None,
     json_path: str | os.PathLike[str] | None = None,
@@ -137,6 +138,8 @@ def run_bench(
         that costs nothing), see ``bench_simulated.py``; each run in a fresh process
     simulated_devices: simulated GPUs (worker processes) of each simulated run, one run per
         count
+    processes_per_device: with ``simulate_device``, worker processes per simulated device
+        (taking turns on it, as processes sharing one GPU do)
     scheduler: with ``simulate_device``, run on this existing Dask cluster instead: each of
         its workers is one simulated device (``simulated_devices`` is then its worker count)
     plot: PNG file of throughput against tile size (raw) and image side (pipeline)
@@ -202,6 +205,7 @@ def run_bench(
             settings.update(
                 simulate_device=simulate_device,
                 simulated_devices=list(simulated_devices),
+                processes_per_device=processes_per_device,
                 scheduler=scheduler,
             )
             # Each in a fresh process, quick or not: the GPU plan starts worker processes.
@@ -221,6 +225,7 @@ def run_bench(
                     measure=measure_in_subprocess,
                     in_channels=checkpoint.model.in_channels,
                     scheduler=scheduler,
+                    processes_per_device=processes_per_device,
                 ),
             }
             results["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -571,6 +576,12 @@ def parser() -> argparse.ArgumentParser:
         help="simulated GPUs (worker processes) per simulated run, comma-separated (e.g. 1,2)",
     )
     add(
+        "--processes-per-device",
+        type=int,
+        default=1,
+        help="with --simulate-device: worker processes per simulated device (taking turns on it)",
+    )
+    add(
         "--scheduler",
         metavar="ADDRESS",
         help="with --simulate-device: run on this existing Dask cluster (tcp://HOST:PORT), "
@@ -603,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         simulate_device=args.simulate_device,
         simulated_devices=tuple(args.simulated_devices),
         scheduler=args.scheduler,
+        processes_per_device=args.processes_per_device,
         plot=args.plot,
         json_path=args.json,
         workdir=args.workdir,

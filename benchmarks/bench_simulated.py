@@ -51,6 +51,7 @@ def run_simulated(
     measure: Callable[[dict[str, Any]], dict[str, Any]],
     in_channels: int,
     scheduler: str | None = None,
+    processes_per_device: int = 1,
 ) -> dict[str, Any]:
     """The simulated pipeline runs for every device count and side; ``simulated`` (a list),
     the contract keys of the largest side with one device (``device_mpx_per_s``,
@@ -83,6 +84,7 @@ def run_simulated(
                         "simulated_devices": count,
                         "stages": True,
                         "scheduler": scheduler,
+                        "processes_per_device": processes_per_device,
                     }
                 )
             )

@@ -164,7 +164,9 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         )
         workers_here = False
     elif simulated is not None:
-        cluster = gpu_plan(spec.get("simulated_devices", 1))
+        devices = spec.get("simulated_devices", 1)
+        # Several worker processes per device take turns on it (a lock file per device).
+        cluster = gpu_plan(devices, devices * spec.get("processes_per_device", 1))
         client_context = dask_client(cluster)
         workers_here = False
     elif spec.get("in_process"):
@@ -184,7 +186,10 @@ def measure_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         if simulated is not None:
             from unet.bench.simulate import PLUGIN_NAME, SimulatedDevicePlugin
 
-            client.register_plugin(SimulatedDevicePlugin(float(simulated)))
+            shared = None
+            if spec.get("processes_per_device", 1) > 1:
+                shared = str(Path(spec["output"]).with_suffix(".device-lock"))
+            client.register_plugin(SimulatedDevicePlugin(float(simulated), shared))
             if spec.get("scheduler"):  # a cluster that lives on: put the real step back after
                 stack.callback(client.unregister_worker_plugin, PLUGIN_NAME)
             if spec.get("stages"):

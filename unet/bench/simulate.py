@@ -43,12 +43,16 @@ class SimulatedDevice:
     ----------
     mpx_per_s: the device's speed in useful output megapixels a second; ``math.inf`` for a
         device so fast that it costs nothing (the data path's ceiling)
+    shared_lock: a file that every process simulating the same device locks (``flock``) while
+        the device computes, as processes sharing one GPU take turns on it; None: this process
+        has the device to itself
     """
 
-    def __init__(self, mpx_per_s: float) -> None:
+    def __init__(self, mpx_per_s: float, shared_lock: str | None = None) -> None:
         if not mpx_per_s > 0:
             raise ValueError(f"a simulated device needs a speed > 0 Mpx/s, got {mpx_per_s}")
         self.mpx_per_s = float(mpx_per_s)
+        self.shared_lock = shared_lock
         self.batches = 0
         self.pixels = 0
         self._labels: dict[tuple[int, ...], np.ndarray] = {}
@@ -71,7 +75,7 @@ class SimulatedDevice:
             _length(part, side) for part, side in zip(crop, tiles.shape[-2:], strict=True)
         )
         pixels = tiles.shape[0] * height * width
-        with device_lock(device):
+        with device_lock(device), _process_lock(self.shared_lock):
             began = time.perf_counter()
             if labels:
                 outputs = self._labels_like(tiles, crop, normalization)
@@ -105,6 +109,23 @@ class SimulatedDevice:
         return known
 
 
+@contextlib.contextmanager
+def _process_lock(path: str | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` of ``path`` (nothing when None) while inside."""
+    if path is None:
+        yield
+        return
+    import fcntl
+    import os
+
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def _length(part: slice, side: int) -> int:
     return len(range(*part.indices(side)))
 
@@ -115,15 +136,24 @@ class SimulatedDevicePlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, mpx_per_s: float) -> None:
+    def __init__(self, mpx_per_s: float, shared_lock: str | None = None) -> None:
         self.mpx_per_s = mpx_per_s
+        self.shared_lock = shared_lock
         self._real = None
 
     def setup(self, worker: Any) -> None:
+        """``shared_lock``: a path prefix; the worker's device is the GPU its
+        ``CUDA_VISIBLE_DEVICES`` names, and workers pinned to the same one share its lock file
+        (``PREFIX-N``), so that several processes per GPU take turns on one simulated device."""
+        import os
+
         import unet.predict
 
+        lock = None
+        if self.shared_lock is not None:
+            lock = f"{self.shared_lock}-{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}"
         self._real = unet.predict.device_step
-        unet.predict.device_step = SimulatedDevice(self.mpx_per_s)
+        unet.predict.device_step = SimulatedDevice(self.mpx_per_s, lock)
 
     def teardown(self, worker: Any) -> None:
         import unet.predict
