@@ -38,6 +38,7 @@ from unet.results.masks import LabelMask, check_target, open_mask, resolve_label
 from unet.results.polygons import (
     VECTOR_SUFFIXES,
     ObjectType,
+    PolygonOptions,
     check_object_type,
     check_vector_format,
     write_polygons,
@@ -54,11 +55,12 @@ COG_BLOCKSIZE = 512
 @dataclass(frozen=True)
 class ExportResult:
     """What :func:`export` wrote: the GeoTIFF (None when only polygons were asked for), the
-    polygons and how many."""
+    polygons, how many, and how many specks (regions under ``min_area``) were left out."""
 
     cog: Path | None
     vector: Path | None = None
     polygons: int | None = None
+    dropped: int = 0
 
 
 def export(
@@ -70,6 +72,9 @@ def export(
     overwrite: bool = False,
     blocksize: int = COG_BLOCKSIZE,
     object_type: ObjectType = "detection",
+    min_area: float | None = None,
+    simplify: float = 0.0,
+    level: int = 0,
 ) -> ExportResult:
     """Write a label mask as a Cloud-Optimized GeoTIFF and, optionally, as polygons; or, when
     ``output`` is a vector file, as polygons alone.
@@ -88,8 +93,16 @@ def export(
         takes); overviews are added until the smallest fits in one tile
     object_type: QuPath's ``objectType`` of the objects in GeoJSON of a mask without
         georeferencing: ``"detection"`` (light, for many cells) or ``"annotation"``
+    min_area: polygons (and holes) of a smaller area are left out (filled): map units of the
+        mask's CRS, or pixels of level 0 without georeferencing; default the area of
+        ``DEFAULT_MIN_PIXELS`` pixels of ``level``; 0 keeps every region
+    simplify: Douglas-Peucker tolerance of the polygons, in the same units; 0 (default) keeps
+        the pixel outlines
+    level: the pyramid level to export (0 the full resolution; a coarser level is smaller and
+        quicker, its pixels ``2**level`` level-0 pixels wide)
     """
-    labels = open_mask(mask)
+    options = PolygonOptions(min_area, simplify)
+    labels = open_mask(mask, level=level)
     polygons_only = Path(output).suffix.lower() in VECTOR_SUFFIXES
     if polygons_only and vector is not None:
         raise InvalidParameter(
@@ -119,10 +132,10 @@ def export(
         cog = write_cog(labels, output, overwrite=overwrite, blocksize=blocksize)
     if vector is None:
         return ExportResult(cog)
-    count = write_polygons(
-        labels, vector, label=value, overwrite=overwrite, object_type=object_type
+    count, dropped = write_polygons(
+        labels, vector, label=value, overwrite=overwrite, object_type=object_type, options=options
     )
-    return ExportResult(cog, Path(vector), count)
+    return ExportResult(cog, Path(vector), count, dropped)
 
 
 def export_instances(
@@ -132,8 +145,10 @@ def export_instances(
     label: str | int | None = None,
     overwrite: bool = False,
     object_type: ObjectType = "detection",
-) -> int:
-    """Write one polygon per object of the instance image of ``mask``; returns their number.
+    min_area: float | None = None,
+    simplify: float = 0.0,
+) -> ExportResult:
+    """Write one polygon per object of the instance image of ``mask``.
 
     Parameters
     ----------
@@ -143,6 +158,7 @@ def export_instances(
     overwrite: replace an existing output
     object_type: QuPath's ``objectType`` of the objects in GeoJSON of a mask without
         georeferencing (``detection`` or ``annotation``)
+    min_area, simplify: as for :func:`export`; objects under ``min_area`` are left out
 
     Each polygon has the attributes ``id`` (the object's id in the instance image),
     ``area_px``, ``value`` and ``class``; coordinates are in the mask's CRS (pixels without one).
@@ -150,15 +166,23 @@ def export_instances(
     from unet.results.masks import open_instances
     from unet.results.polygons import write_instance_polygons
 
+    options = PolygonOptions(min_area, simplify)
     labels = open_mask(mask)
     value = resolve_label(labels, label) if label is not None else None
     target = Path(output)
     check_vector_format(target)
     check_target(target, overwrite)
     instances = open_instances(labels)
-    return write_instance_polygons(
-        labels, instances, target, label=value, overwrite=overwrite, object_type=object_type
+    count, dropped = write_instance_polygons(
+        labels,
+        instances,
+        target,
+        label=value,
+        overwrite=overwrite,
+        object_type=object_type,
+        options=options,
     )
+    return ExportResult(None, target, count, dropped)
 
 
 def write_cog(
