@@ -330,3 +330,135 @@ def test_export_instances_refusals(mask_url, tmp_path):
         + ["--vector", str(tmp_path / "v.gpkg")],
     )
     assert outcome.exit_code != 0 and "leave out --vector" in str(outcome.exception)
+
+
+def write_mask(url, labels, chunks=(32, 32), *, georeferenced=True, levels=None):
+    """A mask of ``labels`` in ``chunks``, georeferenced like ``mask_url`` unless told not."""
+    from unet.io.pyramid import build_pyramid
+
+    level0 = create_label_image(
+        url, labels.shape, chunks, class_names=CLASSES, colours=COLOURS, name="m"
+    )
+    level0[...] = labels
+    if levels:
+        build_pyramid(url, reduction="nearest", levels=levels)
+    if georeferenced:
+        write_georeference(url, Georeference(CRS.from_epsg(EPSG).to_wkt(), TRANSFORM, None, None))
+    return url
+
+
+def test_polygons_are_the_regions_of_the_whole_image_in_any_chunking(tmp_path):
+    """Noise of three classes in 8 x 8 chunks, read row of chunks by row of chunks: per class,
+    as many polygons as skimage finds 4-connected regions in the whole image, of the same
+    areas, each valid, outer rings counterclockwise and holes clockwise (RFC 7946)."""
+    import geopandas
+    from skimage.measure import label as regions
+
+    rng = np.random.default_rng(3)
+    labels = rng.choice(3, size=(44, 60), p=[0.5, 0.3, 0.2]).astype(np.uint8)
+    labels[2:40, 4:8] = 1  # a snake over five rows of chunks, back up and down again
+    labels[36:40, 4:30] = 1
+    labels[2:40, 26:30] = 1
+    url = write_mask(str(tmp_path / "noise.zarr"), labels, (8, 8))
+    result = export(url, tmp_path / "noise.gpkg", min_area=0)
+    frame = geopandas.read_file(result.vector)
+    assert frame.crs.to_epsg() == EPSG and result.dropped == 0
+    for value in (1, 2):
+        found, count = regions(labels == value, connectivity=1, return_num=True)
+        areas = sorted(np.bincount(found.ravel())[1:] * PIXEL_AREA)
+        polygons = frame[frame["value"] == value].geometry
+        assert len(polygons) == count
+        assert sorted(polygons.area) == pytest.approx(areas)
+    assert frame.geometry.is_valid.all()
+    assert all(g.exterior.is_ccw for g in frame.geometry)
+    assert all(not ring.is_ccw for g in frame.geometry for ring in g.interiors)
+    assert any(len(g.interiors) for g in frame.geometry), "the test has holes to orient"
+
+
+def test_min_area_drops_specks_and_fills_small_holes(tmp_path):
+    """By default regions under 9 pixels are left out and holes under 9 pixels filled;
+    --min-area is in map units (m² here, 100 m² a pixel); 0 keeps every region."""
+    import geopandas
+
+    labels = np.zeros((64, 64), np.uint8)
+    labels[4:24, 4:24] = 1  # a field with a 1-pixel hole and a 4 x 4 hole
+    labels[10, 10] = 0
+    labels[14:18, 14:18] = 0
+    labels[40, 40] = 1  # a speck
+    labels[40:43, 50:53] = 2  # a 3 x 3 building: 9 pixels, kept
+    labels[50:52, 50:52] = 2  # 4 pixels: dropped
+    url = write_mask(str(tmp_path / "m.zarr"), labels)
+
+    result = export(url, tmp_path / "default.gpkg")
+    frame = geopandas.read_file(result.vector)
+    assert (result.polygons, result.dropped) == (2, 2)
+    (field,) = frame[frame["value"] == 1].geometry
+    assert len(field.interiors) == 1 and field.area == (400 - 16) * PIXEL_AREA
+    assert frame[frame["value"] == 2].geometry.area.tolist() == [9 * PIXEL_AREA]
+
+    everything = export(url, tmp_path / "all.gpkg", min_area=0)
+    assert (everything.polygons, everything.dropped) == (4, 0)
+    large = export(url, tmp_path / "large.gpkg", min_area=20 * PIXEL_AREA)
+    (field,) = geopandas.read_file(large.vector).geometry
+    assert (large.polygons, large.dropped) == (1, 3)
+    assert field.equals(map_box((4, 24), (4, 24))), "both holes filled"
+    with pytest.raises(InvalidParameter, match="min-area"):
+        export(url, tmp_path / "bad.gpkg", min_area=-1)
+    assert not (tmp_path / "bad.gpkg").exists()
+
+
+def test_simplify_smooths_staircases_in_map_units(tmp_path):
+    import geopandas
+
+    rows, cols = np.indices((96, 96))
+    labels = ((rows - 48) ** 2 + (cols - 48) ** 2 < 40**2).astype(np.uint8)  # a disc
+    url = write_mask(str(tmp_path / "disc.zarr"), labels)
+    exact = geopandas.read_file(export(url, tmp_path / "exact.gpkg").vector).geometry[0]
+    smooth = geopandas.read_file(
+        export(url, tmp_path / "smooth.gpkg", simplify=15.0).vector
+    ).geometry[0]
+    assert exact.area == labels.sum() * PIXEL_AREA
+    assert len(smooth.exterior.coords) < len(exact.exterior.coords) / 3
+    assert smooth.is_valid and smooth.exterior.is_ccw
+    assert smooth.area == pytest.approx(exact.area, rel=0.02)
+    assert exact.hausdorff_distance(smooth) <= 15.0
+
+
+def test_a_coarser_level_is_polygonized_in_the_same_coordinates(tmp_path):
+    """Level 1 of a mask: map coordinates with twice the pixel size; without georeferencing,
+    QuPath's pixels of level 0."""
+    import geopandas
+
+    labels = np.zeros((128, 128), np.uint8)
+    labels[16:48, 32:96] = 1
+    url = write_mask(str(tmp_path / "geo.zarr"), labels, levels=2)
+    result = export(url, tmp_path / "level1.gpkg", level=1)
+    (field,) = geopandas.read_file(result.vector).geometry
+    assert field.equals(map_box((16, 48), (32, 96)))
+
+    pixels = write_mask(str(tmp_path / "px.zarr"), labels, levels=2, georeferenced=False)
+    qupath = export(pixels, tmp_path / "level1.geojson", level=1)
+    (feature,) = json.loads(qupath.vector.read_text())["features"]
+    assert shape(feature["geometry"]).equals(box(32, 16, 96, 48))
+    assert feature["properties"]["measurements"]["area_px"] == 32 * 64
+    with pytest.raises(InvalidParameter, match="--level 0..1"):
+        export(url, tmp_path / "level2.gpkg", level=2)
+
+
+def test_qupath_geojson_has_measurements_and_a_pixel_crs(pixel_mask_url, tmp_path):
+    """QuPath imports ``measurements``; GDAL-based readers see pixels, not WGS 84 degrees."""
+    import geopandas
+
+    result = export(pixel_mask_url, tmp_path / "cells.geojson")
+    frame = geopandas.read_file(result.vector)
+    assert frame.crs is not None and not frame.crs.is_geographic
+    assert frame.crs.axis_info[0].unit_name == "pixel"
+    features = json.loads(result.vector.read_text())["features"]
+    for feature in features:
+        properties = feature["properties"]
+        polygon = shape(feature["geometry"])
+        assert properties["measurements"] == {
+            "area_px": round(polygon.area),
+            "value": properties["value"],
+        }
+        assert polygon.exterior.is_ccw
