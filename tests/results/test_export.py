@@ -462,3 +462,37 @@ def test_qupath_geojson_has_measurements_and_a_pixel_crs(pixel_mask_url, tmp_pat
             "value": properties["value"],
         }
         assert polygon.exterior.is_ccw
+
+
+def test_gdal_reads_the_class_names_and_qgis_gets_a_style(mask_url, tmp_path):
+    """GDAL (rasterio's) reads the PAM sidecar's raster attribute table and category names:
+    a VRT copy of the COG, which GDAL writes from what it read, holds them."""
+    import xml.etree.ElementTree as ElementTree
+
+    import rasterio.shutil
+
+    result = export(mask_url, tmp_path / "mask.tif", blocksize=128)
+    assert (tmp_path / "mask.tif.aux.xml").is_file() and (tmp_path / "mask.qml").is_file()
+    rasterio.shutil.copy(result.cog, tmp_path / "mask.vrt", driver="VRT")
+    band = ElementTree.parse(tmp_path / "mask.vrt").getroot().find("VRTRasterBand")
+    assert [c.text for c in band.find("CategoryNames")] == CLASSES
+    table = band.find("GDALRasterAttributeTable")
+    assert table.get("tableType") == "thematic"
+    fields = [f.findtext("Name") for f in table.findall("FieldDefn")]
+    assert fields == ["Value", "Class", "Red", "Green", "Blue", "Alpha"]
+    rows = [[cell.text for cell in row.findall("F")] for row in table.findall("Row")]
+    assert [(int(r[0]), r[1]) for r in rows] == list(enumerate(CLASSES))
+    assert rows[2][2:5] == ["230", "25", "75"]
+    with rasterio.open(result.cog) as dataset:
+        assert dataset.colormap(1)[2] == (230, 25, 75, 255), "the colour table stays"
+
+    style = ElementTree.parse(tmp_path / "mask.qml").getroot()
+    assert style.find("pipe/rasterrenderer").get("type") == "paletted"
+    entries = style.findall("pipe/rasterrenderer/colorPalette/paletteEntry")
+    assert [(e.get("value"), e.get("label"), e.get("color")) for e in entries] == [
+        ("0", "other", "#000000"),
+        ("1", "field", "#3cb44b"),
+        ("2", "building", "#e6194b"),
+    ]
+    again = export(mask_url, tmp_path / "mask.tif", overwrite=True)
+    assert again.cog == result.cog and not list(tmp_path.glob(".*")), "no staging left"

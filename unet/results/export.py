@@ -196,7 +196,8 @@ def write_cog(
 
     The file gets the mask's CRS, transform and nodata, DEFLATE compression, ``blocksize``
     tiles, the class colours as colour table and the class names as the band's ``class_names``
-    tag (JSON). It is written next to ``output`` and renamed into place when complete.
+    tag (JSON). It is written next to ``output`` and renamed into place when complete, and so
+    is its legend (:func:`write_legend`).
     """
     import rasterio
     import rasterio.shutil
@@ -214,11 +215,112 @@ def write_cog(
         else:
             _copy_as_cog_layout(temporary, staging, blocksize)
         os.replace(staging, target)
+        write_legend(mask, target)
     finally:
         for leftover in (temporary, staging):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
     return target
+
+
+def legend_paths(cog: Path) -> tuple[Path, Path]:
+    """The legend files of a GeoTIFF: GDAL's PAM sidecar ``OUT.tif.aux.xml`` and QGIS's default
+    style ``OUT.qml``."""
+    return cog.with_name(cog.name + ".aux.xml"), cog.with_suffix(".qml")
+
+
+def write_legend(mask: LabelMask, cog: Path) -> None:
+    """Name the classes of ``cog`` where GIS tools look, beside it.
+
+    - ``OUT.tif.aux.xml``: GDAL's PAM sidecar (where GDAL itself keeps a GeoTIFF's raster
+      attribute table) with a thematic ``GDALRasterAttributeTable`` (value, class name, RGBA)
+      and the band's ``CategoryNames``; ``gdalinfo`` lists both, and QGIS (3.30 on) shows the
+      table's classes;
+    - ``OUT.qml``: a QGIS style that QGIS applies when it opens ``OUT.tif``: a paletted
+      renderer, one entry per class with its colour and name. No-data pixels stay transparent.
+
+    Without class names, stale legend files of an earlier export are removed.
+    """
+    sidecar, style = legend_paths(cog)
+    if not mask.class_names:
+        for stale in (sidecar, style):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+        return
+    entries = [
+        (value, name, mask.colours.get(value, (128, 128, 128, 255)))
+        for value, name in enumerate(mask.class_names)
+    ]
+    for path, text in ((sidecar, _pam_xml(entries)), (style, _qgis_style(entries))):
+        staging = sibling(path, "partial")
+        try:
+            staging.write_text(text, encoding="utf-8")
+            os.replace(staging, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+
+
+_Entry = tuple[int, str, tuple[int, ...]]
+
+
+def _pam_xml(entries: list[_Entry]) -> str:
+    """GDAL's PAM XML of band 1: category names and a thematic raster attribute table. Field
+    types and usages are GDAL's enums: GFT_Integer 0, GFT_String 2; GFU_Generic 0, GFU_Name 2,
+    GFU_MinMax 5, GFU_Red 6, GFU_Green 7, GFU_Blue 8, GFU_Alpha 9."""
+    from xml.etree.ElementTree import Element, SubElement, indent, tostring
+
+    dataset = Element("PAMDataset")
+    band = SubElement(dataset, "PAMRasterBand", band="1")
+    categories = SubElement(band, "CategoryNames")
+    for _, name, _ in entries:
+        SubElement(categories, "Category").text = name
+    table = SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    fields.append(("Alpha", 0, 9))
+    for index, (name, kind, usage) in enumerate(fields):
+        definition = SubElement(table, "FieldDefn", index=str(index))
+        SubElement(definition, "Name").text = name
+        SubElement(definition, "Type").text = str(kind)
+        SubElement(definition, "Usage").text = str(usage)
+    for index, (value, name, rgba) in enumerate(entries):
+        row = SubElement(table, "Row", index=str(index))
+        for cell in (value, name, *rgba[:4]):
+            SubElement(row, "F").text = str(cell)
+    indent(dataset)
+    return tostring(dataset, encoding="unicode") + "\n"
+
+
+def _qgis_style(entries: list[_Entry]) -> str:
+    """A QGIS layer style (QML) with a paletted renderer of the classes."""
+    from xml.etree.ElementTree import Element, SubElement, indent, tostring
+
+    root = Element("qgis", version="3.34", styleCategories="Symbology")
+    pipe = SubElement(root, "pipe")
+    renderer = SubElement(
+        pipe, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1"
+    )
+    SubElement(renderer, "rasterTransparency")
+    palette = SubElement(renderer, "colorPalette")
+    for value, name, rgba in entries:
+        red, green, blue, alpha = (*rgba[:3], rgba[3] if len(rgba) > 3 else 255)
+        SubElement(
+            palette,
+            "paletteEntry",
+            value=str(value),
+            color=f"#{red:02x}{green:02x}{blue:02x}",
+            alpha=str(alpha),
+            label=name,
+        )
+    SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
+    SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0")
+    SubElement(pipe, "rasterresampler", maxOversampling="2")
+    indent(root)
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        + tostring(root, encoding="unicode")
+        + "\n"
+    )
 
 
 def has_cog_driver() -> bool:
@@ -256,8 +358,8 @@ def _write_tiled(mask: LabelMask, path: Path, blocksize: int) -> None:
         profile["transform"] = Affine(*georeference.transform)
         if georeference.crs_wkt is not None:
             profile["crs"] = CRS.from_wkt(georeference.crs_wkt)
-        if georeference.nodata is not None:
-            profile["nodata"] = georeference.nodata
+    if mask.nodata is not None:
+        profile["nodata"] = mask.nodata
     chunk_rows, chunk_cols = mask.source.chunks or (blocksize, blocksize)
     # Windows of whole tiles (about a chunk), so GDAL compresses each tile once.
     window_shape = (
