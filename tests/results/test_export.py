@@ -178,6 +178,13 @@ def test_geotiff_round_trip_ingest_segment_export(tmp_path, client):
         str(tmp_path / "scene.zarr"), str(tmp_path / "mask.zarr"), params, client=client
     )
     assert report.chunks_skipped == 1
+    # napari and other OME readers see the mask in metres, as the scene.
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    label_image = ImageLabel.from_zarr(zarr.open_group(tmp_path / "mask.zarr", mode="r"))
+    (multiscale,) = label_image.attributes.ome.multiscales
+    assert [(a.name, a.unit) for a in multiscale.axes] == [("y", "meter"), ("x", "meter")]
+    assert multiscale.datasets[0].coordinateTransformations[0].scale == [10.0, 10.0]
     result = export(
         tmp_path / "mask.zarr",
         tmp_path / "mask.tif",

@@ -222,16 +222,28 @@ def image_calibration(
     url: str | os.PathLike[str],
 ) -> tuple[tuple[float, float] | None, str | None]:
     """The level-0 ``(y, x)`` scale of an OME-Zarr image and the unit of its ``x`` axis (None
-    where it names none); ``(None, None)`` for a plain array or an image in pixels."""
+    where it names none); ``(None, None)`` for a plain array or an image in pixels.
+
+    A georeferenced image (GeoZarr attributes) gives its pixel size in its CRS's unit
+    (:meth:`unet.io.geo.Georeference.calibration`: metres for a projected CRS), also when it
+    was ingested before its OME scale said so: a mask segmented from it is calibrated as the
+    map is.
+    """
     import zarr
+
+    from unet.io.geo import Georeference
 
     try:
         node = zarr.open(store=resolve_location(url), mode="r")
     except (FileNotFoundError, ValueError, KeyError):
         return None, None
-    multiscales = node.attrs.asdict().get("ome", {}).get("multiscales") or []
+    attributes = node.attrs.asdict()
+    multiscales = attributes.get("ome", {}).get("multiscales") or []
     if not isinstance(node, zarr.Group) or not multiscales or not multiscales[0].get("datasets"):
         return None, None
+    georeference = Georeference.from_attributes(attributes)
+    if georeference is not None:
+        return georeference.calibration()
     axes = multiscales[0].get("axes") or []
     names = [axis.get("name") if isinstance(axis, dict) else axis for axis in axes]
     if "y" not in names or "x" not in names:
