@@ -185,6 +185,17 @@ def test_geotiff_round_trip_ingest_segment_export(tmp_path, client):
     (multiscale,) = label_image.attributes.ome.multiscales
     assert [(a.name, a.unit) for a in multiscale.axes] == [("y", "meter"), ("x", "meter")]
     assert multiscale.datasets[0].coordinateTransformations[0].scale == [10.0, 10.0]
+    # napari-ome-zarr, the reader docs/ecosystem.md leads with: a Labels layer in metres.
+    import warnings
+
+    with warnings.catch_warnings():  # napari's own deprecation warnings on import
+        warnings.simplefilter("ignore")
+        from napari_ome_zarr._reader import napari_get_reader
+
+    mask_path = str(tmp_path / "mask.zarr")
+    ((levels, metadata, layer_type),) = napari_get_reader(mask_path)(mask_path)
+    assert layer_type == "labels" and len(levels) == 1
+    assert metadata["scale"] == [10.0, 10.0] and metadata["units"] == ("meter", "meter")
     result = export(
         tmp_path / "mask.zarr",
         tmp_path / "mask.tif",
