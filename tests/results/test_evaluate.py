@@ -123,9 +123,10 @@ def test_nodata_pixels_are_left_out_of_every_score():
     gt = np.array([[0, 1, 0, 1], [1, 1, 0, 255]])
     result = evaluate(pred, gt, nodata=255)
     assert result == {**evaluate(PRED, GT), "nodata_pixels": 2}
-    assert evaluate(pred, gt, nodata=255, instances=True)["objects"] == evaluate(
-        PRED, GT, instances=True
-    )["objects"]
+    assert (
+        evaluate(pred, gt, nodata=255, instances=True)["objects"]
+        == evaluate(PRED, GT, instances=True)["objects"]
+    )
     with pytest.raises(InvalidImage, match="255"):
         evaluate(pred, gt, num_classes=2)
 
