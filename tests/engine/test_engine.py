@@ -13,6 +13,7 @@ from unet.config import SegmentParameters
 from unet.engine.ledger import ATTRIBUTE, LEDGER_PATH, create_ledger
 from unet.engine.run import segment
 from unet.errors import ChannelMismatch, FingerprintMismatch, InvalidTileSize, OutputExists
+from unet.io.omezarr import MASK_NODATA
 
 
 @pytest.mark.parametrize(
@@ -167,7 +168,7 @@ def test_skip_background_computes_only_tissue_chunks(tmp_path, client):
     assert (mask[192:, 192:] == 0).all()
 
 
-def test_nodata_pixels_are_background_and_nodata_chunks_skipped(tmp_path, client):
+def test_nodata_pixels_get_the_nodata_label_and_nodata_chunks_are_skipped(tmp_path, client):
     ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
     raw = write_image(tmp_path / "in.zarr", (64, 96), (32, 32))
     array = zarr.open_array(str(tmp_path / "in.zarr"), mode="r+")
@@ -178,8 +179,45 @@ def test_nodata_pixels_are_background_and_nodata_chunks_skipped(tmp_path, client
     params = SegmentParameters(model=ckpt, tile_size=76, nodata=0)
     report = segment(str(tmp_path / "in.zarr"), str(out), params, client=client)
     assert report.chunks_skipped == 2 and report.chunks_computed == 4
+    group = zarr.open_group(str(out), mode="r")
+    mask = group["0"][...]
+    # No-data is a label no class uses, declared as the arrays' fill value and in "unet".
+    assert MASK_NODATA == 255 and group.attrs["unet"]["nodata"] == MASK_NODATA
+    assert all(group[path].fill_value == MASK_NODATA for path in group.array_keys()
+               if path.isdigit())
+    assert (mask[:, 64:] == MASK_NODATA).all() and mask[5, 5] == MASK_NODATA
+    expected = raw == 0  # every pixel equal to the no-data value, and no other
+    assert ((mask == MASK_NODATA) == expected).all()  # the model's labels elsewhere, class 0 too
+    assert report.nodata_pixels == expected.sum()
+    assert sum(report.class_pixels) == mask.size - expected.sum()
+    assert report.class_pixels == [int((mask == k).sum()) for k in (0, 1)]
+    # The chunks of no-data only are not stored: the fill value says it.
+    assert not (out / "0" / "c" / "0" / "2").exists()
+
+
+def test_skipped_background_is_class_0_in_a_mask_with_nodata(tmp_path, client):
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
+    image = np.full((128, 128), 240, np.uint8)  # bright background
+    image[:, :32] = 7  # no data down the left edge
+    image[70:100, 70:100] = np.random.default_rng(0).integers(40, 120, (30, 30))  # tissue
+    zarr.create_array(str(tmp_path / "in.zarr"), data=image, chunks=(32, 32))
+    out = tmp_path / "out.zarr"
+    params = SegmentParameters(model=ckpt, tile_size=76, skip_background=True, nodata=7)
+    report = segment(str(tmp_path / "in.zarr"), str(out), params, client=client)
+    assert report.chunks_skipped >= 8
     mask = zarr.open_group(str(out), mode="r")["0"][...]
-    assert (mask[:, 64:] == 0).all() and mask[5, 5] == 0
+    assert (mask[:, :32] == MASK_NODATA).all()
+    assert (mask[:32, 32:64] == 0).all()  # background: class 0, written over the fill value
+    assert (mask[:, 32:] != MASK_NODATA).all()
+
+
+def test_a_run_without_nodata_declares_none(tmp_path, client):
+    ckpt = write_checkpoint(tmp_path / "m.safetensors", depth=2)
+    write_image(tmp_path / "in.zarr", (40, 40), (32, 32))
+    out = tmp_path / "out.zarr"
+    segment(str(tmp_path / "in.zarr"), str(out), SegmentParameters(model=ckpt), client=client)
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["unet"]["nodata"] is None and group["0"].fill_value == 0
 
 
 def test_report_json_keys(tmp_path, client):

@@ -24,6 +24,7 @@ from unet.engine.instances.stitch import (
     label_chunk,
     region_values,
 )
+from unet.io.omezarr import create_label_image
 from unet.tiling import ChunkGrid
 
 NAMES = ["background", "a", "b", "c"]
@@ -198,6 +199,31 @@ def test_pass_on_dask_is_exact_and_its_table_matches(case, tmp_path, client):
     assert summary.objects == int(instances.max())
     assert list(summary.objects_per_value) == [0, *objects_per_value(instances, mask)]
     assert_table_matches(read_table(table), instances, mask)
+
+
+def test_nodata_label_of_a_mask_is_no_object(tmp_path, client):
+    from unet.engine.instances.stage import label_instances
+    from unet.io.omezarr import MASK_NODATA
+
+    mask = CASES["snake over 5x5 chunks"][0].copy()
+    mask[:, : mask.shape[1] // 3] = MASK_NODATA
+    path = tmp_path / "mask.zarr"
+    colours = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    level0 = create_label_image(
+        str(path),
+        mask.shape,
+        (8, 8),
+        class_names=NAMES,
+        colours=colours,
+        nodata=MASK_NODATA,
+        attributes={"unet": {"nodata": MASK_NODATA}},
+    )
+    level0[...] = mask
+    image = str(tmp_path / "mask-instances.zarr")
+    label_instances(client, str(path), image, str(tmp_path / "o.parquet"), class_names=NAMES)
+    instances = zarr.open_group(image, mode="r")["0"][...]
+    assert (instances[mask == MASK_NODATA] == 0).all()
+    assert_same_objects(instances, np.where(mask == MASK_NODATA, 0, mask))
 
 
 def test_instance_image_is_an_ome_label_image_with_a_pyramid(tmp_path, client):

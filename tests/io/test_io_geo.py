@@ -15,6 +15,7 @@ from unet.engine.run import segment
 from unet.errors import ChannelMismatch, InvalidImage
 from unet.io.geo import Georeference, check_bands, read_georeference, write_georeference
 from unet.io.ingest import ingest
+from unet.io.omezarr import MASK_NODATA
 from unet.io.pyramid import build_pyramid
 from unet.io.source import open_image
 
@@ -55,7 +56,7 @@ def test_georeference_orders_and_scales():
     assert [c["name"] for c in without_crs["zarr_conventions"]] == ["spatial:"]
     assert Georeference.from_attributes(without_crs) == Georeference(None, TRANSFORM)
     labels = georeference.for_labels(had_nodata=True)
-    assert (labels.nodata, labels.band_names) == (0.0, None)
+    assert (labels.nodata, labels.band_names) == (float(MASK_NODATA), None)
     assert georeference.for_labels(had_nodata=False).nodata is None
 
 
@@ -209,21 +210,22 @@ def test_segment_defaults_nodata_skips_nodata_chunk_and_georeferences_mask(
     group = zarr.open_group(out, mode="r")
     mask = group["0"][...]
     nodata_pixels = np.all(pixels == NODATA, axis=0)
-    assert (mask[nodata_pixels] == 0).all()
+    assert (mask[nodata_pixels] == MASK_NODATA).all()
+    assert (mask[~nodata_pixels] != MASK_NODATA).all()
     assert len(np.unique(mask[~nodata_pixels])) > 1, "a constant mask would make this weak"
     assert group.attrs["unet"]["fingerprint"]["parameters"]["nodata"] == NODATA
     for attributes in (group.attrs.asdict(), group["0"].attrs.asdict()):
         georeference = Georeference.from_attributes(attributes)
         assert georeference.transform == TRANSFORM
         assert georeference.crs_wkt == read_georeference(open_image(url)).crs_wkt
-        assert georeference.nodata == 0 and georeference.band_names is None
+        assert georeference.nodata == MASK_NODATA and georeference.band_names is None
     # The geospatial stack reads the mask as it is: xarray opens it, rioxarray finds its CRS,
     # transform and nodata.
     opened = xarray.open_zarr(out, consolidated=False)
     assert np.array_equal(opened["0"].values, mask)
     assert opened["0"].rio.crs.to_epsg() == EPSG
     assert tuple(opened["0"].rio.transform())[:6] == TRANSFORM
-    assert opened["0"].rio.nodata == 0
+    assert opened["0"].rio.nodata == MASK_NODATA
     assert opened.rio.crs.to_epsg() == EPSG, "the group's attributes say it too"
 
     # The same command again resumes: the stored nodata gives the same fingerprint.

@@ -95,6 +95,7 @@ def _create_layout(location: str, plan: RunPlan) -> None:
     # NGFF: a label image inside an image has as many levels as the image.
     image_levels = len(plan.source.level_paths) if destination.inside_image else None
     levels = chunk_levels(shape, chunks, levels_wanted=image_levels)
+    nodata = mask_nodata(plan)
     state = {
         "fingerprint": plan.fingerprint.components,
         "digest": plan.fingerprint.digest,
@@ -102,6 +103,7 @@ def _create_layout(location: str, plan: RunPlan) -> None:
         "chunks": list(chunks),
         "chunk_levels": levels,
         "levels": image_levels,
+        "nodata": nodata,
     }
     pixel_size, unit = image_calibration(destination.image)
     create_label_image(
@@ -115,6 +117,7 @@ def _create_layout(location: str, plan: RunPlan) -> None:
         name=Path(str(plan.output).rstrip("/")).stem,
         source=destination.source_reference,
         attributes={ATTRIBUTE: state},
+        nodata=nodata,
     )
     group = zarr.open_group(location, mode="r+")
     if plan.parameters.probabilities:
@@ -129,6 +132,15 @@ def _create_layout(location: str, plan: RunPlan) -> None:
         )
     create_chunk_levels(group, levels)
     create_ledger(group, plan.grid.counts)
+
+
+def mask_nodata(plan: RunPlan) -> int | None:
+    """The label of ``plan``'s no-data pixels in the mask: :data:`~unet.io.omezarr.MASK_NODATA`
+    when the run has a no-data value (given, or the input's own), else None (non-finite pixels
+    of a float input then get label 0, as background)."""
+    from unet.io.omezarr import MASK_NODATA
+
+    return MASK_NODATA if plan.parameters.nodata is not None else None
 
 
 def existing_group(output: str):

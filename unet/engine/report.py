@@ -26,7 +26,11 @@ class SegmentReport:
     input_chunks_missing: int = 0
     seconds: float = 0.0
     class_names: list[str] = field(default_factory=list)
+    #: Pixels per class of the chunks counted this run; no-data pixels are left out.
     class_pixels: list[int] = field(default_factory=list)
+    #: Pixels of the chunks counted this run that are no data (label ``MASK_NODATA``), with a
+    #: no-data value; 0 without.
+    nodata_pixels: int = 0
     #: Objects (4-connected regions) per foreground class, with ``instances``; None without.
     objects_per_class: dict[str, int] | None = None
 

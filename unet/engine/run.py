@@ -165,6 +165,7 @@ def _segment(
                         a + b
                         for a, b in zip(report.class_pixels, result.class_counts, strict=False)
                     ]
+                    report.nodata_pixels += result.nodata_pixels
                     if progress:
                         progress(done, report.chunks_total)
         if report.chunks_failed:
@@ -460,13 +461,27 @@ def _skip_background(
     # One low-resolution pixel of margin: tissue seen only between the strided samples still counts.
     tissue = chunks_with_tissue(tissue_mask(low, dilation=1), factor, grid)
     ledger = open_ledger(group)
+    mask = group["0"]
     remaining = []
     for index in pending:
         if tissue[index]:
             remaining.append(index)
         else:
+            if mask.fill_value != 0:
+                # Background is class 0, not the fill value (a mask with no-data): written.
+                _write_background(group, mask, grid.bounds(index))
             mark_finished(ledger, index)
             report.chunks_skipped += 1
             rows, cols = grid.bounds(index)
             report.class_pixels[0] += (rows.stop - rows.start) * (cols.stop - cols.start)
     return remaining
+
+
+def _write_background(group: Any, mask: Any, bounds: tuple[slice, slice]) -> None:
+    """Write class 0 into one chunk of a mask (and of the pyramid levels its chunks write)."""
+    from unet.io.pyramid import write_chunk_levels
+
+    rows, cols = bounds
+    levels = [group[str(k)] for k in range(1, group.attrs[ATTRIBUTE].get("chunk_levels", 0) + 1)]
+    zeros = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint8)
+    write_chunk_levels(levels, zeros, rows, cols, level0=mask)

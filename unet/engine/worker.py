@@ -20,6 +20,7 @@ from unet.engine.allocator import reuse_freed_memory
 from unet.engine.ledger import mark_finished, open_ledger
 from unet.errors import InputReadError, writing
 from unet.io.codecs import use_fast_codecs
+from unet.io.omezarr import MASK_NODATA
 from unet.io.pyramid import write_chunk_levels
 from unet.io.source import ImageSource
 from unet.predict.labels import labels_from_logits, probabilities_from_logits
@@ -49,6 +50,12 @@ class ChunkJob:
     pyramid_levels: int = 0
 
     @property
+    def nodata_label(self) -> int:
+        """The label of no-data pixels: :data:`~unet.io.omezarr.MASK_NODATA` with a no-data
+        value (the mask's fill value then), else 0 (non-finite pixels of a float input)."""
+        return MASK_NODATA if self.nodata is not None else 0
+
+    @property
     def grid(self) -> ChunkGrid:
         """The output chunks."""
         return ChunkGrid(self.source.shape[1:], self.chunks)
@@ -61,20 +68,28 @@ class ChunkJob:
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """What a task tells the driver: small statistics, never pixels."""
+    """What a task tells the driver: small statistics, never pixels.
+
+    ``class_counts`` leaves no-data pixels out; ``nodata_pixels`` counts them (label
+    :data:`~unet.io.omezarr.MASK_NODATA`; always 0 for a run without a no-data value, whose
+    non-finite pixels count as class 0).
+    """
 
     index: tuple[int, int]
     class_counts: tuple[int, ...]
     seconds: float
     skipped: bool
+    nodata_pixels: int = 0
 
 
 def run_chunk(job: ChunkJob, index: tuple[int, int]) -> ChunkResult:
     """Segment output chunk ``index`` of ``job`` and record it as finished.
 
     Pixels equal to ``job.nodata`` in every channel, and pixels that are NaN or infinite in any
-    channel, get label 0; the model sees a non-finite pixel as 0 after normalization (the channel
-    mean), so the result does not depend on the chunking. A chunk of such pixels only is skipped.
+    channel, get ``job.nodata_label`` (:data:`~unet.io.omezarr.MASK_NODATA` with a no-data value,
+    else 0); the model sees a non-finite pixel as 0 after normalization (the channel mean), so
+    the result does not depend on the chunking. A chunk of such pixels only is skipped: it holds
+    the mask's fill value, which is that label.
 
     The three stages, :func:`prepare_chunk` (host: read), :func:`infer_chunk` (the device) and
     :func:`finish_chunk` (host: write, then mark), run here one after the other; a GPU worker
@@ -103,8 +118,8 @@ class PreparedChunk:
     image: (C, h, w) window pixels: raw (normalized on the device, see ``normalization``) or
         float32 normalized on the host; None when the chunk is skipped
     normalization: the checkpoint's ``(mean, std)`` when ``image`` is raw, else None
-    nodata_pixels: bool (out_h, out_w), pixels that get label 0 whatever the model says; None
-        when there are none
+    nodata_pixels: bool (out_h, out_w), pixels that get the job's ``nodata_label`` whatever the
+        model says; None when there are none
     num_labels: labels the mask can hold (2 for a one-class model)
     """
 
@@ -187,7 +202,7 @@ def infer_chunk(
     else:
         mask = _infer(job, checkpoint, prepared, labels=True)[crop]
     if prepared.nodata_pixels is not None:
-        mask[prepared.nodata_pixels] = 0
+        mask[prepared.nodata_pixels] = job.nodata_label
     return mask, logits
 
 
@@ -215,8 +230,11 @@ def finish_chunk(
         with writing(f"chunk {index} of {job.output}"):
             mark_finished(ledger, index)
         counts = np.zeros(prepared.num_labels, np.int64)
-        counts[0] = (rows.stop - rows.start) * (cols.stop - cols.start)
-        return ChunkResult(index, tuple(counts.tolist()), time.perf_counter() - started, True)
+        pixels = (rows.stop - rows.start) * (cols.stop - cols.start)
+        nodata = pixels if job.nodata is not None else 0
+        counts[0] = pixels - nodata
+        seconds = time.perf_counter() - started
+        return ChunkResult(index, tuple(counts.tolist()), seconds, True, nodata)
     with writing(f"chunk {index} of {job.output}"):
         try:
             write_chunk_levels(levels, mask, rows, cols, level0=mask_array)
@@ -226,8 +244,11 @@ def finish_chunk(
         except BaseException:
             _erase_chunk(levels, mask_array, probabilities_array, rows, cols)
             raise
-    counts = class_counts(mask, prepared.num_labels)
-    return ChunkResult(index, counts, time.perf_counter() - started, False)
+    nodata = 0
+    if job.nodata is not None and prepared.nodata_pixels is not None:
+        nodata = int(np.count_nonzero(prepared.nodata_pixels))
+    counts = class_counts(mask, prepared.num_labels, nodata)
+    return ChunkResult(index, counts, time.perf_counter() - started, False, nodata)
 
 
 def _erase_chunk(levels, mask_array, probabilities_array, rows: slice, cols: slice) -> None:
@@ -237,7 +258,8 @@ def _erase_chunk(levels, mask_array, probabilities_array, rows: slice, cols: sli
     Writing the fill value deletes a chunk file instead (Zarr stores no chunk equal to it),
     which needs no space. Best effort: the chunk is unmarked and the rerun computes it anyway.
     """
-    blank = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint8)
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    blank = np.full(shape, mask_array.fill_value, np.uint8)
     with contextlib.suppress(Exception):
         write_chunk_levels(levels, blank, rows, cols, level0=mask_array)
     if probabilities_array is not None:
@@ -258,15 +280,16 @@ def read_window(source: ImageSource, window: Window) -> np.ndarray:
     return mirror_pad(block, window.pad_before, window.pad_after)
 
 
-def class_counts(mask: np.ndarray, num_labels: int) -> tuple[int, ...]:
-    """Pixels per label of a uint8 mask holding labels ``0 .. num_labels-1``.
+def class_counts(mask: np.ndarray, num_labels: int, nodata: int = 0) -> tuple[int, ...]:
+    """Pixels per label of a uint8 mask holding labels ``0 .. num_labels-1``, and ``nodata``
+    pixels of label :data:`~unet.io.omezarr.MASK_NODATA` that are left out.
 
     Two labels are counted with ``count_nonzero``, much faster than ``bincount`` on a 1024^2 mask.
     """
     if num_labels == 2:
-        ones = int(np.count_nonzero(mask))
-        return (mask.size - ones, ones)
-    return tuple(np.bincount(mask.ravel(), minlength=num_labels).tolist())
+        ones = int(np.count_nonzero(mask)) - nodata
+        return (mask.size - nodata - ones, ones)
+    return tuple(np.bincount(mask.ravel(), minlength=num_labels)[:num_labels].tolist())
 
 
 def _nonfinite_pixels(image: np.ndarray) -> np.ndarray | None:

@@ -100,11 +100,14 @@ class Georeference:
     def for_labels(self, had_nodata: bool) -> Georeference:
         """The georeference of a label mask segmented from this image.
 
-        The engine gives label 0 to no-data pixels, so the mask's nodata is 0 when the run had a
-        nodata value (label 0 then also covers background, which OME viewers show transparent
-        too) and None otherwise; a mask has no band names.
+        The engine gives no-data pixels the label :data:`~unet.io.omezarr.MASK_NODATA`, a value
+        no class uses, when the run had a nodata value, so that is the mask's nodata (class 0
+        stays a class); None otherwise. A mask has no band names.
         """
-        return Georeference(self.crs_wkt, self.transform, 0.0 if had_nodata else None, None)
+        from unet.io.omezarr import MASK_NODATA
+
+        nodata = float(MASK_NODATA) if had_nodata else None
+        return Georeference(self.crs_wkt, self.transform, nodata, None)
 
     def calibration(self) -> tuple[tuple[float, float], str | None]:
         """The ``(y, x)`` size of a pixel and its OME unit, for the OME ``scale`` and ``unit``.

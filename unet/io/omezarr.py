@@ -33,6 +33,9 @@ LEVEL0 = "0"
 LABELS_GROUP = "labels"
 _AXIS_LAYOUTS = (("c", "y", "x"), ("y", "x"))
 _UNIT = "micrometer"
+#: The no-data label of a uint8 mask whose input has no-data: a value no class uses (a mask holds
+#: at most 255 classes then), so that class 0 stays a class and readers can tell the two apart.
+MASK_NODATA = 255
 _CHANNEL_COLOURS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF"}
 
 
@@ -50,6 +53,7 @@ def create_image(
     overwrite: bool = False,
     compression: tuple[int, str] | None = None,
     attributes: dict[str, Any] | None = None,
+    fill_value: int | float = 0,
 ) -> zarr.Array:
     """Create an OME-Zarr 0.5 image group with an empty level ``"0"`` to be filled.
 
@@ -68,10 +72,11 @@ def create_image(
         types and ``(5, "shuffle")`` for others
     attributes: more group attributes, written with the OME ones in the group's first metadata
         write (entries of an ``"ome"`` key join the OME metadata)
+    fill_value: what an unwritten chunk reads as (Zarr stores no chunk equal to it)
 
     Returns
     -------
-    The level-0 ``zarr.Array``, filled with 0.
+    The level-0 ``zarr.Array``, filled with ``fill_value``.
 
     Raises
     ------
@@ -118,7 +123,7 @@ def create_image(
         dtype=numpy_dtype,
         chunks=chunk_shape,
         compressors=[BloscCodec(cname="zstd", clevel=clevel, shuffle=shuffle)],
-        fill_value=0,
+        fill_value=fill_value,
         dimension_names=axes,
     )
 
@@ -144,6 +149,7 @@ def create_label_image(
     source: str | None = None,
     overwrite: bool = False,
     attributes: dict[str, Any] | None = None,
+    nodata: int | None = None,
 ) -> zarr.Array:
     """Create an OME-Zarr 0.5 label image: a uint8 ``(Y, X)`` mask with ``image-label`` metadata.
 
@@ -151,13 +157,21 @@ def create_label_image(
     is transparent. ``pixel_size`` and ``unit`` calibrate it as the labelled image is;
     ``source`` (``image-label.source.image``) is where that image lies, relative to this group
     (``"../../"`` inside the image's ``labels`` group). ``attributes``: more group attributes,
-    written with the OME ones in the group's first metadata write. Returns the level-0 array,
-    filled with 0.
+    written with the OME ones in the group's first metadata write. ``nodata``: the label of
+    pixels without data (:data:`MASK_NODATA`), a value no class uses; it is the arrays' fill
+    value, so chunks of no-data only are never stored. Returns the level-0 array, filled with
+    ``nodata`` (0 without).
     """
-    if not 1 <= len(class_names) <= 256 or len(colours) != len(class_names):
+    most = 256 if nodata is None else 255
+    if not 1 <= len(class_names) <= most or len(colours) != len(class_names):
         raise InvalidParameter(
             f"{len(class_names)} class names and {len(colours)} colours given: give one colour "
-            "per class, at most 256 classes for a uint8 mask"
+            f"per class, at most {most} classes for a uint8 mask"
+            + ("" if nodata is None else " with a no-data label")
+        )
+    if nodata is not None and not len(class_names) <= nodata <= 255:
+        raise InvalidParameter(
+            f"no-data label {nodata} is a class or not a uint8 value: use {MASK_NODATA}"
         )
     for colour in colours:
         if len(colour) != 3 or not all(
@@ -191,6 +205,7 @@ def create_label_image(
         overwrite=overwrite,
         compression=LABEL_COMPRESSION,
         attributes=extra,
+        fill_value=0 if nodata is None else nodata,
     )
 
 

@@ -162,6 +162,8 @@ def label_instances(
     -------
     What was written: :class:`InstanceSummary`.
     """
+    import zarr
+
     from unet.engine.instances.objects import ObjectTable
     from unet.engine.instances.stitch import Stitcher
     from unet.engine.instances.tasks import InstanceJob, RelabelItem, label_task, relabel_task
@@ -171,11 +173,13 @@ def label_instances(
 
     source = open_image(mask)
     shape, chunks = source.shape[1:], source.chunks or source.shape[1:]
+    state = zarr.open_group(mask, mode="r").attrs.get("unet")
     job = InstanceJob(
         mask=source,
         instances=instances,
         chunks=chunks,
         pyramid_levels=chunk_levels(shape, chunks),
+        nodata=state.get("nodata") if isinstance(state, dict) else None,
         token=uuid.uuid4().hex,
     )
     grid = job.grid

@@ -42,6 +42,8 @@ class InstanceJob:
     instances: str
     chunks: tuple[int, int]
     pyramid_levels: int = 0
+    #: The mask's no-data label (no object there), or None when it has none.
+    nodata: int | None = None
     #: Names this pass: the workers' cached instance arrays are opened anew for each pass,
     #: since a rerun may have replaced the store at the same location.
     token: str = ""
@@ -85,8 +87,12 @@ def relabel_task(job: InstanceJob, item: RelabelItem) -> ObjectStats:
 
 
 def _read_mask(job: InstanceJob, index: Index) -> np.ndarray:
+    """uint8 (h, w): chunk ``index`` of the class mask, its no-data pixels as background (0)."""
     rows, cols = job.grid.bounds(index)
-    return np.asarray(job.mask.read(rows, cols)[0])
+    mask = np.asarray(job.mask.read(rows, cols)[0])
+    if job.nodata is not None:
+        mask = np.where(mask == job.nodata, np.uint8(0), mask)
+    return mask
 
 
 @lru_cache(maxsize=4)
