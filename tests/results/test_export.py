@@ -514,3 +514,41 @@ def test_gdal_reads_the_class_names_and_qgis_gets_a_style(mask_url, tmp_path):
     ]
     again = export(mask_url, tmp_path / "mask.tif", overwrite=True)
     assert again.cog == result.cog and not list(tmp_path.glob(".*")), "no staging left"
+
+
+def test_no_data_is_apart_from_class_0_for_gis_readers(tmp_path):
+    """A mask of a run with no-data: 255 is the COG's nodata, so a GIS reader masks exactly the
+    no-data pixels and shows class 0; rioxarray reads 255 from the GeoZarr attributes; no
+    polygon covers no-data, class 0 is polygonized when asked, and 255 names no class."""
+    import geopandas
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray
+
+    labels = np.zeros((64, 96), np.uint8)  # class 0 ("other") everywhere but:
+    labels[:32, :32] = MASK_NODATA  # outside the swath
+    labels[40:60, 40:80] = 1
+    url = str(tmp_path / "m.zarr")
+    level0 = create_label_image(
+        url, labels.shape, (32, 32), class_names=CLASSES, colours=COLOURS, nodata=MASK_NODATA
+    )
+    level0[...] = labels
+    zarr.open_group(url, mode="r+").attrs["unet"] = {"complete": True, "nodata": MASK_NODATA}
+    wkt = CRS.from_epsg(EPSG).to_wkt()
+    write_georeference(url, Georeference(wkt, TRANSFORM, NODATA).for_labels(had_nodata=True))
+
+    mask = open_mask(url)
+    assert mask.nodata == MASK_NODATA and mask.class_names == CLASSES
+    result = export(url, tmp_path / "m.tif", vector=tmp_path / "m.gpkg", blocksize=128)
+    with rasterio.open(result.cog) as dataset:
+        assert dataset.nodata == MASK_NODATA
+        masked = dataset.read(1, masked=True)
+    assert masked.mask.sum() == 32 * 32, "only no-data is hidden, class 0 is not"
+    assert (masked.compressed() == 0).sum() == (labels == 0).sum()
+    frame = geopandas.read_file(result.vector)
+    assert frame["value"].tolist() == [1]
+    other = export(url, tmp_path / "other.gpkg", label="other", min_area=0)
+    (region,) = geopandas.read_file(other.vector).geometry
+    assert region.area == (labels == 0).sum() * PIXEL_AREA, "no-data is not class 0"
+    with pytest.raises(InvalidParameter, match="no-data label"):
+        export(url, tmp_path / "x.gpkg", label=MASK_NODATA)
+    assert xarray.open_zarr(url, consolidated=False)["0"].rio.nodata == MASK_NODATA

@@ -36,6 +36,8 @@ _UNIT = "micrometer"
 #: The no-data label of a uint8 mask whose input has no-data: a value no class uses (a mask holds
 #: at most 255 classes then), so that class 0 stays a class and readers can tell the two apart.
 MASK_NODATA = 255
+#: The ``class`` that a mask's ``image-label`` properties give its no-data label.
+NODATA_NAME = "no data"
 _CHANNEL_COLOURS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF"}
 
 
@@ -159,8 +161,9 @@ def create_label_image(
     (``"../../"`` inside the image's ``labels`` group). ``attributes``: more group attributes,
     written with the OME ones in the group's first metadata write. ``nodata``: the label of
     pixels without data (:data:`MASK_NODATA`), a value no class uses; it is the arrays' fill
-    value, so chunks of no-data only are never stored. Returns the level-0 array, filled with
-    ``nodata`` (0 without).
+    value, so chunks of no-data only are never stored, and ``image-label`` lists it, transparent
+    and named :data:`NODATA_NAME`. Returns the level-0 array, filled with ``nodata`` (0
+    without).
     """
     most = 256 if nodata is None else 255
     if not 1 <= len(class_names) <= most or len(colours) != len(class_names):
@@ -189,6 +192,11 @@ def create_label_image(
             for value, class_name in enumerate(class_names)
         ],
     }
+    if nodata is not None:
+        # Readers that colour and name labels (napari-ome-zarr) show no-data as nothing, and
+        # say what it is where they list the labels' properties.
+        image_label["colors"].append({"label-value": nodata, "rgba": [0, 0, 0, 0]})
+        image_label["properties"].append({"label-value": nodata, "class": NODATA_NAME})
     if source is not None:
         image_label["source"] = {"image": source}
     extra = copy.deepcopy(attributes or {})
