@@ -503,10 +503,12 @@ def test_gdal_reads_the_class_names_and_qgis_gets_a_style(mask_url, tmp_path):
     assert rows[2][2:5] == ["230", "25", "75"]
     with rasterio.open(result.cog) as dataset:
         assert dataset.colormap(1)[2] == (230, 25, 75, 255), "the colour table stays"
+        assert dataset.colormap(1)[0] == (0, 0, 0, 255), "class 0 is shown, not transparent"
 
     style = ElementTree.parse(tmp_path / "mask.qml").getroot()
     assert style.find("pipe/rasterrenderer").get("type") == "paletted"
     entries = style.findall("pipe/rasterrenderer/colorPalette/paletteEntry")
+    assert {e.get("alpha") for e in entries} == {"255"}
     assert [(e.get("value"), e.get("label"), e.get("color")) for e in entries] == [
         ("0", "other", "#000000"),
         ("1", "field", "#3cb44b"),

@@ -237,7 +237,8 @@ def write_legend(mask: LabelMask, cog: Path) -> None:
       and the band's ``CategoryNames``; ``gdalinfo`` lists both, and QGIS (3.30 on) shows the
       table's classes;
     - ``OUT.qml``: a QGIS style that QGIS applies when it opens ``OUT.tif``: a paletted
-      renderer, one entry per class with its colour and name. No-data pixels stay transparent.
+      renderer, one entry per class with its colour and name, class 0 too; only no-data pixels
+      are transparent.
 
     Without class names, stale legend files of an earlier export are removed.
     """
@@ -248,7 +249,7 @@ def write_legend(mask: LabelMask, cog: Path) -> None:
                 os.unlink(stale)
         return
     entries = [
-        (value, name, mask.colours.get(value, (128, 128, 128, 255)))
+        (value, name, (*mask.colours.get(value, (128, 128, 128))[:3], 255))
         for value, name in enumerate(mask.class_names)
     ]
     for path, text in ((sidecar, _pam_xml(entries)), (style, _qgis_style(entries))):
@@ -371,7 +372,11 @@ def _write_tiled(mask: LabelMask, path: Path, blocksize: int) -> None:
             window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
             sink.write(mask.source.read(rows, cols), window=window)
         if mask.colours and np.dtype(mask.source.dtype) in (np.uint8, np.uint16):
-            sink.write_colormap(1, mask.colours)
+            # Every class opaque, class 0 too (OME viewers draw label 0 transparent, as
+            # background): in a GIS only no-data (the nodata value) is transparent.
+            opaque = {value: (*rgba[:3], 255) for value, rgba in mask.colours.items()}
+            opaque.pop(mask.nodata, None)
+            sink.write_colormap(1, opaque)
         sink.set_band_description(1, "labels")
         if mask.class_names:
             sink.update_tags(1, class_names=json.dumps(mask.class_names))
