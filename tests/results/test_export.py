@@ -450,9 +450,13 @@ def test_a_coarser_level_is_polygonized_in_the_same_coordinates(tmp_path):
     labels = np.zeros((128, 128), np.uint8)
     labels[16:48, 32:96] = 1
     url = write_mask(str(tmp_path / "geo.zarr"), labels, levels=2)
-    result = export(url, tmp_path / "level1.gpkg", level=1)
+    result = export(url, tmp_path / "level1.tif", vector=tmp_path / "level1.gpkg", level=1)
     (field,) = geopandas.read_file(result.vector).geometry
     assert field.equals(map_box((16, 48), (32, 96)))
+    with rasterio.open(result.cog) as dataset:
+        assert (dataset.width, dataset.height) == (64, 64)
+        assert tuple(dataset.transform)[:6] == (20.0, 0.0, TRANSFORM[2], 0.0, -20.0, TRANSFORM[5])
+        assert np.array_equal(dataset.read(1), labels[::2, ::2])
 
     pixels = write_mask(str(tmp_path / "px.zarr"), labels, levels=2, georeferenced=False)
     qupath = export(pixels, tmp_path / "level1.geojson", level=1)
