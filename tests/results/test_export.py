@@ -558,3 +558,28 @@ def test_no_data_is_apart_from_class_0_for_gis_readers(tmp_path):
     with pytest.raises(InvalidParameter, match="no-data label"):
         export(url, tmp_path / "x.gpkg", label=MASK_NODATA)
     assert xarray.open_zarr(url, consolidated=False)["0"].rio.nodata == MASK_NODATA
+
+
+def test_qupath_objects_carry_id_area_and_class_as_measurements(pixel_mask_url, tmp_path, client):
+    """``--instances`` to QuPath: each object's id (the object table's), pixel area and class
+    value are QuPath measurements, in level-0 pixels, outer rings counterclockwise."""
+    import pyarrow.parquet as parquet
+
+    from unet.engine.instances.stage import write_instances
+    from unet.results.export import export_instances
+
+    zarr.open_group(pixel_mask_url, mode="r+").attrs["unet"] = {"complete": True, "digest": "d"}
+    write_instances(client, pixel_mask_url, class_names=CLASSES, georeference=None, digest="d")
+    result = export_instances(pixel_mask_url, tmp_path / "objects.geojson")
+    features = json.loads(result.vector.read_text())["features"]
+    table = parquet.read_table(tmp_path / "cells-objects.parquet").to_pydict()
+    rows = {
+        i: (a, v) for i, a, v in zip(table["id"], table["area_px"], table["value"], strict=True)
+    }
+    assert result.polygons == len(features) == len(rows) == 4
+    for feature in features:
+        measurements = feature["properties"]["measurements"]
+        assert (measurements["area_px"], measurements["value"]) == rows[measurements["id"]]
+        assert feature["properties"]["classification"]["name"] == CLASSES[measurements["value"]]
+        polygon = shape(feature["geometry"])
+        assert polygon.area == measurements["area_px"] and polygon.exterior.is_ccw
