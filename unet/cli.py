@@ -115,32 +115,73 @@ def export(
             help="one polygon per object of the instance labels (unet segment --instances)"
         ),
     ] = False,
+    min_area: Annotated[
+        float | None,
+        typer.Option(
+            help="leave out polygons (fill holes) smaller than this: map units of the mask's CRS "
+            "(m² for a projected one), or pixels without georeferencing; default 9 pixels; "
+            "0 keeps every region"
+        ),
+    ] = None,
+    simplify: Annotated[
+        float,
+        typer.Option(
+            metavar="TOLERANCE",
+            help="simplify polygons by this tolerance (map units, or pixels); 0 keeps the "
+            "pixel outlines",
+        ),
+    ] = 0.0,
+    level: Annotated[
+        int, typer.Option(help="polygonize and write this pyramid level (0: full resolution)")
+    ] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
     """Write a label mask as a Cloud-Optimized GeoTIFF and polygons for GIS tools, or as
     objects QuPath imports."""
+    from unet.errors import InvalidParameter
     from unet.results.export import export as run_export
     from unet.results.export import export_instances
 
     if instances:
         if vector is not None:
-            from unet.errors import InvalidParameter
-
             raise InvalidParameter(
                 "with --instances OUTPUT is the polygons file: leave out --vector"
             )
-        count = export_instances(
-            mask, output, label=label, overwrite=overwrite, object_type=object_type
+        if level:
+            raise InvalidParameter(
+                "--instances exports the objects of level 0 (as the object table counts them): "
+                "leave out --level"
+            )
+        result = export_instances(
+            mask,
+            output,
+            label=label,
+            overwrite=overwrite,
+            object_type=object_type,
+            min_area=min_area,
+            simplify=simplify,
         )
-        typer.echo(f"{output}: {count} objects")
+        typer.echo(f"{output}: {result.polygons} objects{_specks(result.dropped)}")
         return
     result = run_export(
-        mask, output, vector=vector, label=label, overwrite=overwrite, object_type=object_type
+        mask,
+        output,
+        vector=vector,
+        label=label,
+        overwrite=overwrite,
+        object_type=object_type,
+        min_area=min_area,
+        simplify=simplify,
+        level=level,
     )
     if result.cog is not None:
         typer.echo(f"{result.cog}: Cloud-Optimized GeoTIFF")
     if result.vector is not None:
-        typer.echo(f"{result.vector}: {result.polygons} polygons")
+        typer.echo(f"{result.vector}: {result.polygons} polygons{_specks(result.dropped)}")
+
+
+def _specks(dropped: int) -> str:
+    return f" ({dropped} smaller than --min-area left out)" if dropped else ""
 
 
 @app.command()

@@ -260,8 +260,8 @@ def test_overwrite_replaces_the_projects_own_outputs(tmp_path, model, client, mo
     )  # fmt: skip
     assert code == 0, lines
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "img.png", "in.zarr", "m-instances.zarr", "m-objects.parquet", "m.preview.png", "m.tif",
-        "m.zarr",
+        "img.png", "in.zarr", "m-instances.zarr", "m-objects.parquet", "m.preview.png", "m.qml",
+        "m.tif", "m.tif.aux.xml", "m.zarr",
     ]  # fmt: skip
 
 

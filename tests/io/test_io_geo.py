@@ -60,6 +60,40 @@ def test_georeference_orders_and_scales():
     assert georeference.for_labels(had_nodata=False).nodata is None
 
 
+def test_calibration_is_the_pixel_size_in_the_crs_unit():
+    """What becomes the OME scale and unit: metres for a projected CRS (a US survey foot CRS
+    converted), the transform's units and no unit for degrees or without a CRS."""
+    from rasterio.crs import CRS
+
+    def calibration(crs, transform=TRANSFORM):
+        wkt = CRS.from_string(crs).to_wkt() if crs else None
+        return Georeference(wkt, transform).calibration()
+
+    assert calibration("EPSG:32633") == ((10.0, 10.0), "meter")
+    assert calibration("EPSG:32633", (3.0, 4.0, 0, 4.0, -3.0, 0)) == ((5.0, 5.0), "meter")
+    (y, x), unit = calibration("EPSG:2263", (10.0, 0, 0, 0, -20.0, 0))  # US survey feet
+    assert unit == "meter" and (y, x) == pytest.approx((6.096012, 3.048006))
+    assert calibration("EPSG:4326", (0.001, 0, 10, 0, -0.001, 50)) == ((0.001, 0.001), None)
+    assert calibration(None) == ((10.0, 10.0), None)
+
+
+def test_ingested_scene_is_calibrated_in_metres_for_ome_readers(ingested):
+    """ome-zarr-models reads the scale of each level in metres, not pixels."""
+    from ome_zarr_models.v05.image import Image
+
+    url, _ = ingested
+    build_pyramid(url, max_side=64)
+    image = Image.from_zarr(zarr.open_group(url, mode="r"))
+    (multiscale,) = image.attributes.ome.multiscales
+    assert [(a.name, a.unit) for a in multiscale.axes] == [
+        ("c", None),
+        ("y", "meter"),
+        ("x", "meter"),
+    ]
+    scales = [d.coordinateTransformations[0].scale for d in multiscale.datasets]
+    assert scales == [[1.0, 10.0 * 2**k, 10.0 * 2**k] for k in range(3)]
+
+
 def test_georeference_of_stores_written_before_is_still_read():
     """Stores written before GeoZarr's conventions kept a ``geo`` record."""
     record = {"crs_wkt": "WKT", "transform": list(TRANSFORM), "nodata": 0.0, "band_names": None}

@@ -114,3 +114,36 @@ def test_readers(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"")
     with pytest.raises(UnsupportedInput):
         read_array(tmp_path / "x.jpg")
+
+
+def test_nodata_pixels_are_left_out_of_every_score():
+    """255 (no data) in the prediction or the ground truth counts in no class: the scores are
+    those of the other pixels, by hand."""
+    pred = np.array([[0, 1, 1, 255], [0, 1, 0, 255]])
+    gt = np.array([[0, 1, 0, 1], [1, 1, 0, 255]])
+    result = evaluate(pred, gt, nodata=255)
+    assert result == {**evaluate(PRED, GT), "nodata_pixels": 2}
+    assert (
+        evaluate(pred, gt, nodata=255, instances=True)["objects"]
+        == evaluate(PRED, GT, instances=True)["objects"]
+    )
+    with pytest.raises(InvalidImage, match="255"):
+        evaluate(pred, gt, num_classes=2)
+
+
+def test_paths_take_the_no_data_label_the_mask_declares(tmp_path):
+    import tifffile
+    import zarr
+
+    from unet.io.omezarr import create_label_image
+
+    pred = np.array([[0, 1, 1, 255], [0, 1, 0, 255]], np.uint8)
+    level0 = create_label_image(
+        tmp_path / "mask.zarr", pred.shape, (2, 4), class_names=["a", "b"], colours=[(0, 0, 0)] * 2
+    )
+    level0[...] = pred
+    zarr.open_group(tmp_path / "mask.zarr", mode="r+").attrs["unet"] = {"nodata": 255}
+    tifffile.imwrite(tmp_path / "gt.tif", np.array([[0, 1, 0, 1], [1, 1, 0, 1]], np.uint8))
+    result = evaluate_paths(tmp_path / "mask.zarr", tmp_path / "gt.tif")
+    assert result["nodata_pixels"] == 2 and result["pixels"] == 6
+    assert result["dice"] == pytest.approx([4 / 6, 4 / 6])

@@ -110,6 +110,30 @@ class Georeference:
         nodata = float(MASK_NODATA) if had_nodata else None
         return Georeference(self.crs_wkt, self.transform, nodata, None)
 
+    def calibration(self) -> tuple[tuple[float, float], str | None]:
+        """The ``(y, x)`` size of a pixel and its OME unit, for the OME ``scale`` and ``unit``.
+
+        A projected CRS measured in metres or international feet gives its own unit
+        (``"meter"``, ``"foot"``); another linear unit (the US survey foot, say) is converted to
+        metres. A geographic CRS (degrees, which OME has no unit for) or a transform without a
+        CRS gives the size in the transform's units and no unit.
+        """
+        a, b, _, d, e, _ = self.transform
+        size = (math.hypot(b, e), math.hypot(a, d))
+        if self.crs_wkt is None:
+            return size, None
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(self.crs_wkt)
+        if not crs.is_projected:
+            return size, None
+        name, factor = crs.linear_units_factor
+        if name in ("metre", "meter"):
+            return size, "meter"
+        if name == "foot" and math.isclose(factor, 0.3048):
+            return size, "foot"
+        return (size[0] * factor, size[1] * factor), "meter"
+
     def to_attributes(self, shape: tuple[int, int] | None = None) -> dict[str, Any]:
         """Zarr attributes of a group, or of a level array of ``(h, w)`` pixels ``shape`` (see
         the module docstring)."""

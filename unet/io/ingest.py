@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -154,7 +154,7 @@ def ingest(
                 reader.dtype,
                 chunks,
                 channel_names=reader.channel_names,
-                pixel_size=reader.pixel_size,
+                **_calibration(reader),
                 name=path.stem,
                 overwrite=True,
                 attributes={ATTRIBUTE: {INGESTED: source_record(path)}},
@@ -351,6 +351,15 @@ def _tiff_axes(
         return [kept.index("Y"), kept.index("X")], selection, None
     kept[kept.index(axes[channel])] = "C"
     return [kept.index("C"), kept.index("Y"), kept.index("X")], selection, channel
+
+
+def _calibration(reader: _Reader) -> dict[str, Any]:
+    """``pixel_size`` and ``unit`` of the OME scale: a georeferenced image's pixel size in its
+    CRS's unit (:meth:`Georeference.calibration`), else the TIFF's in micrometres."""
+    if reader.georeference is not None:
+        pixel_size, unit = reader.georeference.calibration()
+        return {"pixel_size": pixel_size, "unit": unit}
+    return {"pixel_size": reader.pixel_size}
 
 
 def _tiff_pixel_size(tif, page) -> tuple[float, float] | None:

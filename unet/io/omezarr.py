@@ -36,6 +36,8 @@ _UNIT = "micrometer"
 #: The no-data label of a uint8 mask whose input has no-data: a value no class uses (a mask holds
 #: at most 255 classes then), so that class 0 stays a class and readers can tell the two apart.
 MASK_NODATA = 255
+#: The ``class`` that a mask's ``image-label`` properties give its no-data label.
+NODATA_NAME = "no data"
 _CHANNEL_COLOURS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF"}
 
 
@@ -163,8 +165,9 @@ def create_label_image(
     (``"../../"`` inside the image's ``labels`` group). ``attributes``: more group attributes,
     written with the OME ones in the group's first metadata write. ``nodata``: the label of
     pixels without data (:data:`MASK_NODATA`), a value no class uses; it is the arrays' fill
-    value, so chunks of no-data only are never stored. Returns the level-0 array, filled with
-    ``nodata`` (0 without).
+    value, so chunks of no-data only are never stored, and ``image-label`` lists it, transparent
+    and named :data:`NODATA_NAME`. Returns the level-0 array, filled with ``nodata`` (0
+    without).
     """
     most = 256 if nodata is None else 255
     if not 1 <= len(class_names) <= most or len(colours) != len(class_names):
@@ -193,6 +196,11 @@ def create_label_image(
             for value, class_name in enumerate(class_names)
         ],
     }
+    if nodata is not None:
+        # Readers that colour and name labels (napari-ome-zarr) show no-data as nothing, and
+        # say what it is where they list the labels' properties.
+        image_label["colors"].append({"label-value": nodata, "rgba": [0, 0, 0, 0]})
+        image_label["properties"].append({"label-value": nodata, "class": NODATA_NAME})
     if source is not None:
         image_label["source"] = {"image": source}
     extra = copy.deepcopy(attributes or {})
@@ -241,16 +249,28 @@ def image_calibration(
     url: str | os.PathLike[str],
 ) -> tuple[tuple[float, float] | None, str | None]:
     """The level-0 ``(y, x)`` scale of an OME-Zarr image and the unit of its ``x`` axis (None
-    where it names none); ``(None, None)`` for a plain array or an image in pixels."""
+    where it names none); ``(None, None)`` for a plain array or an image in pixels.
+
+    A georeferenced image (GeoZarr attributes) gives its pixel size in its CRS's unit
+    (:meth:`unet.io.geo.Georeference.calibration`: metres for a projected CRS), also when it
+    was ingested before its OME scale said so: a mask segmented from it is calibrated as the
+    map is.
+    """
     import zarr
+
+    from unet.io.geo import Georeference
 
     try:
         node = zarr.open(store=resolve_location(url), mode="r")
     except (FileNotFoundError, ValueError, KeyError):
         return None, None
-    multiscales = node.attrs.asdict().get("ome", {}).get("multiscales") or []
+    attributes = node.attrs.asdict()
+    multiscales = attributes.get("ome", {}).get("multiscales") or []
     if not isinstance(node, zarr.Group) or not multiscales or not multiscales[0].get("datasets"):
         return None, None
+    georeference = Georeference.from_attributes(attributes)
+    if georeference is not None:
+        return georeference.calibration()
     axes = multiscales[0].get("axes") or []
     names = [axis.get("name") if isinstance(axis, dict) else axis for axis in axes]
     if "y" not in names or "x" not in names:

@@ -32,7 +32,17 @@ from unet.io.locations import (
 
 #: The kinds of things outputs are: Zarr stores this project writes, and file formats.
 Kind = Literal[
-    "mask", "instances", "image", "tiff", "png", "json", "gpkg", "parquet", "safetensors"
+    "mask",
+    "instances",
+    "image",
+    "tiff",
+    "png",
+    "json",
+    "gpkg",
+    "parquet",
+    "safetensors",
+    "pam",
+    "qml",
 ]
 
 #: The project's attribute on its Zarr groups and arrays.
@@ -49,6 +59,8 @@ DESCRIPTIONS: dict[str, str] = {
     "gpkg": "a GeoPackage file",
     "parquet": "a Parquet file",
     "safetensors": "a safetensors checkpoint",
+    "pam": "a GDAL .aux.xml sidecar",
+    "qml": "a QGIS style",
 }
 
 #: The file format an output's suffix asks for.
@@ -178,6 +190,10 @@ def _is_file_of(location: str, kind: Kind) -> bool:
         return head.startswith(b"SQLite format 3\x00")
     if kind == "parquet":
         return head.startswith(b"PAR1")
+    if kind == "pam":  # GDAL's PAM XML (a GeoTIFF's legend beside it)
+        return head.lstrip().startswith(b"<PAMDataset")
+    if kind == "qml":  # a QGIS layer style
+        return head.lstrip().startswith((b"<qgis", b"<!DOCTYPE qgis", b"<?xml"))
     if kind == "safetensors":
         # An 8-byte little-endian header length, then the JSON header.
         return len(head) > 8 and head[8:9] == b"{"

@@ -133,6 +133,7 @@ def evaluate(
     num_classes: int | None = None,
     instances: bool = False,
     iou_threshold: float = 0.5,
+    nodata: int | None = None,
 ) -> dict[str, Any]:
     """Score a segmentation against the ground truth.
 
@@ -145,14 +146,23 @@ def evaluate(
         background/foreground and object scores are added. An array holding only 0 and 1 (a
         class map) is split into connected components (4-connectivity) to give its objects.
     iou_threshold: IoU at which a predicted object matches a true one
+    nodata: a label meaning "no data" (255 in masks of runs with no-data): pixels holding it in
+        the prediction or the ground truth are left out of every score; it is no class
 
     Returns
     -------
     dict with ``num_classes``, per-class lists ``dice`` and ``iou`` (None for a class absent from
     both), ``foreground_dice`` and ``foreground_iou`` (means over the classes other than 0 that
-    occur), ``pixels``, and with ``instances`` an ``objects`` dict (see :func:`match_objects`).
+    occur), ``pixels`` (those scored), with ``nodata`` also ``nodata_pixels`` (those left out),
+    and with ``instances`` an ``objects`` dict (see :func:`match_objects`).
     """
     pred, gt = _check_pair(pred, gt)
+    left_out = None
+    if nodata is not None:
+        # Pixels without data become background in both, so that they count in no class and
+        # split or join no object; then they are taken out of the class counts.
+        left_out = (pred == nodata) | (gt == nodata)
+        pred, gt = np.where(left_out, 0, pred), np.where(left_out, 0, gt)
     if num_classes is not None and num_classes < 2:
         raise InvalidParameter(f"num_classes must be >= 2, got {num_classes}")
     if instances:
@@ -161,6 +171,8 @@ def evaluate(
     else:
         classes = num_classes or max(int(pred.max()) + 1, int(gt.max()) + 1, 2)
         pred_classes, gt_classes = pred, gt
+    if left_out is not None:  # only the pixels with data are scored
+        pred_classes, gt_classes = pred_classes[~left_out], gt_classes[~left_out]
     dice, iou = class_scores(pred_classes, gt_classes, classes)
     result: dict[str, Any] = {
         "num_classes": classes,
@@ -168,8 +180,10 @@ def evaluate(
         "iou": iou,
         "foreground_dice": _mean(dice[1:]),
         "foreground_iou": _mean(iou[1:]),
-        "pixels": int(gt.size),
+        "pixels": int(pred_classes.size),
     }
+    if left_out is not None:
+        result["nodata_pixels"] = int(np.count_nonzero(left_out))
     if instances:
         result["objects"] = match_objects(_objects(pred), _objects(gt), iou_threshold=iou_threshold)
     return result
@@ -182,16 +196,36 @@ def evaluate_paths(
     num_classes: int | None = None,
     instances: bool = False,
     iou_threshold: float = 0.5,
+    nodata: int | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` on two label images read from TIFF, PNG or Zarr (array or OME-Zarr
-    group, level ``"0"``). Both are loaded into memory."""
+    group, level ``"0"``). Both are loaded into memory. ``nodata`` defaults to the no-data label
+    that a mask of ``unet segment`` declares (``pred``'s, else ``gt``'s)."""
+    if nodata is None:
+        nodata = declared_nodata(pred)
+        nodata = declared_nodata(gt) if nodata is None else nodata
     return evaluate(
         read_labels(pred),
         read_labels(gt),
         num_classes=num_classes,
         instances=instances,
         iou_threshold=iou_threshold,
+        nodata=nodata,
     )
+
+
+def declared_nodata(path: str | os.PathLike[str]) -> int | None:
+    """The no-data label a Zarr label image declares in its run record (``unet.nodata``, as
+    ``unet segment`` writes it); None for other files and for masks without no-data."""
+    import zarr
+
+    try:
+        group = zarr.open_group(store=str(path), mode="r")
+    except (OSError, ValueError, KeyError, TypeError, zarr.errors.GroupNotFoundError):
+        return None
+    run = group.attrs.get("unet")
+    value = run.get("nodata") if isinstance(run, dict) else None
+    return int(value) if isinstance(value, int | float) else None
 
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

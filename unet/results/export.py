@@ -38,6 +38,7 @@ from unet.results.masks import LabelMask, check_target, open_mask, resolve_label
 from unet.results.polygons import (
     VECTOR_SUFFIXES,
     ObjectType,
+    PolygonOptions,
     check_object_type,
     check_vector_format,
     write_polygons,
@@ -54,11 +55,12 @@ COG_BLOCKSIZE = 512
 @dataclass(frozen=True)
 class ExportResult:
     """What :func:`export` wrote: the GeoTIFF (None when only polygons were asked for), the
-    polygons and how many."""
+    polygons, how many, and how many specks (regions under ``min_area``) were left out."""
 
     cog: Path | None
     vector: Path | None = None
     polygons: int | None = None
+    dropped: int = 0
 
 
 def export(
@@ -70,6 +72,9 @@ def export(
     overwrite: bool = False,
     blocksize: int = COG_BLOCKSIZE,
     object_type: ObjectType = "detection",
+    min_area: float | None = None,
+    simplify: float = 0.0,
+    level: int = 0,
 ) -> ExportResult:
     """Write a label mask as a Cloud-Optimized GeoTIFF and, optionally, as polygons; or, when
     ``output`` is a vector file, as polygons alone.
@@ -88,8 +93,16 @@ def export(
         takes); overviews are added until the smallest fits in one tile
     object_type: QuPath's ``objectType`` of the objects in GeoJSON of a mask without
         georeferencing: ``"detection"`` (light, for many cells) or ``"annotation"``
+    min_area: polygons (and holes) of a smaller area are left out (filled): map units of the
+        mask's CRS, or pixels of level 0 without georeferencing; default the area of
+        ``DEFAULT_MIN_PIXELS`` pixels of ``level``; 0 keeps every region
+    simplify: Douglas-Peucker tolerance of the polygons, in the same units; 0 (default) keeps
+        the pixel outlines
+    level: the pyramid level to export (0 the full resolution; a coarser level is smaller and
+        quicker, its pixels ``2**level`` level-0 pixels wide)
     """
-    labels = open_mask(mask)
+    options = PolygonOptions(min_area, simplify)
+    labels = open_mask(mask, level=level)
     polygons_only = Path(output).suffix.lower() in VECTOR_SUFFIXES
     if polygons_only and vector is not None:
         raise InvalidParameter(
@@ -119,10 +132,10 @@ def export(
         cog = write_cog(labels, output, overwrite=overwrite, blocksize=blocksize)
     if vector is None:
         return ExportResult(cog)
-    count = write_polygons(
-        labels, vector, label=value, overwrite=overwrite, object_type=object_type
+    count, dropped = write_polygons(
+        labels, vector, label=value, overwrite=overwrite, object_type=object_type, options=options
     )
-    return ExportResult(cog, Path(vector), count)
+    return ExportResult(cog, Path(vector), count, dropped)
 
 
 def export_instances(
@@ -132,8 +145,10 @@ def export_instances(
     label: str | int | None = None,
     overwrite: bool = False,
     object_type: ObjectType = "detection",
-) -> int:
-    """Write one polygon per object of the instance image of ``mask``; returns their number.
+    min_area: float | None = None,
+    simplify: float = 0.0,
+) -> ExportResult:
+    """Write one polygon per object of the instance image of ``mask``.
 
     Parameters
     ----------
@@ -143,6 +158,7 @@ def export_instances(
     overwrite: replace an existing output
     object_type: QuPath's ``objectType`` of the objects in GeoJSON of a mask without
         georeferencing (``detection`` or ``annotation``)
+    min_area, simplify: as for :func:`export`; objects under ``min_area`` are left out
 
     Each polygon has the attributes ``id`` (the object's id in the instance image),
     ``area_px``, ``value`` and ``class``; coordinates are in the mask's CRS (pixels without one).
@@ -150,15 +166,23 @@ def export_instances(
     from unet.results.masks import open_instances
     from unet.results.polygons import write_instance_polygons
 
+    options = PolygonOptions(min_area, simplify)
     labels = open_mask(mask)
     value = resolve_label(labels, label) if label is not None else None
     target = Path(output)
     check_vector_format(target)
     check_target(target, overwrite, labels)
     instances = open_instances(labels)
-    return write_instance_polygons(
-        labels, instances, target, label=value, overwrite=overwrite, object_type=object_type
+    count, dropped = write_instance_polygons(
+        labels,
+        instances,
+        target,
+        label=value,
+        overwrite=overwrite,
+        object_type=object_type,
+        options=options,
     )
+    return ExportResult(None, target, count, dropped)
 
 
 def write_cog(
@@ -172,7 +196,8 @@ def write_cog(
 
     The file gets the mask's CRS, transform and nodata, DEFLATE compression, ``blocksize``
     tiles, the class colours as colour table and the class names as the band's ``class_names``
-    tag (JSON). It is written next to ``output`` and renamed into place when complete.
+    tag (JSON). It is written next to ``output`` and renamed into place when complete, and so
+    is its legend (:func:`write_legend`).
     """
     import rasterio
     import rasterio.shutil
@@ -190,11 +215,115 @@ def write_cog(
         else:
             _copy_as_cog_layout(temporary, staging, blocksize)
         os.replace(staging, target)
+        write_legend(mask, target)
     finally:
         for leftover in (temporary, staging):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
     return target
+
+
+def legend_paths(cog: Path) -> tuple[Path, Path]:
+    """The legend files of a GeoTIFF: GDAL's PAM sidecar ``OUT.tif.aux.xml`` and QGIS's default
+    style ``OUT.qml``."""
+    return cog.with_name(cog.name + ".aux.xml"), cog.with_suffix(".qml")
+
+
+def write_legend(mask: LabelMask, cog: Path) -> None:
+    """Name the classes of ``cog`` where GIS tools look, beside it.
+
+    - ``OUT.tif.aux.xml``: GDAL's PAM sidecar (where GDAL itself keeps a GeoTIFF's raster
+      attribute table) with a thematic ``GDALRasterAttributeTable`` (value, class name, RGBA)
+      and the band's ``CategoryNames``; ``gdalinfo`` lists both, and QGIS (3.30 on) shows the
+      table's classes;
+    - ``OUT.qml``: a QGIS style that QGIS applies when it opens ``OUT.tif``: a paletted
+      renderer, one entry per class with its colour and name, class 0 too; only no-data pixels
+      are transparent.
+
+    Without class names, stale legend files of an earlier export are removed.
+    """
+    from unet.io.replace import is_of_kind
+
+    sidecar, style = legend_paths(cog)
+    if not mask.class_names:
+        for stale, kind in ((sidecar, "pam"), (style, "qml")):
+            if stale.is_file() and is_of_kind(str(stale), kind):  # never another tool's file
+                stale.unlink()
+        return
+    entries = [
+        (value, name, (*mask.colours.get(value, (128, 128, 128))[:3], 255))
+        for value, name in enumerate(mask.class_names)
+    ]
+    for path, text in ((sidecar, _pam_xml(entries)), (style, _qgis_style(entries))):
+        staging = sibling(path, "partial")
+        try:
+            staging.write_text(text, encoding="utf-8")
+            os.replace(staging, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+
+
+_Entry = tuple[int, str, tuple[int, ...]]
+
+
+def _pam_xml(entries: list[_Entry]) -> str:
+    """GDAL's PAM XML of band 1: category names and a thematic raster attribute table. Field
+    types and usages are GDAL's enums: GFT_Integer 0, GFT_String 2; GFU_Generic 0, GFU_Name 2,
+    GFU_MinMax 5, GFU_Red 6, GFU_Green 7, GFU_Blue 8, GFU_Alpha 9."""
+    from xml.etree.ElementTree import Element, SubElement, indent, tostring
+
+    dataset = Element("PAMDataset")
+    band = SubElement(dataset, "PAMRasterBand", band="1")
+    categories = SubElement(band, "CategoryNames")
+    for _, name, _ in entries:
+        SubElement(categories, "Category").text = name
+    table = SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    fields.append(("Alpha", 0, 9))
+    for index, (name, kind, usage) in enumerate(fields):
+        definition = SubElement(table, "FieldDefn", index=str(index))
+        SubElement(definition, "Name").text = name
+        SubElement(definition, "Type").text = str(kind)
+        SubElement(definition, "Usage").text = str(usage)
+    for index, (value, name, rgba) in enumerate(entries):
+        row = SubElement(table, "Row", index=str(index))
+        for cell in (value, name, *rgba[:4]):
+            SubElement(row, "F").text = str(cell)
+    indent(dataset)
+    return tostring(dataset, encoding="unicode") + "\n"
+
+
+def _qgis_style(entries: list[_Entry]) -> str:
+    """A QGIS layer style (QML) with a paletted renderer of the classes."""
+    from xml.etree.ElementTree import Element, SubElement, indent, tostring
+
+    root = Element("qgis", version="3.34", styleCategories="Symbology")
+    pipe = SubElement(root, "pipe")
+    renderer = SubElement(
+        pipe, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1"
+    )
+    SubElement(renderer, "rasterTransparency")
+    palette = SubElement(renderer, "colorPalette")
+    for value, name, rgba in entries:
+        red, green, blue, alpha = (*rgba[:3], rgba[3] if len(rgba) > 3 else 255)
+        SubElement(
+            palette,
+            "paletteEntry",
+            value=str(value),
+            color=f"#{red:02x}{green:02x}{blue:02x}",
+            alpha=str(alpha),
+            label=name,
+        )
+    SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
+    SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0")
+    SubElement(pipe, "rasterresampler", maxOversampling="2")
+    indent(root)
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        + tostring(root, encoding="unicode")
+        + "\n"
+    )
 
 
 def has_cog_driver() -> bool:
@@ -232,8 +361,8 @@ def _write_tiled(mask: LabelMask, path: Path, blocksize: int) -> None:
         profile["transform"] = Affine(*georeference.transform)
         if georeference.crs_wkt is not None:
             profile["crs"] = CRS.from_wkt(georeference.crs_wkt)
-        if georeference.nodata is not None:
-            profile["nodata"] = georeference.nodata
+    if mask.nodata is not None:
+        profile["nodata"] = mask.nodata
     chunk_rows, chunk_cols = mask.source.chunks or (blocksize, blocksize)
     # Windows of whole tiles (about a chunk), so GDAL compresses each tile once.
     window_shape = (
@@ -245,7 +374,11 @@ def _write_tiled(mask: LabelMask, path: Path, blocksize: int) -> None:
             window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
             sink.write(mask.source.read(rows, cols), window=window)
         if mask.colours and np.dtype(mask.source.dtype) in (np.uint8, np.uint16):
-            sink.write_colormap(1, mask.colours)
+            # Every class opaque, class 0 too (OME viewers draw label 0 transparent, as
+            # background): in a GIS only no-data (the nodata value) is transparent.
+            opaque = {value: (*rgba[:3], 255) for value, rgba in mask.colours.items()}
+            opaque.pop(mask.nodata, None)
+            sink.write_colormap(1, opaque)
         sink.set_band_description(1, "labels")
         if mask.class_names:
             sink.update_tags(1, class_names=json.dumps(mask.class_names))

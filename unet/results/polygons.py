@@ -2,22 +2,37 @@
 regions cut by chunk borders merged back with their pieces in the neighbouring chunks; and one
 polygon per object of an instance image, whose pieces are merged by their image-wide id.
 
+Out of core: chunks are read one row of chunks at a time. A polygon that touches no inner chunk
+border is complete and written at once; the others wait, and at the end of each row of chunks
+the waiting pieces that share an edge are merged (exactly: a region is one polygon however many
+chunks it crosses), and those that do not reach the next row are written. Only the polygons
+crossing the current row's lower border are held from one row to the next.
+
+What is written (:class:`PolygonOptions`): regions smaller than ``min_area`` are specks and
+dropped, holes smaller than it are filled; ``simplify`` is a Douglas-Peucker tolerance (shapely,
+topology of each polygon kept), both in the output's units: map units of the mask's CRS, or
+pixels of level 0. Outer rings run counterclockwise and holes clockwise (RFC 7946).
+
 A mask with georeferencing gives features in map coordinates (GeoPackage, GeoJSON, GeoParquet,
 through fiona / geopandas). A mask without gives GeoJSON in pixel coordinates that QuPath imports
 (File > Import objects, or drag and drop): a FeatureCollection whose features carry QuPath's
-``objectType`` (``"detection"`` or ``"annotation"``) and ``classification``
-(``{"name": class, "color": [r, g, b]}``), besides ``value`` and ``class``. Pixel coordinates
-are those of the mask's level 0: ``x`` the column and ``y`` the row of pixel corners, as QuPath
-places objects on the full-resolution image.
+``objectType`` (``"detection"`` or ``"annotation"``), ``classification``
+(``{"name": class, "color": [r, g, b]}``) and ``measurements`` (``area_px``, ``value``, and
+``id`` of an object), besides ``value`` and ``class``. Pixel coordinates are those of the mask's
+level 0: ``x`` the column and ``y`` the row of pixel corners, as QuPath places objects on the
+full-resolution image; the collection's ``crs`` member names an engineering CRS in pixels, so
+GDAL-based readers (QGIS, geopandas) do not take them for degrees of WGS 84.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,6 +65,43 @@ OBJECT_TYPES = ("detection", "annotation")
 #: Features handed to the vector writer at once.
 _BATCH = 1024
 
+#: Regions of fewer pixels than this are specks, unless ``min_area`` says otherwise.
+DEFAULT_MIN_PIXELS = 9
+
+#: The ``crs`` member of QuPath GeoJSON: an engineering CRS in pixels, x right and y down
+#: (GDAL reads it; without one, GeoJSON readers assume WGS 84 degrees).
+PIXEL_CRS_WKT = (
+    'ENGCRS["image pixels",EDATUM["image"],CS[Cartesian,2],'
+    'AXIS["x (column)",east,ORDER[1],LENGTHUNIT["pixel",1]],'
+    'AXIS["y (row)",south,ORDER[2],LENGTHUNIT["pixel",1]]]'
+)
+
+
+@dataclass(frozen=True)
+class PolygonOptions:
+    """What becomes a polygon, in the output's units (map units of the mask's CRS, or pixels of
+    level 0 without georeferencing).
+
+    Attributes
+    ----------
+    min_area: regions of a smaller area are dropped and holes of a smaller area filled; None:
+        the area of ``DEFAULT_MIN_PIXELS`` pixels of the level polygonized; 0 keeps everything
+    simplify: Douglas-Peucker tolerance; 0 keeps the pixel outlines exactly
+    """
+
+    min_area: float | None = None
+    simplify: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_area", "simplify"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and 0 <= value < math.inf):
+                raise InvalidParameter(
+                    f"{name.replace('_', '-')} {value!r} is not a finite number >= 0: give an "
+                    "area (tolerance) in the mask's map units, or pixels without georeferencing"
+                )
+
+
 #: The attributes of a class polygon (fiona schema types).
 CLASS_PROPERTIES = {"value": "int", "class": "str"}
 #: The attributes of an object's polygon: its id in the instance image and its pixel count.
@@ -63,31 +115,45 @@ def write_polygons(
     label: int | None = None,
     overwrite: bool = False,
     object_type: ObjectType = "detection",
-) -> int:
-    """Polygonize ``mask`` chunk by chunk into a vector file; returns the number of polygons.
+    options: PolygonOptions | None = None,
+) -> tuple[int, int]:
+    """Polygonize ``mask`` row of chunks by row of chunks into a vector file.
 
-    Each polygon is one 4-connected region of one label value (label 0 is never polygonized),
-    whole even where it crosses chunk borders, with the attributes ``value`` (the label) and
-    ``class`` (its name), in the mask's CRS. GeoJSON of a mask without georeferencing is
-    QuPath's (see the module docstring), its objects of ``object_type``.
+    Each polygon is one 4-connected region of one label value (label 0 and the no-data label
+    are never polygonized), whole even where it crosses chunk borders, with the attributes
+    ``value`` (the label) and ``class`` (its name), in the mask's CRS. GeoJSON of a mask without
+    georeferencing is QuPath's (see the module docstring), its objects of ``object_type``.
+
+    Returns
+    -------
+    the polygons written and the specks dropped (smaller than ``options.min_area``)
     """
-    pending: dict[int, list[Polygon]] = {}
     _, height, width = mask.source.shape
-    with _vector_file(mask, output, overwrite, object_type) as features:
-        for rows, cols in _chunk_regions(mask.source):
-            block = mask.source.read(rows, cols)[0]
-            wanted = block != 0 if label is None else block == label
-            if not wanted.any():
-                continue
-            for polygon, value in _polygons(block, wanted, rows, cols):
-                if _on_inner_border(polygon.bounds, rows, cols, height, width):
-                    pending.setdefault(value, []).append(polygon)
-                else:
-                    features.write(polygon, value)
-        for value, polygons in pending.items():
-            for merged in merge_across_borders(polygons):
-                features.write(merged, value)
-    return features.count
+    pending: dict[int, list[Polygon]] = {}
+    with _vector_file(mask, output, overwrite, object_type, options) as features:
+        for rows, row_regions in _chunk_rows(mask.source):
+            for cols in row_regions:
+                block = mask.source.read(rows, cols)[0]
+                wanted = block == label if label is not None else block != 0
+                if label is None and mask.nodata is not None:
+                    wanted &= block != mask.nodata
+                if not wanted.any():
+                    continue
+                for polygon, value in _polygons(block, wanted, rows, cols):
+                    if _on_inner_border(polygon.bounds, rows, cols, height, width):
+                        pending.setdefault(value, []).append(polygon)
+                    else:
+                        features.write(polygon, value)
+            for value in list(pending):
+                carried = []
+                for merged in merge_across_borders(pending.pop(value)):
+                    if merged.bounds[3] == rows.stop < height:  # it may go on in the next row
+                        carried.append(merged)
+                    else:
+                        features.write(merged, value)
+                if carried:
+                    pending[value] = carried
+    return features.count, features.dropped
 
 
 def write_instance_polygons(
@@ -98,8 +164,9 @@ def write_instance_polygons(
     label: int | None = None,
     overwrite: bool = False,
     object_type: ObjectType = "detection",
-) -> int:
-    """One polygon per object of an instance image, chunk by chunk; returns the number written.
+    options: PolygonOptions | None = None,
+) -> tuple[int, int]:
+    """One polygon per object of an instance image, row of chunks by row of chunks.
 
     Parameters
     ----------
@@ -107,40 +174,49 @@ def write_instance_polygons(
     instances: its instance image, ``(1, Y, X)`` ids (0: no object), chunked as the mask
     output: ``.gpkg``, ``.geojson`` or ``.parquet``
     label: only the objects of this label value; every object otherwise
+    options: specks dropped, holes filled, simplification (:class:`PolygonOptions`)
 
     Each feature has the attributes ``id`` (the object's id), ``area_px`` (its pixels),
     ``value`` and ``class`` (GeoJSON of a mask without georeferencing is QuPath's, its objects of
     ``object_type``). An object whose pieces lie in several chunks is their union: the
     ids are image-wide, so pieces are merged by id, and only the pieces of objects touching an
-    inner chunk border are held until the end.
+    inner chunk border are held, until the row of chunks where the object ends.
+
+    Returns
+    -------
+    the polygons written and the objects dropped (smaller than ``options.min_area``)
     """
     import shapely
 
     _, height, width = instances.shape
     pending: dict[int, list[Polygon]] = {}
     values: dict[int, int] = {}
-    with _vector_file(mask, output, overwrite, object_type, INSTANCE_PROPERTIES) as features:
-        for rows, cols in _chunk_regions(instances):
-            ids = instances.read(rows, cols)[0]
-            classes = mask.source.read(rows, cols)[0]
-            wanted = ids != 0 if label is None else (ids != 0) & (classes == label)
-            if not wanted.any():
-                continue
-            present, first = np.unique(ids[wanted], return_index=True)
-            class_of = dict(zip(present.tolist(), classes[wanted][first].tolist(), strict=True))
-            for polygon, object_id in _polygons(ids, wanted, rows, cols):
-                if _on_inner_border(polygon.bounds, rows, cols, height, width):
-                    pending.setdefault(object_id, []).append(polygon)
-                    values[object_id] = class_of[object_id]
-                else:
-                    features.write(
-                        polygon, class_of[object_id], id=object_id, area_px=round(polygon.area)
-                    )
-        for object_id in sorted(pending):
-            pieces = pending.pop(object_id)
-            merged = pieces[0] if len(pieces) == 1 else shapely.unary_union(pieces)
-            features.write(merged, values.pop(object_id), id=object_id, area_px=round(merged.area))
-    return features.count
+    with _vector_file(
+        mask, output, overwrite, object_type, options, INSTANCE_PROPERTIES
+    ) as features:
+        for rows, row_regions in _chunk_rows(instances):
+            continues: set[int] = set()
+            for cols in row_regions:
+                ids = instances.read(rows, cols)[0]
+                classes = mask.source.read(rows, cols)[0]
+                wanted = ids != 0 if label is None else (ids != 0) & (classes == label)
+                if not wanted.any():
+                    continue
+                present, first = np.unique(ids[wanted], return_index=True)
+                class_of = dict(zip(present.tolist(), classes[wanted][first].tolist(), strict=True))
+                for polygon, object_id in _polygons(ids, wanted, rows, cols):
+                    if _on_inner_border(polygon.bounds, rows, cols, height, width):
+                        pending.setdefault(object_id, []).append(polygon)
+                        values[object_id] = class_of[object_id]
+                        if polygon.bounds[3] == rows.stop < height:
+                            continues.add(object_id)
+                    else:
+                        features.write(polygon, class_of[object_id], id=object_id)
+            for object_id in sorted(set(pending) - continues):
+                pieces = pending.pop(object_id)
+                merged = pieces[0] if len(pieces) == 1 else shapely.unary_union(pieces)
+                features.write(merged, values.pop(object_id), id=object_id)
+    return features.count, features.dropped
 
 
 @contextlib.contextmanager
@@ -149,6 +225,7 @@ def _vector_file(
     output: str | os.PathLike[str],
     overwrite: bool,
     object_type: ObjectType,
+    options: PolygonOptions | None,
     properties: dict[str, str] = CLASS_PROPERTIES,
 ) -> Iterator[_Features]:
     """Features of ``mask`` into the vector file ``output`` (its format, ``object_type`` and
@@ -160,7 +237,7 @@ def _vector_file(
     staging = sibling(target, "partial")
     try:
         with _vector_writer(
-            mask, staging, _layer_name(target), object_type, properties
+            mask, staging, _layer_name(target), object_type, options or PolygonOptions(), properties
         ) as features:
             yield features
         os.replace(staging, target)
@@ -169,12 +246,18 @@ def _vector_file(
             os.unlink(staging)
 
 
-def _chunk_regions(source: ImageSource) -> Iterator[tuple[slice, slice]]:
-    """``(rows, cols)`` of each stored chunk of ``source`` (the whole image when unchunked)."""
+def _chunk_rows(source: ImageSource) -> Iterator[tuple[slice, list[slice]]]:
+    """Each row of stored chunks of ``source`` (the whole image when unchunked), top to bottom:
+    its ``rows`` and the ``cols`` of its chunks, left to right."""
     from unet.tiling import ChunkGrid
 
     _, height, width = source.shape
-    return ChunkGrid((height, width), source.chunks or (height, width)).regions()
+    grid = ChunkGrid((height, width), source.chunks or (height, width))
+    regions = grid.regions()
+    per_row = grid.counts[1]
+    for start in range(0, len(regions), per_row):
+        row = regions[start : start + per_row]
+        yield row[0][0], [cols for _, cols in row]
 
 
 def _polygons(
@@ -259,33 +342,51 @@ def _shapes_dtype(block: np.ndarray) -> np.ndarray:
 
 
 class _Features:
-    """Polygons in pixel coordinates in, features in map coordinates out, in batches."""
+    """Polygons in pixel coordinates of the mask's level in; features in the output's
+    coordinates out, in batches: specks dropped, small holes filled, simplified, oriented."""
 
     def __init__(
         self,
         mask: LabelMask,
         flush: Callable[[list[dict[str, Any]]], None],
-        properties: Callable[[int], dict[str, Any]] | None = None,
+        options: PolygonOptions,
+        properties: Callable[[int, dict[str, Any]], dict[str, Any]],
     ) -> None:
-        georeference = mask.georeference
-        a, b, c, d, e, f = (
-            georeference.transform if georeference is not None else (1, 0, 0, 0, 1, 0)
-        )
+        a, b, c, d, e, f = mask.transform
         self._matrix = [a, b, d, e, c, f]  # shapely's order: [a, b, d, e, xoff, yoff]
-        self._properties = properties or (lambda value: class_properties(mask, value))
+        # Areas are compared in pixels of the level read, whatever the output's units.
+        pixel_area = abs(a * e - b * d)
+        self._min_pixels = (
+            DEFAULT_MIN_PIXELS if options.min_area is None else options.min_area / pixel_area
+        )
+        self._level0_pixels = mask.factor**2
+        self._simplify = options.simplify
+        self._properties = properties
         self._flush = flush
         self._batch: list[dict[str, Any]] = []
         self.count = 0
+        self.dropped = 0
 
-    def write(self, polygon: Polygon, value: int, **properties: Any) -> None:
-        """Write ``polygon`` (pixel coordinates) of label ``value``, with ``properties`` first."""
+    def write(self, polygon: Polygon, value: int, **measured: Any) -> None:
+        """Write ``polygon`` (pixel coordinates) of label ``value`` unless it is a speck;
+        ``measured`` (an object's ``id``) joins its ``area_px`` in the attributes."""
         from shapely.affinity import affine_transform
+        from shapely.geometry import Polygon
+        from shapely.geometry.polygon import orient
 
+        area = polygon.area
+        if area < self._min_pixels:
+            self.dropped += 1
+            return
+        holes = [ring for ring in polygon.interiors if Polygon(ring).area >= self._min_pixels]
+        if len(holes) != len(polygon.interiors):
+            polygon = Polygon(polygon.exterior, holes)
+        geometry = affine_transform(polygon, self._matrix)
+        if self._simplify:
+            geometry = geometry.simplify(self._simplify, preserve_topology=True)
+        measured["area_px"] = round(area * self._level0_pixels)
         self._batch.append(
-            {
-                "geometry": affine_transform(polygon, self._matrix),
-                "properties": {**properties, **self._properties(value)},
-            }
+            {"geometry": orient(geometry, 1.0), "properties": self._properties(value, measured)}
         )
         self.count += 1
         if len(self._batch) >= _BATCH:
@@ -303,14 +404,21 @@ def class_properties(mask: LabelMask, value: int) -> dict[str, Any]:
     return {"value": value, "class": names[value] if value < len(names) else str(value)}
 
 
-def qupath_properties(mask: LabelMask, value: int, object_type: ObjectType) -> dict[str, Any]:
-    """QuPath's properties of an object of label ``value``: its ``objectType`` and its
-    ``classification`` (class name and the label's colour), besides ``value`` and ``class``."""
+def qupath_properties(
+    mask: LabelMask, value: int, object_type: ObjectType, measured: dict[str, Any]
+) -> dict[str, Any]:
+    """QuPath's properties of an object of label ``value``: its ``objectType``, its
+    ``classification`` (class name and the label's colour) and its ``measurements`` (an
+    object's ``id``, ``area_px`` and the class ``value``, which QuPath lists and exports with
+    the object), besides ``value`` and ``class`` (and ``id``, ``area_px`` of an object)."""
     own = class_properties(mask, value)
     red, green, blue = mask.colours.get(value, (128, 128, 128, 255))[:3]
+    attributes = {k: measured[k] for k in ("id", "area_px") if "id" in measured}
     return {
         "objectType": object_type,
         "classification": {"name": own["class"], "color": [red, green, blue]},
+        "measurements": {**measured, "value": value},
+        **attributes,
         **own,
     }
 
@@ -321,15 +429,21 @@ def _vector_writer(
     path: Path,
     layer: str,
     object_type: ObjectType,
-    properties: dict[str, str] = CLASS_PROPERTIES,
+    options: PolygonOptions,
+    schema_properties: dict[str, str] = CLASS_PROPERTIES,
 ) -> Iterator[_Features]:
     """Features written to ``path``: QuPath GeoJSON for a mask without georeferencing, else
-    GPKG / GeoJSON through fiona and GeoParquet through geopandas; ``properties`` are the
+    GPKG / GeoJSON through fiona and GeoParquet through geopandas; ``schema_properties`` are the
     attributes' names and fiona types."""
     crs_wkt = mask.georeference.crs_wkt if mask.georeference is not None else None
     suffix = path.suffix.lower()
+
+    def properties(value: int, measured: dict[str, Any]) -> dict[str, Any]:
+        own = {k: v for k, v in measured.items() if k in schema_properties}
+        return {**own, **class_properties(mask, value)}
+
     if suffix in (".geojson", ".json") and mask.georeference is None:
-        with _qupath_writer(mask, path, object_type) as features:
+        with _qupath_writer(mask, path, object_type, options) as features:
             yield features
         return
     if suffix == _PARQUET:
@@ -337,7 +451,7 @@ def _vector_writer(
 
         # GeoParquet is written in one go, so these features are held in memory.
         collected: list[dict[str, Any]] = []
-        features = _Features(mask, collected.extend)
+        features = _Features(mask, collected.extend, options, properties)
         yield features
         features.flush()
         geopandas.GeoDataFrame(
@@ -349,26 +463,29 @@ def _vector_writer(
     import fiona
     from shapely.geometry import mapping
 
-    schema = {"geometry": "Polygon", "properties": dict(properties)}
+    schema = {"geometry": "Polygon", "properties": dict(schema_properties)}
     driver = VECTOR_DRIVERS[suffix]
     with fiona.open(path, "w", driver=driver, schema=schema, crs_wkt=crs_wkt, layer=layer) as sink:
 
         def flush(batch: list[dict[str, Any]]) -> None:
             sink.writerecords({**item, "geometry": mapping(item["geometry"])} for item in batch)
 
-        features = _Features(mask, flush)
+        features = _Features(mask, flush, options, properties)
         yield features
         features.flush()
 
 
 @contextlib.contextmanager
-def _qupath_writer(mask: LabelMask, path: Path, object_type: ObjectType) -> Iterator[_Features]:
+def _qupath_writer(
+    mask: LabelMask, path: Path, object_type: ObjectType, options: PolygonOptions
+) -> Iterator[_Features]:
     """A GeoJSON FeatureCollection streamed to ``path`` feature by feature (memory stays at a
     batch whatever the number of objects)."""
     from shapely.geometry import mapping
 
     with open(path, "w", encoding="utf-8") as sink:
-        sink.write('{"type": "FeatureCollection", "features": [\n')
+        crs = {"type": "name", "properties": {"name": PIXEL_CRS_WKT}}
+        sink.write('{"type": "FeatureCollection", "crs": ' + json.dumps(crs) + ', "features": [\n')
         separator = ""
 
         def flush(batch: list[dict[str, Any]]) -> None:
@@ -382,7 +499,9 @@ def _qupath_writer(mask: LabelMask, path: Path, object_type: ObjectType) -> Iter
                 sink.write(separator + json.dumps(feature, separators=(",", ":")))
                 separator = ",\n"
 
-        features = _Features(mask, flush, lambda v: qupath_properties(mask, v, object_type))
+        features = _Features(
+            mask, flush, options, lambda v, m: qupath_properties(mask, v, object_type, m)
+        )
         yield features
         features.flush()
         sink.write("\n]}\n")

@@ -40,6 +40,7 @@ __all__ = [
     "TissueScene",
     "nuclei_image",
     "render",
+    "satellite_reflectance",
     "write_nuclei_dataset",
     "write_to_zarr",
 ]
@@ -135,6 +136,22 @@ def nuclei_image(
     scene = NucleiScene.varied(shape, seed) if varied else NucleiScene(shape=shape, seed=seed)
     image, labels = render(scene, slice(0, scene.shape[0]), slice(0, scene.shape[1]))
     return image[0], relabel_sequential(labels)[0].astype(np.int32)
+
+
+def satellite_reflectance(image: np.ndarray) -> np.ndarray:
+    """A :class:`SatelliteScene`'s uint8 bands as uint16 reflectance-like values, as
+    ``scripts/make_scene.py`` writes its GeoTIFF and training tiles: ``40 * value + 1``, so
+    that 0 stays free for no-data.
+
+    Parameters
+    ----------
+    image: uint8 (C, h, w)
+
+    Returns
+    -------
+    uint16 (C, h, w), 1..10201
+    """
+    return image.astype(np.uint16) * 40 + 1
 
 
 def write_nuclei_dataset(
