@@ -152,10 +152,20 @@ def finished_chunks(group) -> np.ndarray:
 
 
 def remove_ledger(group) -> None:
-    """Delete the ledger of a complete run; nothing when there is none."""
+    """Delete the ledger of a complete run; nothing when there is none.
+
+    A local ledger's folder goes in one ``rmtree`` (zarr deletes a folder's keys one by one).
+    """
+    from unet.io.chunkfiles import ChunkFiles
+    from unet.io.locations import remove_location
+
     for path in (LEDGER_PATH, BULK_PATH):
         if path in group:
-            del group[path]
+            files = ChunkFiles.of(group[path])
+            if files is not None:
+                remove_location(str(files.folder))
+            else:
+                del group[path]
 
 
 def mark_finished(ledger_array, index: tuple[int, int], files=None) -> None:

@@ -251,17 +251,20 @@ class LevelTasks:
         if self.upper is None:
             return
         self.upper.chunks_done(indices)
-        self._update(at_least=BLOCKS_PER_TASK)
+        self._update()
 
     def wait(self) -> None:
-        """Halve every block that becomes ready as the others are halved."""
+        """Let the tasks in flight end; the blocks left are halved by
+        :meth:`~unet.engine.levels.UpperLevels.finish`, in one task, level after level (handing
+        them out a round of tasks per level cost the run's tail a round trip each)."""
         from distributed import wait
 
-        while self.upper is not None:
-            self._update(at_least=1)
-            if not self.in_flight:
-                return
-            wait(self.in_flight, return_when="FIRST_COMPLETED")
+        if self.upper is None or not self.in_flight:
+            return
+        wait(self.in_flight)
+        for future in self.in_flight:
+            self.upper.blocks_done(future.result())  # a failure is raised here
+        self.in_flight = []
 
     def close(self) -> None:
         """Wait for the tasks in flight, whatever they end with."""
@@ -269,7 +272,10 @@ class LevelTasks:
 
         drain(self.in_flight)
 
-    def _update(self, at_least: int) -> None:
+    def _update(self) -> None:
+        """Collect the tasks that ended; while fewer than :data:`LEVEL_TASKS` are in flight,
+        hand out the blocks ready by now in one task: as soon as they are ready while the chunks
+        run, and gathered into larger tasks while the workers are busy."""
         from unet.engine.levels import halve_blocks
 
         running = []
@@ -279,17 +285,19 @@ class LevelTasks:
             else:
                 running.append(future)
         self.in_flight = running
-        ready = self.upper.take_ready(at_least)
-        for first in range(0, len(ready), BLOCKS_PER_TASK):
-            blocks = ready[first : first + BLOCKS_PER_TASK]
+        if len(self.in_flight) >= LEVEL_TASKS:
+            return
+        ready = self.upper.take_ready()
+        if ready:
             self.in_flight.append(
-                self.client.submit(halve_blocks, self.upper.spec, blocks, pure=False)
+                self.client.submit(halve_blocks, self.upper.spec, ready, pure=False)
             )
 
 
-#: Blocks of the upper levels a task halves: a task each would cost the driver more than the
-#: chunks beneath them.
-BLOCKS_PER_TASK = 16
+#: Tasks of upper-level blocks in flight at once: the blocks ready meanwhile wait and go in the
+#: next one, so the driver submits few of them, and none waits for a batch to fill up (a batch
+#: of 16 held a 16384^2 mask's blocks back until the very end of the run).
+LEVEL_TASKS = 2
 
 
 def _chunks_failed(report: SegmentReport, first_reason: str, started: float) -> ChunksFailed:

@@ -18,8 +18,6 @@ no write of a failed run lands after the driver gave the output up.
 
 from __future__ import annotations
 
-import functools
-import gc
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,7 +63,6 @@ def run_chunk_batch(
     DeviceOutOfMemory, or whatever the device raises: likewise
     """
     checkpoint = worker_checkpoint(job)
-    _freeze_long_lived_objects()
     job.source.grow_cache(CACHE_CHUNKS, CACHE_BYTES)
     results: list[ChunkResult | ChunkFailure | Future[ChunkResult]] = []
     with (
@@ -101,17 +98,3 @@ def run_chunk_batch(
                 read.cancel()
             raise
     return [item.result() if isinstance(item, Future) else item for item in results]
-
-
-@functools.cache
-def _freeze_long_lived_objects() -> None:
-    """Exclude what this worker process holds so far (modules, torch, the model) from Python's
-    garbage collector, once.
-
-    A stream allocates objects fast enough (Zarr's reads and writes) to set off a full
-    collection every hundred chunks or so, and a full collection walks the whole heap of a
-    process that imported torch: long enough to add to every chunk's share of the host time
-    (benchmarks/README.md).
-    """
-    gc.collect()
-    gc.freeze()

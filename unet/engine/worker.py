@@ -10,6 +10,8 @@ once per worker process (cached by checkpoint digest), never shipped in the task
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -159,7 +161,24 @@ def worker_checkpoint(job: ChunkJob):
     reuse_freed_memory()  # a no-op after the first call; workers started by unet have it already
     use_fast_codecs()
     _use_threads(job.torch_threads)
-    return _checkpoint(job.checkpoint, job.checkpoint_digest, job.device)
+    checkpoint = _checkpoint(job.checkpoint, job.checkpoint_digest, job.device)
+    _freeze_long_lived_objects()
+    return checkpoint
+
+
+@functools.cache
+def _freeze_long_lived_objects() -> None:
+    """Exclude what this worker process holds once its model is loaded (modules, torch, the
+    model) from Python's garbage collector, once.
+
+    A stream allocates objects fast enough (Zarr's reads and writes) to set off a full
+    collection every hundred chunks or so, and a full collection walks the whole heap of a
+    process that imported torch: long enough to add to every chunk's share of the host time
+    (benchmarks/README.md). The collection here takes a fraction of a second once, on the
+    worker's first chunk, with the model's load.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def prepare_chunk(job: ChunkJob, checkpoint, index: tuple[int, int]) -> PreparedChunk:
