@@ -127,3 +127,19 @@ def test_nan_fill_settles_absent_chunks_as_label_0_without_nodata(tmp_path, clie
     assert report.nodata_pixels == 0 and sum(report.class_pixels) == 64 * 96
     mask = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["0"]
     assert mask.fill_value == 0 and (mask[:, :64] == 0).all()
+
+
+def test_a_lost_chunk_of_an_ingested_image_fails_even_where_the_plan_would_settle_it(
+    tmp_path, client, model
+):
+    from unet.errors import ChunksFailed
+    from unet.io.presence import store_every_chunk
+
+    image = scene((128, 192), seed=2)
+    path = write_input(tmp_path / "in.zarr", image, stored_zeros=False)
+    store_every_chunk(path, "")  # as unet ingest leaves it: every chunk stored, and so marked
+    (tmp_path / "in.zarr" / "c" / "0" / "0").unlink()  # a chunk of no data, lost
+    parameters = SegmentParameters(model=model, device="cpu", nodata=0)
+    with pytest.raises(ChunksFailed, match=r"input chunk \(0, 0\)") as failed:
+        segment(path, str(tmp_path / "out.zarr"), parameters, client=client)
+    assert [0, 0] in failed.value.report.chunks_failed

@@ -113,18 +113,19 @@ def _segment(
     finished = finished_chunks(group)
     report.chunks_resumed = int(finished.sum())
     todo = ~finished
+    if cluster_plan is None:
+        cluster_plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
+    job = chunk_job(plan, group, cluster_plan.torch_threads, cluster_plan)
+    reasons: list[str] = []
+    if todo.any():
+        # First: a chunk whose input is lost fails, whatever the plan would settle it as.
+        todo = _check_input_chunks(job, checkpoint.model.geometry, todo, report, reasons)
     if todo.any():
         with writing(output):
             settled, background = settle_chunks(plan, group, todo, report)
         todo &= ~settled
-    else:
-        background = np.zeros_like(todo)
-    if cluster_plan is None:
-        cluster_plan = plan_cluster(parameters.device, parameters.workers, parameters.scheduler)
-    job = chunk_job(plan, group, cluster_plan.torch_threads, cluster_plan, background)
-    reasons: list[str] = []
-    if todo.any():
-        todo = _check_input_chunks(job, checkpoint.model.geometry, todo, report, reasons)
+        if background.any():
+            job = chunk_job(plan, group, cluster_plan.torch_threads, cluster_plan, background)
     done = report.chunks_resumed + report.chunks_skipped
     if progress:
         progress(done, report.chunks_total)
