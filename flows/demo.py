@@ -24,6 +24,7 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
     """
     from flows.runner import run_segment
     from unet.config import SegmentParameters
+    from unet.sizes import shape_label, size_label
 
     images, truth, masks = output / "images", output / "truth", output / "masks"
     for folder in (images, truth, masks):
@@ -33,7 +34,8 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
 
     started = time.perf_counter()
     _say(
-        f"generating a {slide_side}x{slide_side} nuclei slide and {len(SMALL_IMAGES)} small images"
+        f"generating a {size_label(slide_side, slide_side)} nuclei slide and "
+        f"{len(SMALL_IMAGES)} small images"
     )
     _write_slide(images / "slide.zarr", truth / "slide.zarr", slide_side)
     for seed, (name, shape) in enumerate(SMALL_IMAGES.items(), start=1):
@@ -51,7 +53,7 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
         name = Path(report.output).stem
         scores[name] = _dice(Path(report.output), truth / f"{name}.zarr")
         _say(
-            f"  {name}: {report.shape[2]}x{report.shape[1]} px, {report.chunks_computed} chunks, "
+            f"  {name}: {shape_label(report.shape)}, {report.chunks_computed} chunks, "
             f"{report.megapixels_per_second:.2f} Mpx/s, foreground Dice {scores[name]:.3f}"
         )
     _say(

@@ -26,6 +26,7 @@ from unet import __version__
 from unet.config import SegmentParameters
 from unet.engine.report import SegmentReport
 from unet.runs import ImageJob, Steps, collect_reports, folder_jobs, image_job, run_jobs
+from unet.sizes import shape_label
 
 #: The defaults of every field (the model is frozen, so one instance serves every call).
 DEFAULT_PARAMETERS = SegmentParameters()
@@ -150,7 +151,7 @@ def _folder_row(job: ImageJob, outcome: SegmentReport | Exception) -> dict[str, 
     report = outcome
     row.update(
         status="already complete" if report.chunks_resumed == report.chunks_total else "segmented",
-        size=f"{report.shape[2]} x {report.shape[1]} px",
+        size=shape_label(report.shape),
         computed=report.chunks_computed,
         skipped=report.chunks_skipped,
         resumed=report.chunks_resumed,

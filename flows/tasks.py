@@ -27,6 +27,7 @@ from flows.recording import best_effort
 from unet.config import SegmentParameters
 from unet.engine.report import SegmentReport
 from unet.errors import UNetError
+from unet.sizes import shapes_label, size_label
 
 #: Logger whose worker-side records (WARNING and above) reach the run's log.
 FORWARDED_LOGGER = "unet"
@@ -146,7 +147,7 @@ def check_pyramid(output: str) -> list[list[int]]:
         raise RuntimeError(f"{output} is not marked complete: rerun to resume it")
     levels = sorted((n for n in group.array_keys() if n.isdigit()), key=int)
     shapes = [list(group[n].shape) for n in levels]
-    get_run_logger().info("%s: %d pyramid level(s) %s", output, len(shapes), shapes)
+    get_run_logger().info("%s: %d pyramid level(s), %s", output, len(shapes), shapes_label(shapes))
     return shapes
 
 
@@ -182,7 +183,10 @@ def report_table(report: SegmentReport, source: str | None = None) -> list[dict[
         rows.append(("ingested as", report.input))
     rows += [
         ("output", report.output),
-        ("size", f"{width} x {height} px, {channels} channel(s), {report.megapixels:.2f} Mpx"),
+        (
+            "size",
+            f"{size_label(width, height)}, {channels} channel(s), {report.megapixels:.2f} Mpx",
+        ),
         ("chunks", str(report.chunks_total)),
         ("computed", str(report.chunks_computed)),
         ("skipped (background)", str(report.chunks_skipped)),

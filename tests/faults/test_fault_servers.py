@@ -181,7 +181,7 @@ def test_prefect_server_stopped_during_segment_costs_only_the_record(prefect_ser
     assert len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith("warning: the Prefect server at " + prefect_server.url)
     assert "record of this run is incomplete" in lines[0]
-    assert "512x512 px" in stdout
+    assert "512 × 512 px (width × height)" in stdout
     assert ended - complete < 30, f"{ended - complete:.0f} s between the mask and the exit"
     expected, near_tie = reference_mask(model, raw[None], 72)
     import zarr

@@ -203,7 +203,7 @@ def test_report_table_lists_size_chunks_speed_and_classes():
     )
     rows = {row["field"]: row["value"] for row in report_table(report)}
     assert rows["input"] == "in.zarr" and "ingested as" not in rows
-    assert rows["size"] == "300 x 200 px, 1 channel(s), 0.06 Mpx"
+    assert rows["size"] == "300 × 200 px (width × height), 1 channel(s), 0.06 Mpx"
     assert (rows["computed"], rows["skipped (background)"], rows["resumed"]) == ("4", "1", "1")
     assert rows["speed"] == "0.03 Mpx/s"
     assert rows["class nuclei"] == "25.00%"
