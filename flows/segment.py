@@ -125,8 +125,10 @@ def _segment_images(
 
 
 def _finish(job: ImageJob, parameters: SegmentParameters) -> None:
-    check_pyramid(job.output)
-    preview = make_preview(job.zarr_input, job.output, parameters, return_state=True)
+    check_pyramid(job.output, image=job.source)
+    preview = make_preview(
+        job.zarr_input, job.output, parameters, source=job.source, return_state=True
+    )
     if preview.is_failed():
         raise RuntimeError(preview.message)
 

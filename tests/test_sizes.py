@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
-
-from testdata import write_checkpoint, write_image
 
 from unet.engine.report import SegmentReport
 from unet.sizes import shape_label, shapes_label, size_label
@@ -27,22 +23,3 @@ def test_the_report_json_labels_the_size():
     report = SegmentReport(input="i", output="o", shape=(1, 500, 700), chunks_total=1)
     assert report.to_dict()["size"] == "700 × 500 px (width × height)"
     assert list(report.to_dict()["shape"]) == [1, 500, 700]  # (C, Y, X), as before
-
-
-def test_the_cli_summary_and_report_say_the_same_size(tmp_path):
-    """An image 48 wide and 40 high, as the CLI prints it and as its --report records it."""
-    model = write_checkpoint(tmp_path / "m.safetensors")
-    write_image(tmp_path / "in.zarr", (40, 48), (40, 48))
-    env = {"PATH": "/usr/bin:/bin", "PREFECT_PROFILES_PATH": "/nonexistent.toml"}
-    result = subprocess.run(
-        [UNET, "segment", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")]
-        + ["--model", model, "--tile-size", "204", "--device", "cpu"]
-        + ["--report", str(tmp_path / "r.json")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "48 × 40 px (width × height)" in result.stdout
-    assert json.loads((tmp_path / "r.json").read_text())["size"] == size_label(48, 40)

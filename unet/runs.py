@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,11 +162,25 @@ def _ingest(job: ImageJob) -> None:
 def _segment(
     job: ImageJob, parameters: SegmentParameters, client: Any, progress: Any, plan: Any
 ) -> SegmentReport:
+    from unet.engine.progress import ProgressLog, combine
     from unet.engine.run import segment as segment_image
 
-    return segment_image(
-        job.zarr_input, job.output, parameters, client=client, progress=progress, plan=plan
-    )
+    # Settings, progress and result as INFO lines of this module's logger (the CLI prints its
+    # own on the terminal).
+    lines = ProgressLog(image_name(job.source), log.info)
+    try:
+        report = segment_image(
+            job.zarr_input,
+            job.output,
+            parameters,
+            client=client,
+            progress=combine(progress, lines),
+            plan=plan,
+        )
+    finally:
+        lines.close()
+    lines.finished(report)
+    return report
 
 
 def _finish(job: ImageJob, parameters: SegmentParameters) -> None:
@@ -264,9 +279,15 @@ def _run_job(
         if finished is not None:
             logger.info("%s is complete with these settings: skipped", job.output)
             return finished
-        callback = None if progress is None else functools.partial(progress, job.output)
+        callback = None if progress is None else _OutputProgress(progress, job.output)
         plan = planned.get((job.zarr_input, job.output))
-        report = steps.segment(job, parameters, cluster.client(), callback, plan)
+        try:
+            report = steps.segment(job, parameters, cluster.client(), callback, plan)
+        finally:
+            if callback is not None:
+                callback.close()
+        if callback is not None:
+            callback.finished(report)
     except Exception as error:  # one image's failure, whatever it is, stops no other
         if not stopping.is_set():
             logger.error("%s failed: %s", job.source, error)
@@ -276,6 +297,32 @@ def _run_job(
     except Exception as error:
         logger.warning("no preview for %s: %s", job.output, error)
     return report
+
+
+class _OutputProgress:
+    """The progress callback of one image from a run's ``progress(output, done, total)``;
+    ``started``, ``finished`` and ``close`` go to the run's callback's methods of the same name
+    (with the output first) where it has them."""
+
+    def __init__(self, progress: Callable[..., Any], output: str) -> None:
+        self.progress, self.output = progress, output
+
+    def __call__(self, done: int, total: int) -> None:
+        self.progress(self.output, done, total)
+
+    def started(self, settings: Any) -> None:
+        self._call("started", settings)
+
+    def finished(self, report: SegmentReport) -> None:
+        self._call("finished", report)
+
+    def close(self) -> None:
+        self._call("close")
+
+    def _call(self, method: str, *args: Any) -> None:
+        function = getattr(self.progress, method, None)
+        if function is not None:
+            function(self.output, *args)
 
 
 class _Cluster:
@@ -338,13 +385,24 @@ class _Cluster:
             self._keeper.join()
 
 
-def write_preview(input: str, output: str, parameters: SegmentParameters) -> str:
-    """Write ``<name>.preview.png`` beside the mask at ``output``; return its path."""
-    from unet.results.preview import preview_path, render_preview, write_bytes
+def write_preview(input: str, output: str, parameters: SegmentParameters) -> tuple[str, Any]:
+    """Write ``<name>.preview.png`` beside the mask at ``output``; return its path and the
+    :class:`~unet.results.preview.Preview`."""
+    from unet.results.preview import build_preview, preview_path, write_bytes
 
     path = preview_path(output, image=input if parameters.labels else None)
-    write_bytes(path, render_preview(input, output, channels_last=parameters.channels_last))
-    return path
+    preview = build_preview(input, output, channels_last=parameters.channels_last)
+    write_bytes(path, preview.png)
+    return path, preview
+
+
+def image_name(location: str) -> str:
+    """The name an image goes by in log lines and task names: the last part of its path or
+    URL without ``.zarr`` or an image file's suffix (``scans/cells-a.png`` -> ``cells-a``)."""
+    name = str(location).rstrip("/").rsplit("/", 1)[-1]
+    name = name.removesuffix(".zarr")
+    stem, suffix = os.path.splitext(name)
+    return stem if suffix.lower() in INGEST_SUFFIXES else name
 
 
 def collect_reports(

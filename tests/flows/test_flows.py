@@ -18,13 +18,15 @@ import flows  # noqa: F401  (Prefect's environment defaults, before prefect is i
 import unet
 from flows.handoff import terminal_progress
 from flows.names import artifact_key, output_key, output_name
-from flows.progress import Throttle, combine, percent
+from flows.progress import Throttle, percent
 from flows.tasks import report_table
 from unet.config import SegmentParameters
+from unet.engine.progress import combine
 from unet.engine.report import SegmentReport
 from unet.errors import ChannelMismatch, InvalidParameter
 from unet.results.preview import (
     blend,
+    data_uri,
     display_image,
     label_colours,
     mask_overview,
@@ -91,6 +93,28 @@ def runs_of(flow_run_id):
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     return run, sorted(task.name for task in tasks)
+
+
+def log_lines(flow_run_id, prefix: str, seconds: float = 20) -> list[str]:
+    """The messages of a flow run's logs (its tasks' included) that start with ``prefix``, in
+    order, once the run's result line arrived (logs reach the server in the background)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    deadline = time.monotonic() + seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                sort=LogSort.TIMESTAMP_ASC,
+            )
+            lines = [log.message for log in logs if log.message.startswith(prefix)]
+            if any(" done in " in line for line in lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.5)
 
 
 # Pure helpers ------------------------------------------------------------------------------
@@ -269,7 +293,7 @@ def test_segment_image_records_artifacts_preview_and_terminal_progress(
         )
     report = state.result()
     assert report.chunks_computed == report.chunks_total == 9
-    assert bars["out"][-1] == (9, 9)
+    assert bars["in"][-1] == (9, 9)  # named after the image
 
     artifacts = artifacts_of(state.state_details.flow_run_id)
     assert [a.key for a in artifacts["progress"]] == [output_key(str(output), "progress")]
@@ -281,10 +305,25 @@ def test_segment_image_records_artifacts_preview_and_terminal_progress(
     assert "data:image/png;base64," in markdown.data
     run, task_names = runs_of(state.state_details.flow_run_id)
     assert run.name == "in → out" and run.flow_version == unet.__version__
-    assert task_names == ["preview out", "pyramid out", "segment out"]
+    assert task_names == ["preview in", "pyramid in", "segment in"]  # the image's name
 
-    with Image.open(preview_path(str(output))) as preview:
-        assert preview.size == (96, 96) and preview.mode == "RGB"
+    # The artifact embeds the very PNG written beside the mask, with the caption drawn into it.
+    png = preview_path(str(output))
+    with open(png, "rb") as file:
+        assert data_uri(file.read()) in markdown.data
+    assert "The whole image at full resolution" in markdown.data and png in markdown.data
+    with Image.open(png) as preview:
+        assert preview.mode == "RGB" and preview.size[0] >= 96 * 2  # enlarged: 96 px is small
+
+    lines = log_lines(state.state_details.flow_run_id, "in: ")
+    assert lines[0].startswith("in: 96 × 96 px (width × height); device cpu, precision fp32, ")
+    assert "tile 204, batch 4, the workers of " in lines[0]
+    assert lines[0].endswith("9 chunks: 9 to compute, 0 skipped (background), 0 resumed")
+    assert [line.split(" chunks")[0] for line in lines[1:-1]] == [
+        f"in: {done} of 9" for done in range(1, 10)
+    ]
+    assert all("Mpx/s, about" in line for line in lines[1:-1])
+    assert lines[-1].startswith("in: done in ") and "9 chunks computed" in lines[-1]
 
 
 def test_a_finished_output_is_skipped_without_starting_dask(

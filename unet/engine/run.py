@@ -22,6 +22,7 @@ from unet.config import SegmentParameters
 from unet.engine.ledger import ATTRIBUTE, finished_chunks, mark_finished
 from unet.engine.output import finish_output, open_output
 from unet.engine.plan import RunPlan, plan_run
+from unet.engine.progress import announce, run_settings
 from unet.engine.report import ChunkFailure, ProgressCallback, SegmentReport
 from unet.errors import (
     ChunksFailed,
@@ -144,6 +145,7 @@ def _segment(
         pending = _check_input_chunks(job, checkpoint.model.geometry, pending, report, reasons)
     done = report.chunks_resumed + report.chunks_skipped
     if progress:
+        announce(progress, lambda: run_settings(plan, cluster_plan, pending, report))
         progress(done, report.chunks_total)
     upper = _upper_levels(plan, group, pending, cluster_plan.chunks_per_task)
     try:
