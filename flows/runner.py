@@ -166,6 +166,9 @@ def _check_early(
     from unet.engine.lock import check_unlocked
     from unet.engine.plan import driver_checkpoint, plan_run
     from unet.errors import InputNotFound
+    from unet.runs import check_reachable
+
+    check_reachable(input, output, parameters)
 
     image_file = "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES
     if image_file and not Path(input).is_file():

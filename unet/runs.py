@@ -273,6 +273,7 @@ def _run_job(
     from unet.engine.finished import finished_report
 
     try:
+        check_reachable(job.zarr_input, job.output, parameters)
         if needs_ingest(job, parameters):
             steps.ingest(job)
         finished = finished_report(job.zarr_input, job.output, parameters)
@@ -289,6 +290,7 @@ def _run_job(
         if callback is not None:
             callback.finished(report)
     except Exception as error:  # one image's failure, whatever it is, stops no other
+        error = _explained(job, error)
         if not stopping.is_set():
             logger.error("%s failed: %s", job.source, error)
         return error
@@ -297,6 +299,59 @@ def _run_job(
     except Exception as error:
         logger.warning("no preview for %s: %s", job.output, error)
     return report
+
+
+def check_reachable(input: str, output: str, parameters: SegmentParameters) -> None:
+    """Raise a one-line error when the remote stores of ``input`` or ``output`` cannot be
+    reached (:func:`unet.io.remote_errors.check_store`: credentials, bucket, endpoint,
+    permission); it also names the Dask scheduler when that does not answer either, so that a
+    run on a machine without its setup says at once everything that is missing. Local paths
+    cost nothing."""
+    problems = reachability_problems(input, output, parameters)
+    if problems:
+        raise combined(problems)
+
+
+def reachability_problems(
+    input: str, output: str, parameters: SegmentParameters, *, scheduler: bool = False
+) -> list[UNetError]:
+    """The errors of :func:`check_reachable`, one per kind; the scheduler is probed when a store
+    failed, or always with ``scheduler`` (a run that computes nothing needs none)."""
+    from unet.io.remote_errors import check_store
+
+    problems: list[UNetError] = []
+    for location, writing in ((input, False), (output, True)):
+        try:
+            check_store(location, writing=writing)
+        except UNetError as error:
+            problems.append(error)
+    if parameters.scheduler is not None and (problems or scheduler):
+        from unet.engine.cluster import check_scheduler
+
+        try:
+            check_scheduler(parameters.scheduler)
+        except UNetError as error:
+            problems.append(error)
+    # Input and output in one store fail alike: their advice once.
+    kinds: dict[type, UNetError] = {}
+    for problem in problems:
+        kinds.setdefault(type(problem), problem)
+    return list(kinds.values())
+
+
+def combined(problems: Sequence[UNetError]) -> UNetError:
+    """One error saying every one of ``problems`` (of the first one's kind)."""
+    if len(problems) == 1:
+        return problems[0]
+    return type(problems[0])("; also ".join(str(problem) for problem in problems))
+
+
+def _explained(job: ImageJob, error: Exception) -> Exception:
+    """``error``, or its one-line error when it is a failure to reach a remote store of
+    ``job`` (:func:`unet.io.remote_errors.explain`)."""
+    from unet.io.remote_errors import explain
+
+    return explain(job.zarr_input, error) or explain(job.output, error, writing=True) or error
 
 
 class _OutputProgress:

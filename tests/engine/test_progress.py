@@ -128,7 +128,7 @@ def test_the_result_line_and_callbacks_that_pass_everything_on():
     calls.close()
     assert seen[1] == (20, 20) and seen[-1] == result_line(report, "slide")
     assert duration(42.4) == "42 s" and duration(320) == "5 min 20 s"
-    assert duration(7500) == "2 h 05 min"
+    assert duration(900) == "15 min" and duration(7500) == "2 h 05 min"
 
 
 def test_devices_and_workers_as_a_person_says_them():

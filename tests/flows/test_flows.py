@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+from conftest import free_port
 from PIL import Image
 from testdata import write_checkpoint, write_image
 
@@ -95,9 +96,9 @@ def runs_of(flow_run_id):
     return run, sorted(task.name for task in tasks)
 
 
-def log_lines(flow_run_id, prefix: str, seconds: float = 20) -> list[str]:
+def log_lines(flow_run_id, prefix: str, until: str = " done in ", seconds: float = 20) -> list[str]:
     """The messages of a flow run's logs (its tasks' included) that start with ``prefix``, in
-    order, once the run's result line arrived (logs reach the server in the background)."""
+    order, once one containing ``until`` arrived (logs reach the server in the background)."""
     import time
 
     from prefect.client.orchestration import get_client
@@ -112,7 +113,7 @@ def log_lines(flow_run_id, prefix: str, seconds: float = 20) -> list[str]:
                 sort=LogSort.TIMESTAMP_ASC,
             )
             lines = [log.message for log in logs if log.message.startswith(prefix)]
-            if any(" done in " in line for line in lines) or time.monotonic() > deadline:
+            if any(until in line for line in lines) or time.monotonic() > deadline:
                 return lines
             time.sleep(0.5)
 
@@ -376,8 +377,8 @@ def test_segment_folder_ingests_goes_on_after_a_failure_and_names_it(
     assert rows[2]["status"] == "failed" and rows[2]["size"] == ""
     assert rows[2]["error"].startswith("ChannelMismatch: ") and rows[0]["error"] == ""
     run, task_names = runs_of(state.state_details.flow_run_id)
-    assert run.name == "in → masks"
-    assert "ChannelMismatch" in state.message  # the reason, on the run's state
+    assert run.name == "in → masks: 2 new, 1 failed"  # what the run did
+    assert state.message.startswith("ChannelMismatch: ")  # the reason first, on the run's state
     assert task_names == [
         "ingest b",
         "preview a",
@@ -388,6 +389,52 @@ def test_segment_folder_ingests_goes_on_after_a_failure_and_names_it(
         "segment b",
         "segment c",
     ]
+    # The image that failed says so in one line; no traceback.
+    messages = log_lines(state.state_details.flow_run_id, "", until="Finished in state Failed")
+    assert any("c.zarr failed: " in m and "has 3 channels" in m for m in messages), messages
+    assert not any("Traceback" in m or "\n" in m for m in messages)
+
+    # Again: nothing new, the complete images read as such, with no counts and no speed.
+    again = segment_folder(str(folder), str(out), parameters(model, scheduler), return_state=True)
+    assert runs_of(again.state_details.flow_run_id)[0].name == "in → masks: 1 failed"
+    (table,) = [
+        a
+        for a in artifacts_of(again.state_details.flow_run_id)["table"]
+        if a.key == output_key(str(out), "folder")
+    ]
+    first = json.loads(table.data)[0]
+    assert first["status"] == "already complete" and first["size"] == "64 × 64 px (width × height)"
+    assert [first[c] for c in ("computed", "skipped", "resumed", "seconds", "Mpx/s")] == [""] * 5
+
+
+def test_a_remote_store_without_credentials_fails_the_run_in_one_line(
+    prefect_api, model, tmp_path, monkeypatch
+):
+    """The run's state message and log say what to set for the store and that the scheduler
+    does not answer either; no traceback."""
+    from flows.segment import segment_image
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    state = segment_image(
+        "s3://slides/slide-001.zarr",
+        "s3://masks/slide-001.zarr",
+        SegmentParameters(model=model, scheduler=closed),
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert state.message.startswith(
+        "MissingCredentials: no credentials to reach s3://slides/slide-001.zarr: set "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    )
+    assert f"also the Dask scheduler at {closed} does not answer" in state.message
+    messages = log_lines(state.state_details.flow_run_id, "", until="Finished in state Failed")
+    assert any(m.startswith("s3://slides/slide-001.zarr failed: no credentials") for m in messages)
+    assert not any("Traceback" in m or "\n" in m for m in messages), messages
 
 
 def test_run_segment_goes_on_untracked_when_the_server_does_not_answer(

@@ -293,12 +293,12 @@ class ProgressLog:
 
 
 def duration(seconds: float) -> str:
-    """``42 s``, ``5 min 20 s``, ``2 h 05 min``."""
+    """``42 s``, ``5 min 20 s``, ``15 min``, ``2 h 05 min``."""
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
+        return f"{seconds // 60} min" + (f" {seconds % 60} s" if seconds % 60 else "")
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
