@@ -23,6 +23,7 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
     Returns the foreground Dice of each image against its generated ground truth.
     """
     from flows.runner import run_segment
+    from flows.settings import START_SERVER
     from unet.config import SegmentParameters
     from unet.sizes import shape_label, size_label
 
@@ -62,7 +63,7 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
         "look at them:\n"
         f"  napari {images / 'slide.zarr'} {masks / 'slide.zarr'}   "
         "(pip install 'napari[all]' napari-ome-zarr)\n"
-        "  in the Prefect UI: prefect server start, then in another shell\n"
+        f"  in the Prefect UI: {START_SERVER}, then in another shell\n"
         "  PREFECT_API_URL=http://127.0.0.1:4200/api make demo   and open http://127.0.0.1:4200\n"
         "  the repository's deployments (pipelines.yaml), started from that UI:\n"
         "  PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/unet serve pipelines.yaml"

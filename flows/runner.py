@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from flows.settings import START_SERVER
 from unet.config import SegmentParameters
 from unet.engine.plan import RunPlan
 from unet.engine.progress import Callbacks, RunSettings
@@ -35,7 +36,7 @@ CLI_TAG = "cli"
 #: Said once when no server is configured.
 UNTRACKED = (
     "note: no Prefect server is configured (PREFECT_API_URL), so this run is not tracked; "
-    "to see runs in the Prefect UI, start one (prefect server start) and set "
+    f"to see runs in the Prefect UI, start one ({START_SERVER}) and set "
     "PREFECT_API_URL=http://127.0.0.1:4200/api"
 )
 
@@ -62,8 +63,8 @@ def run_segment(
     if problem is not None:
         _say(
             f"warning: the Prefect server at {url} does not answer ({problem}): this run goes "
-            "on without Prefect, so it is not recorded there. Start the server "
-            "(prefect server start) or unset PREFECT_API_URL."
+            f"on without Prefect, so it is not recorded there. Start the server ({START_SERVER})"
+            " or unset PREFECT_API_URL."
         )
         return _run_untracked(input, output, parameters, folder, plans, progress)
     return _run_tracked(input, output, parameters, folder, plans, progress, url)

@@ -24,6 +24,7 @@ from flows.form import form_schema
 from flows.names import RUN_TAG
 from flows.pipelines import Deployment, load_pipelines
 from flows.recording import is_server_problem
+from flows.settings import START_SERVER
 from unet.errors import ServerUnreachable, UNetError
 
 
@@ -240,7 +241,7 @@ def check_server() -> str:
     url = PREFECT_API_URL.value()
     if not url:
         raise UNetError(
-            "unet serve needs a Prefect server: start one (prefect server start) and set "
+            f"unet serve needs a Prefect server: start one ({START_SERVER}) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     try:
@@ -248,6 +249,6 @@ def check_server() -> str:
     except httpx.HTTPError as error:
         raise ServerUnreachable(
             f"the Prefect server at {url} does not answer ({type(error).__name__}): start it "
-            "(prefect server start) or fix PREFECT_API_URL"
+            f"({START_SERVER}) or fix PREFECT_API_URL"
         ) from None
     return url
