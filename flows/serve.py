@@ -177,22 +177,24 @@ def runner_deployment(deployment: Deployment, problems: Sequence[str] = ()) -> A
 
 
 def deployment_description(deployment: Deployment, problems: Sequence[str] = ()) -> str:
-    """The text of a deployment's page: its ``description`` from pipelines.yaml (else what it
-    segments), when it runs in which time zone, and why it cannot run on this machine."""
+    """The text of a deployment's page: why it cannot run on this machine, its
+    ``description`` from pipelines.yaml (else what it segments), when it runs in which time
+    zone."""
     parameters = deployment.parameters
     target = parameters.output or f"{parameters.input}/labels/{parameters.labels}"
-    parts = [deployment.description or f"Segment {parameters.input} into {target}."]
+    parts = []
+    if problems:  # first: the first thing anyone reads there
+        parts.append(
+            "**Cannot run on this machine as it is** (checked when `unet serve` started): "
+            + "; ".join(problems)
+        )
+    parts.append(deployment.description or f"Segment {parameters.input} into {target}.")
     when = deployment.schedule
     if when is not None:
         rule = f"cron `{when.cron}`" if when.cron is not None else f"every {_interval(when)}"
         parts.append(
             f"Schedule: {rule} in the {when.timezone} time zone (the schedule card leaves the "
             "zone out; run times show in your browser's time zone)."
-        )
-    if problems:
-        parts.append(
-            "**Cannot run on this machine as it is** (checked when `unet serve` started): "
-            + "; ".join(problems)
         )
     return "\n\n".join(parts)
 

@@ -142,7 +142,7 @@ def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
         for line in progress
     ), progress
     assert progress[-1].startswith("in: 25 of 25 chunks (100%)")
-    assert result.startswith("in: done in ") and f"{left} chunks computed" in result
+    assert result.startswith("in: done in ") and f"{left} chunk" in result
     assert "160 × 160 px (width × height)" in resumed.stdout
     report = json.loads((tmp_path / "resumed.json").read_text())
     assert report["size"] == "160 × 160 px (width × height)"

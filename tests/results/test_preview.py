@@ -14,6 +14,7 @@ from unet.results import figure
 from unet.results.preview import (
     CELLS,
     MAX_SIDE,
+    MIN_CELL,
     build_preview,
     cell_fractions,
     class_names,
@@ -109,7 +110,7 @@ def test_a_large_image_gets_an_overview_and_a_crop_where_the_objects_are(tmp_pat
     x0, y0, x1, y1 = preview.crop
     assert (x1 - x0, y1 - y0) == (256, 256)
     assert x0 <= 1000 and x1 >= 1100 and y0 <= 700 and y1 >= 800  # the objects are in the crop
-    cell = -(-1200 // CELLS)
+    cell = max(-(-1200 // CELLS), MIN_CELL)
     assert f"each cell of {cell} × {cell} px (width × height)" in preview.caption
     assert (
         f"Full resolution, 256 × 256 px (width × height) at x {x0}-{x1}, y {y0}-{y1}, "
@@ -133,6 +134,22 @@ def test_an_image_without_objects_shows_its_centre_and_says_so(tmp_path):
     preview = build_preview(write_input(tmp_path / "in.zarr", (600, 800)), mask, crop_side=200)
     assert preview.crop == (300, 200, 500, 400)
     assert "the centre (no objects)" in preview.caption
+
+
+def test_an_image_up_to_twice_the_overview_is_shown_whole_shrunk(tmp_path):
+    """700 rows of 500: its objects stay visible at 512 / 700 of their size, no heat map."""
+    labels = np.zeros((700, 500), np.uint8)
+    labels[600:650, 50:100] = 1
+    mask = write_mask(tmp_path / "m.zarr", labels)
+    preview = build_preview(write_input(tmp_path / "in.zarr", (700, 500)), mask)
+    assert preview.title == "m: 500 × 700 px (width × height)"
+    assert preview.caption.startswith(
+        "Whole image at 73% of its size, the mask's colours over it; the box is the crop. "
+        "Full resolution, 384 × 384 px (width × height) at x 0-384, y 288-672, the region "
+        "richest in nucleus"
+    )
+    with Image.open(io.BytesIO(preview.png)) as picture:
+        assert picture.size[0] >= round(500 * MAX_SIDE / 700) + 384
 
 
 def test_a_small_image_is_shown_whole_at_full_resolution_enlarged(tmp_path):

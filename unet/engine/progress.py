@@ -65,7 +65,7 @@ class RunSettings:
         return (
             f"{size_label(self.width, self.height)}; device {self.device}, "
             f"precision {self.precision}, tile {self.tile_size}, batch {self.batch_size}, "
-            f"{self.workers}; {self.chunks_total} chunks: {self.chunks_to_compute} to compute, "
+            f"{self.workers}; {_count(self.chunks_total, 'chunk')}: {self.chunks_to_compute} to compute, "
             f"{self.chunks_skipped} skipped (background), {self.chunks_resumed} resumed"
         )
 
@@ -139,7 +139,7 @@ def result_line(report: SegmentReport, name: str) -> str:
     4 skipped, 0 resumed of 64, 4.10 Mpx/s``."""
     return (
         f"{name}: done in {report.seconds:.1f} s, "
-        f"{report.chunks_computed} chunks computed, {report.chunks_skipped} skipped, "
+        f"{_count(report.chunks_computed, 'chunk')} computed, {report.chunks_skipped} skipped, "
         f"{report.chunks_resumed} resumed of {report.chunks_total}, "
         f"{report.megapixels_per_second:.3g} Mpx/s"
     )

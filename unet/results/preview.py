@@ -1,22 +1,26 @@
 """A picture of a result that reads at any scale: where the objects are, and what they look like.
 
 A whole slide's mask shrunk to a few hundred pixels is noise: objects a few pixels wide vanish or
-alias. So the preview of an image larger than :data:`MAX_SIDE` shows two panels:
+alias. So the preview of an image larger than :data:`SHRUNK_SIDE` shows two panels:
 
-- the **overview**: the whole image, each cell of it (about 1/64 of its longer side) coloured by
-  the share of its pixels in each class, over the image in grey: a heat map that reads the same
-  at any scale. The shares come from a pyramid level of the mask (:data:`FRACTION_SIDE`);
+- the **overview**: the whole image, each cell of it (1/64 of its longer side, at least
+  :data:`MIN_CELL` pixels) coloured by the share of its pixels in each class, over the image's
+  mean brightness per cell: a heat map that reads the same at any scale. The shares come from a
+  pyramid level of the mask (:data:`FRACTION_SIDE`);
 - a **crop at full resolution** (:data:`CROP_SIDE`) of the region holding the most objects, the
   mask's colours over the image, outlined on the overview.
 
-An image that fits :data:`MAX_SIDE` whole is shown at full resolution in one panel. A title, the
-panels' captions and a legend of the classes (names and colours from the mask's OME
+An image of at most :data:`SHRUNK_SIDE` pixels a side has the whole image, shrunk to
+:data:`MAX_SIDE` with the mask's colours, as its overview (its objects are shrunk at most by
+half); one that fits :data:`MAX_SIDE` is shown whole at full resolution, in one panel. A title,
+the panels' captions and a legend of the classes (names and colours from the mask's OME
 ``image-label`` metadata) are drawn into the PNG; the same text is :attr:`Preview.caption`, so
 the PNG beside the mask (``<name>.preview.png``, :func:`preview_path`) and the markdown artifact
 that embeds it say the same.
 
-Only a pyramid level of the mask, the input's low-resolution view and one crop are read; the
-pixel work is numpy on arrays of at most :data:`FRACTION_SIDE` a side.
+Only a pyramid level of the mask, the input's low-resolution view and one crop are read (the
+whole image for one of at most :data:`SHRUNK_SIDE`); the pixel work is numpy on arrays of at
+most :data:`FRACTION_SIDE` a side.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ from unet.sizes import size_label
 MAX_SIDE = 512
 #: A whole image smaller than this is drawn enlarged, by a whole factor.
 SMALL_SIDE = 256
+#: An image up to this size is shown whole, shrunk at most by half, its objects still visible;
+#: a larger one as a heat map of class shares.
+SHRUNK_SIDE = 2 * MAX_SIDE
+#: The heat map's cells are at least this many pixels a side: a few objects each.
+MIN_CELL = 32
 #: Side of the full-resolution crop, in pixels.
 CROP_SIDE = 384
 #: Cells of the overview's heat map along the image's longer side.
@@ -121,35 +130,40 @@ def build_preview(
     attributes = dict(group.attrs)
     names, colours = class_names(attributes), label_colours(attributes)
     source = open_image(input, channels_last=channels_last)
-    height, width = (int(side) for side in group["0"].shape[-2:])
+    shape = tuple(int(side) for side in group["0"].shape[-2:])
+    height, width = shape
     title = f"{mask_name(output)}: {size_label(width, height)}"
-    if max(height, width) <= max_side:
-        labels = np.asarray(group["0"][...]).astype(np.uint8)
-        panel = blend(display_image(source.read(slice(None), slice(None))), labels, colours)
-        # A small image is drawn larger, each pixel a square of pixels, so that it can be seen.
-        zoom = max(1, SMALL_SIDE // max(height, width))
-        panel = np.repeat(np.repeat(panel, zoom, axis=0), zoom, axis=1)
-        enlarged = f" enlarged {zoom} times" if zoom > 1 else ""
-        caption = f"The whole image at full resolution{enlarged}, the mask's colours over it."
+    if max(shape) <= max_side:
+        panel, caption = _whole_image(group, source, colours)
         picture = compose(title, [(panel, caption)], _class_legend(names, colours))
         return Preview(png_bytes(picture), title, caption, None)
 
-    cell = math.ceil(max(height, width) / CELLS)
-    cells = (-(-height // cell), -(-width // cell))
-    fractions = _cell_fractions(group, (height, width), cell, len(names))
-    foreground = fractions[1:].sum(axis=0)
-    full = full_share(foreground)
-    x0, y0, x1, y1 = _busiest_window(foreground, cell, (height, width), crop_side)
-
-    # The image under the heat map is as coarse as the map: its mean brightness per cell, so
-    # that texture finer than a cell (single nuclei, noise) does not hide the colours.
-    low, factor = source.low_resolution(max_side)
-    grey = _luminance(display_image(np.asarray(low)))
-    brightness = cell_means(grey, *_cells_of(grey.shape, factor, cell, cells), cells)
-    scale = max_side / max(height, width)
-    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-    rows, cols = _cells_of(shape, 1 / scale, cell, cells)
-    overview = heat_map(brightness[rows][:, cols], fractions[:, rows][:, :, cols], colours, full)
+    cell = max(math.ceil(max(shape) / CELLS), MIN_CELL)
+    fractions = _cell_fractions(group, shape, cell, len(names))
+    x0, y0, x1, y1 = _busiest_window(fractions[1:].sum(axis=0), cell, shape, crop_side)
+    scale = max_side / max(shape)
+    panel_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    legend: list[Swatch | Ramp] = _class_legend(names, colours)
+    if max(shape) <= SHRUNK_SIDE:
+        overview = _shrunk(
+            blend(
+                display_image(source.read(slice(None), slice(None))),
+                np.asarray(group["0"][...]).astype(np.uint8),
+                colours,
+            ),
+            panel_shape,
+        )
+        overview_caption = (
+            f"Whole image at {scale:.0%} of its size, the mask's colours over it; the box is the "
+            "crop."
+        )
+    else:
+        overview, full = _heat_overview(source, fractions, colours, shape, cell, panel_shape)
+        overview_caption = (
+            f"Whole image: each cell of {size_label(cell, cell)} is coloured by the share of its "
+            f"pixels in each class, full colour at {full:.0%} or more; the box is the crop."
+        )
+        legend.append(_share_ramp(colours, full))
     outline(overview, [round(v * scale) for v in (x0, y0, x1, y1)])
 
     labels = np.asarray(group["0"][y0:y1, x0:x1]).astype(np.uint8)
@@ -157,19 +171,58 @@ def build_preview(
     shown = [
         n for n, share in zip(names[1:], fractions[1:].max(axis=(1, 2)), strict=False) if share
     ]
-    overview_caption = (
-        f"Whole image: each cell of {size_label(cell, cell)} is coloured by the share of its "
-        f"pixels in each class, full colour at {full:.0%} or more; the box is the crop."
-    )
     where = f"the region richest in {_joined(shown)}" if shown else "the centre (no objects)"
     crop_caption = (
         f"Full resolution, {size_label(x1 - x0, y1 - y0)} at x {x0}-{x1}, y {y0}-{y1}, "
         f"{where}: the mask's colours over the image."
     )
-    legend = [*_class_legend(names, colours), _share_ramp(colours, full)]
     picture = compose(title, [(overview, overview_caption), (crop, crop_caption)], legend)
     caption = f"{overview_caption} {crop_caption}"
     return Preview(png_bytes(picture), title, caption, (x0, y0, x1, y1))
+
+
+def _whole_image(
+    group: Any, source: Any, colours: Sequence[Sequence[int]]
+) -> tuple[np.ndarray, str]:
+    """The panel of an image that fits the overview: all of it at full resolution, a small one
+    enlarged (each pixel a square of pixels, so that it can be seen), and its caption."""
+    height, width = group["0"].shape[-2:]
+    labels = np.asarray(group["0"][...]).astype(np.uint8)
+    panel = blend(display_image(source.read(slice(None), slice(None))), labels, colours)
+    zoom = max(1, SMALL_SIDE // max(height, width))
+    panel = np.repeat(np.repeat(panel, zoom, axis=0), zoom, axis=1)
+    enlarged = f" enlarged {zoom} times" if zoom > 1 else ""
+    return panel, f"The whole image at full resolution{enlarged}, the mask's colours over it."
+
+
+def _heat_overview(
+    source: Any,
+    fractions: np.ndarray,
+    colours: Sequence[Sequence[int]],
+    shape: tuple[int, int],
+    cell: int,
+    panel_shape: tuple[int, int],
+) -> tuple[np.ndarray, float]:
+    """The heat map of ``fractions`` (per cell of ``cell`` image pixels) at ``panel_shape``,
+    over the image's mean brightness per cell, and the share shown in full colour."""
+    cells = fractions.shape[1:]
+    full = full_share(fractions[1:].sum(axis=0))
+    # The image under the map is as coarse as the map: its mean brightness per cell, so that
+    # texture finer than a cell (single nuclei, noise) does not hide the colours.
+    low, factor = source.low_resolution(max(panel_shape))
+    grey = _luminance(display_image(np.asarray(low)))
+    brightness = cell_means(grey, *_cells_of(grey.shape, factor, cell, cells), cells)
+    rows, cols = _cells_of(panel_shape, max(shape) / max(panel_shape), cell, cells)
+    overview = heat_map(brightness[rows][:, cols], fractions[:, rows][:, :, cols], colours, full)
+    return overview, full
+
+
+def _shrunk(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``rgb`` (h, w, 3) resized to ``shape`` by area averaging."""
+    from PIL import Image
+
+    resized = Image.fromarray(rgb).resize((shape[1], shape[0]), Image.Resampling.BOX)
+    return np.asarray(resized).copy()
 
 
 def mask_name(output: str) -> str:
