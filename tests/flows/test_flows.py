@@ -437,6 +437,23 @@ def test_a_remote_store_without_credentials_fails_the_run_in_one_line(
     assert not any("Traceback" in m or "\n" in m for m in messages), messages
 
 
+def test_a_scheduler_that_does_not_answer_fails_the_run_in_one_line(prefect_api, model, tmp_path):
+    from flows.segment import segment_image
+
+    write_image(tmp_path / "in.zarr", (32, 32), (32, 32))
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    state = segment_image(
+        str(tmp_path / "in.zarr"),
+        str(tmp_path / "out.zarr"),
+        SegmentParameters(model=model, scheduler=closed),
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert state.message.startswith(f"ServerUnreachable: the Dask scheduler at {closed} does not")
+    messages = log_lines(state.state_details.flow_run_id, "", until="Finished in state Failed")
+    assert not any("Traceback" in m or "\n" in m for m in messages), messages
+
+
 def test_run_segment_goes_on_untracked_when_the_server_does_not_answer(
     scheduler, model, tmp_path, capsys, monkeypatch
 ):
