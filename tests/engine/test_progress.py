@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
+from unet.config import SegmentParameters
 from unet.engine.cluster import ClusterPlan
 from unet.engine.progress import (
     ProgressLog,
@@ -146,3 +149,29 @@ def test_devices_and_workers_as_a_person_says_them():
     )
     assert describe_device("cuda", remote, "tcp://h:8786") == "cuda"
     assert describe_workers(remote, "tcp://h:8786") == "the workers of tcp://h:8786"
+
+
+def test_the_settings_count_the_pixels_of_the_chunks_to_compute_given_either_way():
+    """Chunks as indices (the driver's list) or as a bool grid (its numpy grid), the last row
+    and column cut short."""
+    from types import SimpleNamespace
+
+    from unet.engine.progress import run_settings
+    from unet.tiling import ChunkGrid
+
+    plan = SimpleNamespace(
+        parameters=SegmentParameters(precision="bf16", batch_size=2),
+        grid=ChunkGrid((250, 300), (100, 100)),  # 3 x 3 chunks, the last ones 50 high
+        source=SimpleNamespace(shape=(1, 250, 300)),
+        tile_size=204,
+    )
+    cluster = ClusterPlan(workers=1, torch_threads=2, gpus=0, processes=False)
+    report = SegmentReport(input="i", output="o", shape=(1, 250, 300), chunks_total=9)
+    report.chunks_resumed = 1
+    listed = run_settings(plan, cluster, [(0, 0), (2, 2)], report)
+    grid = np.zeros((3, 3), bool)
+    grid[0, 0] = grid[2, 2] = True
+    assert run_settings(plan, cluster, grid, report) == listed
+    assert listed.megapixels == (100 * 100 + 50 * 100) / 1e6
+    assert (listed.chunks_to_compute, listed.chunks_resumed, listed.chunks_total) == (2, 1, 9)
+    assert (listed.width, listed.height, listed.tile_size, listed.batch_size) == (300, 250, 204, 2)

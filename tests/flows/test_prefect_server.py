@@ -91,7 +91,7 @@ def test_unet_segment_of_a_folder_records_named_runs_keyed_artifacts_and_its_fai
 
     with client_of(url) as client:
         runs = [r for r in client.read_flow_runs() if r.deployment_id is None]
-        (run,) = [r for r in runs if r.name == "cells → masks"]
+        (run,) = [r for r in runs if r.name == "cells → masks: 2 new, 1 failed"]
         assert str(run.id) in result.stderr
         assert run.state.is_failed() and "ChannelMismatch" in run.state.message
         assert client.read_flow(run.flow_id).name == "segment-folder"

@@ -20,9 +20,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from unet.sizes import size_label
 
@@ -73,16 +75,23 @@ class RunSettings:
 def run_settings(
     plan: RunPlan,
     cluster: ClusterPlan,
-    pending: list[tuple[int, int]],
+    pending: Sequence[tuple[int, int]] | np.ndarray,
     report: SegmentReport,
 ) -> RunSettings:
-    """The :class:`RunSettings` of ``plan`` run on ``cluster``, ``pending`` its chunks to
-    compute, ``report`` its counts so far (skipped, resumed)."""
+    """The :class:`RunSettings` of ``plan`` run on ``cluster``; ``pending``: its chunks to
+    compute, as chunk indices ``(i, j)`` or a bool grid of the chunk grid's shape; ``report``:
+    its counts so far (skipped, resumed)."""
     parameters = plan.parameters
-    pixels = 0
-    for index in pending:
-        rows, cols = plan.grid.bounds(index)
-        pixels += (rows.stop - rows.start) * (cols.stop - cols.start)
+    todo = np.zeros(plan.grid.counts, dtype=bool)
+    if isinstance(pending, np.ndarray) and pending.dtype == bool:
+        todo |= pending
+    elif len(pending):
+        todo[tuple(np.asarray(pending).T)] = True
+    # Chunk (i, j) has rows[i] x cols[j] pixels (the last row and column are cut short).
+    (height_px, width_px), (chunk_rows, chunk_cols) = plan.grid.shape, plan.grid.chunks
+    rows = np.minimum(chunk_rows, height_px - chunk_rows * np.arange(todo.shape[0]))
+    cols = np.minimum(chunk_cols, width_px - chunk_cols * np.arange(todo.shape[1]))
+    pixels = int((np.outer(rows, cols) * todo).sum())
     _, height, width = plan.source.shape
     return RunSettings(
         width=width,
@@ -93,7 +102,7 @@ def run_settings(
         batch_size=parameters.batch_size,
         workers=describe_workers(cluster, parameters.scheduler),
         chunks_total=plan.grid.total,
-        chunks_to_compute=len(pending),
+        chunks_to_compute=int(todo.sum()),
         chunks_skipped=report.chunks_skipped,
         chunks_resumed=report.chunks_resumed,
         megapixels=pixels / 1e6,
