@@ -39,7 +39,9 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
     Returns the foreground Dice of each image against its generated ground truth.
     """
     from flows.runner import run_segment
+    from flows.settings import START_SERVER
     from unet.config import SegmentParameters
+    from unet.sizes import shape_label, size_label
 
     images, truth, masks = output / "images", output / "truth", output / "masks"
     _check_own_folders(output, (images, truth, masks))
@@ -54,7 +56,8 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
 
     started = time.perf_counter()
     _say(
-        f"generating a {slide_side}x{slide_side} nuclei slide and {len(SMALL_IMAGES)} small images"
+        f"generating a {size_label(slide_side, slide_side)} nuclei slide and "
+        f"{len(SMALL_IMAGES)} small images"
     )
     _write_slide(images / "slide.zarr", truth / "slide.zarr", slide_side)
     for seed, (name, shape) in enumerate(SMALL_IMAGES.items(), start=1):
@@ -72,7 +75,7 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
         name = Path(report.output).stem
         scores[name] = _dice(Path(report.output), truth / f"{name}.zarr")
         _say(
-            f"  {name}: {report.shape[2]}x{report.shape[1]} px, {report.chunks_computed} chunks, "
+            f"  {name}: {shape_label(report.shape)}, {report.chunks_computed} chunks, "
             f"{report.megapixels_per_second:.2f} Mpx/s, foreground Dice {scores[name]:.3f}"
         )
     _say(
@@ -81,7 +84,7 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
         "look at them:\n"
         f"  napari {images / 'slide.zarr'} {masks / 'slide.zarr'}   "
         "(pip install 'napari[all]' napari-ome-zarr)\n"
-        "  in the Prefect UI: prefect server start, then in another shell\n"
+        f"  in the Prefect UI: {START_SERVER}, then in another shell\n"
         "  PREFECT_API_URL=http://127.0.0.1:4200/api make demo   and open http://127.0.0.1:4200\n"
         "  the repository's deployments (pipelines.yaml), started from that UI:\n"
         "  PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/unet serve pipelines.yaml"

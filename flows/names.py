@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 
-from unet.io.folder import INGEST_SUFFIXES
+from unet.runs import image_name
 
 #: The tag of every flow and task run of this project (runs also carry their origin's tags:
 #: ``cli`` for ``unet segment``, a deployment's own).
@@ -37,9 +37,7 @@ def output_name(output: str) -> str:
 
 def display_name(location: str) -> str:
     """The last part of a path or URL without ``.zarr`` or an image file's suffix."""
-    name = output_name(location)
-    stem, suffix = os.path.splitext(name)
-    return stem if suffix.lower() in INGEST_SUFFIXES else name
+    return image_name(location)
 
 
 def flow_run_name(input: str, output: str) -> str:
@@ -52,9 +50,9 @@ def flow_run_name(input: str, output: str) -> str:
     return f"{source} → {target}"
 
 
-def task_run_name(step: str, output: str) -> str:
-    """``segment cells-a``: the step and the image, named by its output."""
-    return f"{step} {output_name(output)}"
+def task_run_name(step: str, image: str) -> str:
+    """``segment cells-a``: the step and the image (``scans/cells-a.png``)."""
+    return f"{step} {display_name(image)}"
 
 
 def artifact_key(name: str) -> str:

@@ -92,14 +92,3 @@ class ProgressArtifact:
 def percent(done: int, total: int) -> float:
     """Progress in percent; an image without chunks to compute is done."""
     return 100.0 if total <= 0 else round(100.0 * min(done, total) / total, 2)
-
-
-def combine(*callbacks: ProgressCallback | None) -> ProgressCallback:
-    """One callback calling every one that is not None."""
-    active = [callback for callback in callbacks if callback is not None]
-
-    def call_all(done: int, total: int) -> None:
-        for callback in active:
-            callback(done, total)
-
-    return call_all

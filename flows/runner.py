@@ -19,8 +19,10 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from flows.settings import START_SERVER
 from unet.config import SegmentParameters
 from unet.engine.plan import RunPlan
+from unet.engine.progress import Callbacks, RunSettings
 from unet.engine.report import SegmentReport
 from unet.io.folder import INGEST_SUFFIXES
 from unet.runs import is_folder
@@ -34,7 +36,7 @@ CLI_TAG = "cli"
 #: Said once when no server is configured.
 UNTRACKED = (
     "note: no Prefect server is configured (PREFECT_API_URL), so this run is not tracked; "
-    "to see runs in the Prefect UI, start one (prefect server start) and set "
+    f"to see runs in the Prefect UI, start one ({START_SERVER}) and set "
     "PREFECT_API_URL=http://127.0.0.1:4200/api"
 )
 
@@ -63,8 +65,8 @@ def run_segment(
     if problem is not None:
         _say(
             f"warning: the Prefect server at {url} does not answer ({problem}): this run goes "
-            "on without Prefect, so it is not recorded there. Start the server "
-            "(prefect server start) or unset PREFECT_API_URL."
+            f"on without Prefect, so it is not recorded there. Start the server ({START_SERVER})"
+            " or unset PREFECT_API_URL."
         )
         return _run_untracked(input, output, parameters, folder, plans, progress)
     return _run_tracked(input, output, parameters, folder, plans, progress, url)
@@ -78,11 +80,12 @@ def _run_untracked(
     plans: list[RunPlan],
     progress: bool,
 ) -> list[SegmentReport]:
-    from unet.runs import collect_reports, folder_jobs, image_job, run_jobs
+    from unet.runs import collect_reports, folder_jobs, image_job, image_name, run_jobs
 
     jobs = folder_jobs(input, output) if folder else [image_job(input, output)]
-    with _progress_bar(progress) as bar:
-        outcomes = run_jobs(jobs, parameters, progress=_per_output(bar), plans=plans)
+    names = {job.output: image_name(job.source) for job in jobs}
+    with _terminal(progress) as terminal:
+        outcomes = run_jobs(jobs, parameters, progress=_PerOutput(terminal, names), plans=plans)
     return collect_reports(jobs, outcomes)
 
 
@@ -107,8 +110,8 @@ def _run_tracked(
     run_flow = segment_folder if folder else segment_image
     with (
         recording(url) as record,
-        _progress_bar(progress) as bar,
-        terminal_progress(bar),
+        _terminal(progress) as terminal,
+        terminal_progress(terminal),
         planned(plans, parameters),
         tags(RUN_TAG, CLI_TAG),
     ):
@@ -168,7 +171,9 @@ def _check_early(
     from unet.engine.plan import driver_checkpoint, plan_run
     from unet.errors import InputNotFound
     from unet.io.locations import check_readable
-    from unet.runs import check_job, image_job
+    from unet.runs import check_job, check_reachable, image_job
+
+    check_reachable(input, output, parameters)
 
     image_file = "://" not in input and Path(input).suffix.lower() in INGEST_SUFFIXES
     if image_file and not Path(input).exists():
@@ -209,40 +214,60 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-ProgressFactory = Callable[[str], Callable[[int, int], None] | None]
+#: Given an image's name, its progress callback on the terminal.
+ProgressFactory = Callable[[str], Callbacks]
 
 
-def _per_output(factory: ProgressFactory) -> Callable[[str, int, int], None]:
-    """A ``progress(output, done, total)`` drawing one bar per output, made at its first call."""
-    from flows.names import output_name
+class _PerOutput:
+    """A run's ``progress(output, done, total)`` (and ``started``, ``finished``, ``close`` with
+    the output first) drawing each image on the terminal through a callback made at its first
+    call, named ``names[output]``."""
 
-    bars: dict[str, Callable[[int, int], None] | None] = {}
-    lock = threading.Lock()
+    def __init__(self, factory: ProgressFactory, names: dict[str, str]) -> None:
+        self.factory, self.names = factory, names
+        self.callbacks: dict[str, Callbacks] = {}
+        self.lock = threading.Lock()
 
-    def progress(output: str, done: int, total: int) -> None:
-        with lock:
-            if output not in bars:
-                bars[output] = factory(output_name(output))
-        bar = bars[output]
-        if bar is not None:
-            bar(done, total)
+    def of(self, output: str) -> Callbacks:
+        with self.lock:
+            if output not in self.callbacks:
+                self.callbacks[output] = self.factory(self.names.get(output, output))
+            return self.callbacks[output]
 
-    return progress
+    def __call__(self, output: str, done: int, total: int) -> None:
+        self.of(output)(done, total)
+
+    def started(self, output: str, settings: RunSettings) -> None:
+        self.of(output).started(settings)
+
+    def finished(self, output: str, report: SegmentReport) -> None:
+        self.of(output).finished(report)
+
+    def close(self, output: str) -> None:
+        self.of(output).close()
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool) -> Iterator[ProgressFactory]:
-    """A factory of per-image progress callbacks drawing one rich bar each (None when disabled)."""
-    if not enabled:
-        yield lambda name: None
+def _terminal(bar: bool) -> Iterator[ProgressFactory]:
+    """A factory of per-image progress callbacks for the terminal: the run's settings, progress
+    and result as lines on stderr (:class:`~unet.engine.progress.ProgressLog`, the lines a
+    tracked run logs) and, when ``bar``, a rich progress bar."""
+    from unet.engine.progress import ProgressLog, combine
+
+    if not bar:
+        yield lambda name: combine(ProgressLog(name, _say))
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
+    # Lines printed meanwhile show above the bars (rich redirects stderr while it draws).
+    with Progress(*columns, transient=False) as bars:
 
-        def callback_for(name: str) -> Callable[[int, int], None]:
-            task = bar.add_task(name, total=None)
-            return lambda done, total: bar.update(task, completed=done, total=total)
+        def callbacks_for(name: str) -> Callbacks:
+            task = bars.add_task(name, total=None)
+            return combine(
+                lambda done, total: bars.update(task, completed=done, total=total),
+                ProgressLog(name, _say),
+            )
 
-        yield callback_for
+        yield callbacks_for

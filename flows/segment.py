@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.states import State
 
 from flows.names import flow_run_name, output_key, summarized
 from flows.recording import best_effort
@@ -25,7 +26,9 @@ from flows.tasks import check_pyramid, ingest_image, make_preview, segment_chunk
 from unet import __version__
 from unet.config import SegmentParameters
 from unet.engine.report import SegmentReport
+from unet.errors import UNetError
 from unet.runs import ImageJob, Steps, collect_reports, folder_jobs, image_job, run_jobs
+from unet.sizes import shape_label
 
 #: The defaults of every field (the model is frozen, so one instance serves every call).
 DEFAULT_PARAMETERS = SegmentParameters()
@@ -64,7 +67,7 @@ def _run_name() -> str:
 )
 def segment_image(
     input: str, output: str, parameters: SegmentParameters = DEFAULT_PARAMETERS
-) -> SegmentReport:
+) -> SegmentReport | State:
     """Segment one image into an OME-Zarr label image.
 
     Args:
@@ -73,8 +76,11 @@ def segment_image(
         output: OME-Zarr label image to write (path or fsspec URL); an unfinished one is resumed
         parameters: model, tiling, device, precision, Dask cluster: the options of unet segment
     """
-    job = image_job(input, output)
-    return collect_reports([job], _segment_images([job], parameters))[0]
+    try:
+        job = image_job(input, output)
+        return collect_reports([job], _segment_images([job], parameters))[0]
+    except UNetError as error:
+        return failed(error)
 
 
 @flow(
@@ -85,7 +91,7 @@ def segment_image(
 )
 def segment_folder(
     input: str, output: str, parameters: SegmentParameters = DEFAULT_PARAMETERS
-) -> list[SegmentReport]:
+) -> list[SegmentReport] | State:
     """Segment every image directly inside the folder input into output/NAME.zarr.
 
     Images whose mask is complete with the same settings are skipped; an image that fails does
@@ -102,18 +108,34 @@ def segment_folder(
     if "://" not in input and not Path(input).exists():
         Path(input).mkdir(parents=True, exist_ok=True)
         logger.warning("folder %s did not exist: created it; put images there to segment", input)
-    jobs = folder_jobs(input, output)
-    outcomes = _segment_images(jobs, parameters)
-    if jobs:
-        best_effort(
-            create_table_artifact,
-            table=[_folder_row(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)],
-            key=output_key(output, "folder"),
-            description=f"Images of {input} segmented into {output}",
-        )
-    else:
-        logger.info("no images in %s", input)
-    return collect_reports(jobs, outcomes)
+    try:
+        jobs = folder_jobs(input, output)
+        outcomes = _segment_images(jobs, parameters)
+        best_effort(_rename_run, f"{_run_name()}: {what_was_done(outcomes)}")
+        if jobs:
+            best_effort(
+                create_table_artifact,
+                table=[_folder_row(job, o) for job, o in zip(jobs, outcomes, strict=True)],
+                key=output_key(output, "folder"),
+                description=f"Images of {input} segmented into {output}",
+            )
+        else:
+            logger.info("no images in %s", input)
+        return collect_reports(jobs, outcomes)
+    except UNetError as error:
+        return failed(error)
+
+
+def failed(error: UNetError) -> State:
+    """The Failed state of a run stopped by ``error``, a failure the user must fix.
+
+    Its message is the error's one line, without the ``Flow run encountered an exception:``
+    Prefect puts first: the UI shows a state message's first 80 or so characters. The
+    run's result raises ``error``, as the flow called from Python does.
+    """
+    from prefect.states import Failed
+
+    return Failed(message=f"{type(error).__name__}: {' '.join(str(error).split())}", data=error)
 
 
 def _segment_images(
@@ -124,8 +146,10 @@ def _segment_images(
 
 
 def _finish(job: ImageJob, parameters: SegmentParameters) -> None:
-    check_pyramid(job.output)
-    preview = make_preview(job.zarr_input, job.output, parameters, return_state=True)
+    check_pyramid(job.output, image=job.source)
+    preview = make_preview(
+        job.zarr_input, job.output, parameters, source=job.source, return_state=True
+    )
     if preview.is_failed():
         raise RuntimeError(preview.message)
 
@@ -141,6 +165,31 @@ TASK_STEPS = Steps(
 )
 
 
+def what_was_done(outcomes: list[SegmentReport | Exception]) -> str:
+    """What a folder run did, for its name: ``4 new``, ``2 new, 1 failed``, ``nothing new``."""
+    failed = sum(isinstance(outcome, Exception) for outcome in outcomes)
+    new = sum(
+        isinstance(outcome, SegmentReport) and not already_complete(outcome) for outcome in outcomes
+    )
+    parts = [f"{new} new"] if new else []
+    parts += [f"{failed} failed"] if failed else []
+    return ", ".join(parts) or "nothing new"
+
+
+def already_complete(report: SegmentReport) -> bool:
+    """Whether the image's mask was complete before the run (every chunk resumed)."""
+    return report.chunks_resumed == report.chunks_total and report.chunks_computed == 0
+
+
+def _rename_run(name: str) -> None:
+    """Rename the current flow run (its name then says what it did)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, name=name)
+
+
 def _folder_row(job: ImageJob, outcome: SegmentReport | Exception) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(FOLDER_COLUMNS, "")
     row["image"] = Path(job.source).name
@@ -148,13 +197,17 @@ def _folder_row(job: ImageJob, outcome: SegmentReport | Exception) -> dict[str, 
         row.update(status="failed", error=summarized(outcome))
         return row
     report = outcome
+    row["size"] = shape_label(report.shape)
+    if already_complete(report):  # nothing was done: no counts, no speed
+        row["status"] = "already complete"
+        return row
     row.update(
-        status="already complete" if report.chunks_resumed == report.chunks_total else "segmented",
-        size=f"{report.shape[2]} x {report.shape[1]} px",
+        status="segmented",
         computed=report.chunks_computed,
         skipped=report.chunks_skipped,
         resumed=report.chunks_resumed,
         seconds=round(report.seconds, 1),
     )
-    row["Mpx/s"] = round(report.megapixels_per_second, 2)
+    if report.chunks_computed:
+        row["Mpx/s"] = round(report.megapixels_per_second, 2)
     return row

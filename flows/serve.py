@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flows.form import form_schema
 from flows.names import RUN_TAG
 from flows.pipelines import Deployment, load_pipelines
 from flows.recording import is_server_problem
+from flows.settings import START_SERVER
 from unet.errors import ServerUnreachable, UNetError
 
 
@@ -47,16 +50,24 @@ def serve(path: Path) -> None:
     from flows.heartbeats import ensure_crash_automation
 
     ensure_crash_automation()
+    problems = {d.name: machine_problems(d) for d in pipelines.deployments}
     for deployment in pipelines.deployments:
         print(f"serving {deployment.name!r} ({deployment.flow}) on {url}; Ctrl-C stops")
-    while not _serve_until_stopped(pipelines.deployments):
+        if problems[deployment.name]:
+            print(
+                f"warning: {deployment.name!r} cannot run on this machine now: "
+                + "; ".join(problems[deployment.name]),
+                file=sys.stderr,
+            )
+    while not _serve_until_stopped(pipelines.deployments, problems):
         _wait_until_answering(url)
         print(f"the Prefect server at {url} answers again: serving", file=sys.stderr)
 
 
-def _serve_until_stopped(deployments: list[Deployment]) -> bool:
+def _serve_until_stopped(deployments: list[Deployment], problems: dict[str, list[str]]) -> bool:
     """Run Prefect's runner on ``deployments``: True once it was stopped (Ctrl-C, SIGTERM),
-    False when it lost the server (said on stderr)."""
+    False when it lost the server (said on stderr). ``problems``: why each deployment cannot
+    run on this machine, said on its page."""
     import asyncio
 
     from prefect.exceptions import TerminationSignal
@@ -65,7 +76,7 @@ def _serve_until_stopped(deployments: list[Deployment]) -> bool:
     # What prefect.serve does, with the runner at hand: it says whether a stop was asked for.
     runner = Runner(pause_on_shutdown=True)
     for deployment in deployments:
-        runner.add_deployment(runner_deployment(deployment))
+        runner.add_deployment(runner_deployment(deployment, problems.get(deployment.name, [])))
     try:
         asyncio.run(runner.start())
         return True
@@ -125,10 +136,13 @@ def deploy(path: Path, work_pool: str, image: str | None = None) -> list[Any]:
     )
 
 
-def runner_deployment(deployment: Deployment) -> Any:
-    """The Prefect deployment of ``deployment``: its flow, parameters, schedule, tags, limit."""
+def runner_deployment(deployment: Deployment, problems: Sequence[str] = ()) -> Any:
+    """The Prefect deployment of ``deployment``: its flow, parameters, schedule, tags, limit,
+    its page's description (with the time zone of its schedule, and ``problems``: why it cannot
+    run on this machine) and its parameter form (:mod:`flows.form`)."""
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron, Interval
+    from prefect.utilities.callables import ParameterSchema
 
     from flows.segment import segment_folder, segment_image
 
@@ -141,16 +155,84 @@ def runner_deployment(deployment: Deployment) -> Any:
             if when.cron is not None
             else Interval(when.interval, timezone=when.timezone)
         )
-    return flow.to_deployment(
+    parameters = deployment.parameters.flow_parameters()
+    # An unset optional setting is left out (its default): the form's fields are not nullable.
+    settings = {k: v for k, v in parameters["parameters"].items() if v is not None}
+    runner = flow.to_deployment(
         name=deployment.name,
-        description=deployment.description,
-        parameters=deployment.parameters.flow_parameters(),
+        description=deployment_description(deployment, problems),
+        parameters={**parameters, "parameters": settings},
         schedules=schedules,
         tags=list(dict.fromkeys([RUN_TAG, *deployment.tags])),
         concurrency_limit=deployment.concurrency_limit,
         # Import the flows as modules of the installed package, whatever the working directory.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    # Prefect takes the form's schema from the flow's signature only; this is where it lives.
+    schema = runner._parameter_openapi_schema.model_dump()
+    runner._parameter_openapi_schema = ParameterSchema(
+        **form_schema(schema, model=settings.get("model"))
+    )
+    return runner
+
+
+def deployment_description(deployment: Deployment, problems: Sequence[str] = ()) -> str:
+    """The text of a deployment's page: why it cannot run on this machine, its
+    ``description`` from pipelines.yaml (else what it segments), when it runs in which time
+    zone."""
+    parameters = deployment.parameters
+    target = parameters.output or f"{parameters.input}/labels/{parameters.labels}"
+    parts = []
+    if problems:  # first: the first thing anyone reads there
+        parts.append(
+            "**Cannot run on this machine as it is** (checked when `unet serve` started): "
+            + "; ".join(problems)
+        )
+    parts.append(deployment.description or f"Segment {parameters.input} into {target}.")
+    when = deployment.schedule
+    if when is not None:
+        rule = f"cron `{when.cron}`" if when.cron is not None else f"every {_interval(when)}"
+        parts.append(
+            f"Schedule: {rule} in the {when.timezone} time zone (the schedule card leaves the "
+            "zone out; run times show in your browser's time zone)."
+        )
+    return "\n\n".join(parts)
+
+
+def machine_problems(deployment: Deployment) -> list[str]:
+    """Why ``deployment`` cannot run on this machine now: its remote stores or Dask scheduler
+    do not answer (:func:`unet.runs.reachability_problems`), it asks for a GPU this machine
+    lacks, its single image does not exist. Each reason is one line; none when it can run."""
+    from unet.engine.destination import mask_location
+    from unet.io.locations import is_url
+    from unet.runs import reachability_problems
+
+    parameters = deployment.parameters
+    output = mask_location(parameters.input, parameters.output, parameters.labels)
+    problems = [
+        str(problem)
+        for problem in reachability_problems(parameters.input, output, parameters, scheduler=True)
+    ]
+    if deployment.flow == "segment_image" and not is_url(parameters.input):
+        from pathlib import Path
+
+        if not Path(parameters.input).exists():
+            problems.append(f"input {parameters.input} does not exist: check the path")
+    if parameters.scheduler is None and parameters.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(
+                f"device {parameters.device} needs a CUDA GPU and this machine has none: use "
+                "device auto or cpu, or a scheduler whose workers have GPUs"
+            )
+    return problems
+
+
+def _interval(schedule: Any) -> str:
+    from unet.engine.progress import duration
+
+    return duration(schedule.interval.total_seconds())
 
 
 def check_server() -> str:
@@ -161,7 +243,7 @@ def check_server() -> str:
     url = PREFECT_API_URL.value()
     if not url:
         raise UNetError(
-            "unet serve needs a Prefect server: start one (prefect server start) and set "
+            f"unet serve needs a Prefect server: start one ({START_SERVER}) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     try:
@@ -169,6 +251,6 @@ def check_server() -> str:
     except httpx.HTTPError as error:
         raise ServerUnreachable(
             f"the Prefect server at {url} does not answer ({type(error).__name__}): start it "
-            "(prefect server start) or fix PREFECT_API_URL"
+            f"({START_SERVER}) or fix PREFECT_API_URL"
         ) from None
     return url

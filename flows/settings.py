@@ -31,6 +31,10 @@ DEFAULTS = {
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
+#: How users start a Prefect server, everywhere the project tells them to: without the setting
+#: the server tries to send telemetry and logs "Failed to send telemetry" where it cannot.
+START_SERVER = "PREFECT_SERVER_ANALYTICS_ENABLED=false prefect server start"
+
 #: Console level for ``unet segment``: the terminal shows the progress bar and the summary;
 #: every log still reaches the Prefect server (its handler has its own level).
 QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}

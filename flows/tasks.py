@@ -21,12 +21,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.handoff import plan_for, terminal_callback
-from flows.names import RUN_TAG, output_key, output_name, task_run_name
-from flows.progress import ProgressArtifact, combine
+from flows.names import RUN_TAG, output_key, task_run_name
+from flows.progress import ProgressArtifact
 from flows.recording import best_effort
 from unet.config import SegmentParameters
+from unet.engine.progress import ProgressLog, combine
 from unet.engine.report import SegmentReport
 from unet.errors import UNetError
+from unet.runs import image_name
+from unet.sizes import shapes_label, size_label
 
 #: Logger whose worker-side records (WARNING and above) reach the run's log.
 FORWARDED_LOGGER = "unet"
@@ -51,18 +54,22 @@ _task_options: dict[str, Any] = dict(
 )
 
 
-def _named(step: str, parameter: str) -> Any:
-    """A ``task_run_name`` callable: ``<step> <image>``, the image named by ``parameter``."""
+def _named(step: str, *candidates: str) -> Any:
+    """A ``task_run_name`` callable: ``<step> <image>``, the image named by the first of the
+    ``candidates`` parameters that is set (the file the user gave, before its ingested copy or
+    the mask)."""
 
+    # Prefect passes the task's parameters by this name.
     def name(parameters: dict[str, Any]) -> str:
-        return task_run_name(step, str(parameters[parameter]))
+        image = next(parameters[c] for c in candidates if parameters.get(c))
+        return task_run_name(step, str(image))
 
     return name
 
 
 @task(
     name="ingest",
-    task_run_name=_named("ingest", "target"),
+    task_run_name=_named("ingest", "source"),
     retries=2,
     retry_delay_seconds=5,
     **_task_options,
@@ -78,7 +85,7 @@ def ingest_image(source: str, target: str, overwrite: bool = False) -> str:
 
 @task(
     name="segment",
-    task_run_name=_named("segment", "output"),
+    task_run_name=_named("segment", "source", "input"),
     retries=2,
     retry_delay_seconds=10,
     **_task_options,
@@ -90,19 +97,26 @@ def segment_chunks(
     client: Any = None,
     source: str | None = None,
 ) -> SegmentReport:
-    """Segment ``input`` into ``output`` on the Dask ``client``; publish progress and a summary.
+    """Segment ``input`` into ``output`` on the Dask ``client``; log and publish progress and a
+    summary.
 
-    The progress artifact follows the chunks as they finish; a table artifact summarises the
-    image at the end, naming ``source`` (the file the user gave, when ``input`` is its ingested
-    copy) as its input. Worker log records of the ``unet`` loggers (WARNING and above) are
-    forwarded into this task's log when the cluster is this run's own.
+    The run's log gets its resolved settings at the start, a progress line every tenth of the
+    chunks and every minute, and its result (:class:`unet.engine.progress.ProgressLog`); the
+    progress artifact follows the chunks as they finish; a table artifact summarises the image
+    at the end, naming ``source`` (the file the user gave, when ``input`` is its ingested copy)
+    as its input. Worker log records of the ``unet`` loggers (WARNING and above) are forwarded
+    into this task's log when the cluster is this run's own.
     """
     from unet.engine.run import segment
 
     logger = get_run_logger()
-    name = output_name(output)
-    progress = ProgressArtifact(
-        key=output_key(output, "progress"), description=f"Chunks of {output} segmented"
+    name = image_name(source or input)
+    progress = combine(
+        ProgressArtifact(
+            key=output_key(output, "progress"), description=f"Chunks of {output} segmented"
+        ),
+        ProgressLog(name, logger.info),
+        terminal_callback(name),
     )
     forwarding = (
         forwarded_worker_logs(client, logger)
@@ -116,12 +130,12 @@ def segment_chunks(
                 output,
                 parameters,
                 client=client,
-                progress=combine(progress, terminal_callback(name)),
+                progress=progress,
                 plan=plan_for(input, output, parameters),
             )
     finally:
         progress.close()
-    logger.info(summary_line(report))
+    progress.finished(report)
     best_effort(
         create_table_artifact,
         table=report_table(report, source),
@@ -131,11 +145,14 @@ def segment_chunks(
     return report
 
 
-@task(name="pyramid", task_run_name=_named("pyramid", "output"), retries=1, **_task_options)
-def check_pyramid(output: str) -> list[list[int]]:
+@task(
+    name="pyramid", task_run_name=_named("pyramid", "image", "output"), retries=1, **_task_options
+)
+def check_pyramid(output: str, image: str | None = None) -> list[list[int]]:
     """The shapes of the mask's pyramid levels; fails when the output is not complete.
 
     The engine builds the pyramid at the end of a run; this task records what it built.
+    ``image``: the image the mask is of, naming the task run.
     """
     import zarr
 
@@ -146,30 +163,40 @@ def check_pyramid(output: str) -> list[list[int]]:
         raise RuntimeError(f"{output} is not marked complete: rerun to resume it")
     levels = sorted((n for n in group.array_keys() if n.isdigit()), key=int)
     shapes = [list(group[n].shape) for n in levels]
-    get_run_logger().info("%s: %d pyramid level(s) %s", output, len(shapes), shapes)
+    get_run_logger().info("%s: %d pyramid level(s), %s", output, len(shapes), shapes_label(shapes))
     return shapes
 
 
-@task(name="preview", task_run_name=_named("preview", "output"), retries=1, **_task_options)
-def make_preview(input: str, output: str, parameters: SegmentParameters) -> str:
-    """Write ``<name>.preview.png`` next to the mask and show it in a markdown artifact."""
-    from unet.results.preview import data_uri, preview_path, render_preview, write_bytes
+@task(
+    name="preview", task_run_name=_named("preview", "source", "input"), retries=1, **_task_options
+)
+def make_preview(
+    input: str, output: str, parameters: SegmentParameters, source: str | None = None
+) -> str:
+    """Write ``<name>.preview.png`` next to the mask and show the same picture, with its
+    caption, in a markdown artifact; ``source``: the file the user gave (names the task run)."""
+    from unet.runs import write_preview
 
-    png = render_preview(input, output, channels_last=parameters.channels_last)
-    path = preview_path(output, image=input if parameters.labels else None)
-    write_bytes(path, png)
+    path, preview = write_preview(input, output, parameters)
     best_effort(
         create_markdown_artifact,
-        markdown=(
-            f"### {output_name(output)}\n\n"
-            f"![mask over image]({data_uri(png)})\n\n"
-            f"Mask `{output}` over image `{input}` (low resolution); full size PNG: `{path}`."
-        ),
+        markdown=preview_markdown(preview, path),
         key=output_key(output, "preview"),
         description=f"Preview of {output}",
     )
     get_run_logger().info("preview written to %s", path)
     return path
+
+
+def preview_markdown(preview: Any, path: str) -> str:
+    """The preview artifact: the PNG written to ``path``, embedded, with its caption."""
+    from unet.results.preview import data_uri
+
+    return (
+        f"### {preview.title}\n\n"
+        f"![{preview.title}]({data_uri(preview.png)})\n\n"
+        f"{preview.caption} The same picture is beside the mask: `{path}`."
+    )
 
 
 def report_table(report: SegmentReport, source: str | None = None) -> list[dict[str, str]]:
@@ -182,7 +209,10 @@ def report_table(report: SegmentReport, source: str | None = None) -> list[dict[
         rows.append(("ingested as", report.input))
     rows += [
         ("output", report.output),
-        ("size", f"{width} x {height} px, {channels} channel(s), {report.megapixels:.2f} Mpx"),
+        (
+            "size",
+            f"{size_label(width, height)}, {channels} channel(s), {report.megapixels:.2f} Mpx",
+        ),
         ("chunks", str(report.chunks_total)),
         ("computed", str(report.chunks_computed)),
         ("skipped (background)", str(report.chunks_skipped)),
@@ -198,15 +228,6 @@ def report_table(report: SegmentReport, source: str | None = None) -> list[dict[
             (f"objects {name}", str(count)) for name, count in report.objects_per_class.items()
         ]
     return [{"field": field, "value": value} for field, value in rows]
-
-
-def summary_line(report: SegmentReport) -> str:
-    return (
-        f"{report.output}: {report.chunks_computed} chunk(s) computed, "
-        f"{report.chunks_skipped} skipped, {report.chunks_resumed} resumed of "
-        f"{report.chunks_total} in {report.seconds:.1f} s "
-        f"({report.megapixels_per_second:.2f} Mpx/s)"
-    )
 
 
 @contextlib.contextmanager

@@ -115,9 +115,29 @@ def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
         str(tmp_path / "resumed.json"),
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stderr.count("not tracked") == 1  # said once, and nothing else
-    assert resumed.stderr.strip().splitlines() == [resumed.stderr.strip()]
+    assert resumed.stderr.count("not tracked") == 1  # said once
+    # The terminal shows what a tracked run logs: the settings it resolved with the chunks to
+    # compute and resume, a line per tenth of the chunks with Mpx/s and the time left, and the
+    # result, then (once the run succeeded) the note that it was not tracked; the summary
+    # (stdout) gives the size width first.
+    start, *progress, result, note = resumed.stderr.strip().splitlines()
+    assert "not tracked" in note
+    left = 25 - int(done.sum())
+    threads = f"{os.cpu_count()} torch thread" + ("s" if os.cpu_count() > 1 else "")
+    assert start == (
+        "in: 160 × 160 px (width × height); device cpu, precision fp32, tile 204, batch 4, "
+        f"1 worker in this process ({threads}); 25 chunks: {left} to compute, "
+        f"0 skipped (background), {int(done.sum())} resumed"
+    )
+    assert progress and all(
+        line.startswith("in: ") and " of 25 chunks (" in line and "Mpx/s, about" in line
+        for line in progress
+    ), progress
+    assert progress[-1].startswith("in: 25 of 25 chunks (100%)")
+    assert result.startswith("in: done in ") and f"{left} chunk" in result
+    assert "160 × 160 px (width × height)" in resumed.stdout
     report = json.loads((tmp_path / "resumed.json").read_text())
+    assert report["size"] == "160 × 160 px (width × height)"
     assert report["chunks_total"] == 25
     assert report["chunks_resumed"] == int(done.sum())
     assert report["chunks_computed"] == 25 - int(done.sum())

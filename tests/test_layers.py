@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: Bottom to top. A module may import from its own layer and from any layer to its left.
 LAYERS = [
-    "base",  # unet.errors, unet.config
+    "base",  # unet.errors, unet.config, unet.sizes
     "tiling",
     "io",
     "network",
@@ -31,7 +31,7 @@ def layer_of(module: str) -> str | None:
         return None
     if len(parts) == 1 or parts[1] in ("runs", "bench"):
         return "api"
-    if parts[1] in ("errors", "config"):
+    if parts[1] in ("errors", "config", "sizes"):
         return "base"
     if parts[1] in ("cli", "options"):
         return "cli"

@@ -86,7 +86,9 @@ def ingest(
         overwrite=overwrite,
         progress=_show_progress(),
     )
-    typer.echo(f"{output}: {source.shape[0]} channel(s), {source.shape[1]}x{source.shape[2]} px")
+    from unet.sizes import shape_label
+
+    typer.echo(f"{output}: {shape_label(source.shape)}, {source.shape[0]} channel(s)")
 
 
 @app.command()
@@ -303,13 +305,15 @@ def _show_progress() -> bool:
 
 
 def _print_summary(report) -> None:
+    from unet.sizes import shape_label
+
     fractions = ", ".join(f"{k} {v:.1%}" for k, v in report.class_fractions.items())
     objects = ""
     if report.objects_per_class is not None:
         counts = ", ".join(f"{k} {n}" for k, n in report.objects_per_class.items())
         objects = f"; objects: {counts}"
     typer.echo(
-        f"{report.output}: {report.shape[1]}x{report.shape[2]} px, "
+        f"{report.output}: {shape_label(report.shape)}, "
         f"{report.chunks_computed} chunks computed, {report.chunks_skipped} skipped, "
         f"{report.chunks_resumed} resumed, {report.megapixels_per_second:.3g} Mpx/s"
         + (f" ({fractions})" if fractions else "")

@@ -87,7 +87,20 @@ class ConfigError(UNetError, ValueError):
 
 
 class ServerUnreachable(UNetError, ConnectionError):
-    """A configured server (Prefect API, Dask scheduler) that does not answer."""
+    """A configured server (Prefect API, Dask scheduler, an object store's endpoint) that does
+    not answer."""
+
+
+class MissingCredentials(UNetError, PermissionError):
+    """No credentials for a remote store, or credentials the store does not know."""
+
+
+class AccessDenied(UNetError, PermissionError):
+    """A remote store refuses the credentials in use the access a run needs."""
+
+
+class BucketNotFound(UNetError, FileNotFoundError):
+    """A bucket (or container) of a remote location that does not exist at its endpoint."""
 
 
 @contextlib.contextmanager

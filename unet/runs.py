@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -213,11 +214,25 @@ def _ingest(job: ImageJob) -> None:
 def _segment(
     job: ImageJob, parameters: SegmentParameters, client: Any, progress: Any, plan: Any
 ) -> SegmentReport:
+    from unet.engine.progress import ProgressLog, combine
     from unet.engine.run import segment as segment_image
 
-    return segment_image(
-        job.zarr_input, job.output, parameters, client=client, progress=progress, plan=plan
-    )
+    # Settings, progress and result as INFO lines of this module's logger (the CLI prints its
+    # own on the terminal).
+    lines = ProgressLog(image_name(job.source), log.info)
+    try:
+        report = segment_image(
+            job.zarr_input,
+            job.output,
+            parameters,
+            client=client,
+            progress=combine(progress, lines),
+            plan=plan,
+        )
+    finally:
+        lines.close()
+    lines.finished(report)
+    return report
 
 
 def _finish(job: ImageJob, parameters: SegmentParameters) -> None:
@@ -349,6 +364,7 @@ def _run_job(
     from unet.engine.finished import finished_report
 
     try:
+        check_reachable(job.zarr_input, job.output, parameters)
         check_job(job, parameters)
         if needs_ingest(job, parameters):
             steps.ingest(job)
@@ -356,10 +372,17 @@ def _run_job(
         if finished is not None:
             logger.info("%s is complete with these settings: skipped", job.output)
             return finished
-        callback = None if progress is None else functools.partial(progress, job.output)
+        callback = None if progress is None else _OutputProgress(progress, job.output)
         plan = planned.get((job.zarr_input, job.output))
-        report = steps.segment(job, parameters, cluster.client(), callback, plan)
+        try:
+            report = steps.segment(job, parameters, cluster.client(), callback, plan)
+        finally:
+            if callback is not None:
+                callback.close()
+        if callback is not None:
+            callback.finished(report)
     except Exception as error:  # one image's failure, whatever it is, stops no other
+        error = _explained(job, error)
         if not stopping.is_set():
             failures.log(job, error)
         return error
@@ -368,6 +391,85 @@ def _run_job(
     except Exception as error:
         logger.warning("no preview for %s: %s", job.output, error)
     return report
+
+
+def check_reachable(input: str, output: str, parameters: SegmentParameters) -> None:
+    """Raise a one-line error when the remote stores of ``input`` or ``output`` cannot be
+    reached (:func:`unet.io.remote_errors.check_store`: credentials, bucket, endpoint,
+    permission); it also names the Dask scheduler when that does not answer either, so that a
+    run on a machine without its setup says at once everything that is missing. Local paths
+    cost nothing."""
+    problems = reachability_problems(input, output, parameters)
+    if problems:
+        raise combined(problems)
+
+
+def reachability_problems(
+    input: str, output: str, parameters: SegmentParameters, *, scheduler: bool = False
+) -> list[UNetError]:
+    """The errors of :func:`check_reachable`, one per kind; the scheduler is probed when a store
+    failed, or always with ``scheduler`` (a run that computes nothing needs none)."""
+    from unet.io.remote_errors import check_store
+
+    problems: list[UNetError] = []
+    for location, writing in ((input, False), (output, True)):
+        try:
+            check_store(location, writing=writing)
+        except UNetError as error:
+            problems.append(error)
+    if parameters.scheduler is not None and (problems or scheduler):
+        from unet.engine.cluster import check_scheduler
+
+        try:
+            check_scheduler(parameters.scheduler)
+        except UNetError as error:
+            problems.append(error)
+    # Input and output in one store fail alike: their advice once.
+    kinds: dict[type, UNetError] = {}
+    for problem in problems:
+        kinds.setdefault(type(problem), problem)
+    return list(kinds.values())
+
+
+def combined(problems: Sequence[UNetError]) -> UNetError:
+    """One error saying every one of ``problems`` (of the first one's kind)."""
+    if len(problems) == 1:
+        return problems[0]
+    return type(problems[0])("; also ".join(str(problem) for problem in problems))
+
+
+def _explained(job: ImageJob, error: Exception) -> Exception:
+    """``error``, or its one-line error when it is a failure to reach a remote store of
+    ``job`` (:func:`unet.io.remote_errors.explain`)."""
+    from unet.io.remote_errors import explain
+
+    return explain(job.zarr_input, error) or explain(job.output, error, writing=True) or error
+
+
+class _OutputProgress:
+    """The progress callback of one image from a run's ``progress(output, done, total)``;
+    ``started``, ``finished`` and ``close`` go to the run's callback's methods of the same name
+    (with the output first) where it has them."""
+
+    def __init__(self, progress: Callable[..., Any], output: str) -> None:
+        self.progress, self.output = progress, output
+
+    def __call__(self, done: int, total: int) -> None:
+        self.progress(self.output, done, total)
+
+    def started(self, settings: Any) -> None:
+        self._call("started", settings)
+
+    def finished(self, report: SegmentReport) -> None:
+        self._call("finished", report)
+
+    def close(self) -> None:
+        self._call("close")
+
+    def _call(self, method: str, *args: Any) -> None:
+        function = getattr(self.progress, method, None)
+        if function is not None:
+            function(self.output, *args)
 
 
 class _Cluster:
@@ -430,15 +532,26 @@ class _Cluster:
             self._keeper.join()
 
 
-def write_preview(input: str, output: str, parameters: SegmentParameters) -> str:
-    """Write ``<name>.preview.png`` beside the mask at ``output``; return its path."""
+def write_preview(input: str, output: str, parameters: SegmentParameters) -> tuple[str, Any]:
+    """Write ``<name>.preview.png`` beside the mask at ``output``; return its path and the
+    :class:`~unet.results.preview.Preview`."""
     from unet.io.complete import check_finished
-    from unet.results.preview import preview_path, render_preview, write_bytes
+    from unet.results.preview import build_preview, preview_path, write_bytes
 
     check_finished(output, reader="preview it")
     path = preview_path(output, image=input if parameters.labels else None)
-    write_bytes(path, render_preview(input, output, channels_last=parameters.channels_last))
-    return path
+    preview = build_preview(input, output, channels_last=parameters.channels_last)
+    write_bytes(path, preview.png)
+    return path, preview
+
+
+def image_name(location: str) -> str:
+    """The name an image goes by in log lines and task names: the last part of its path or
+    URL without ``.zarr`` or an image file's suffix (``scans/cells-a.png`` -> ``cells-a``)."""
+    name = str(location).rstrip("/").rsplit("/", 1)[-1]
+    name = name.removesuffix(".zarr")
+    stem, suffix = os.path.splitext(name)
+    return stem if suffix.lower() in INGEST_SUFFIXES else name
 
 
 def collect_reports(

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+from conftest import free_port
 from PIL import Image
 from testdata import write_checkpoint, write_image
 
@@ -18,13 +19,15 @@ import flows  # noqa: F401  (Prefect's environment defaults, before prefect is i
 import unet
 from flows.handoff import terminal_progress
 from flows.names import artifact_key, output_key, output_name
-from flows.progress import Throttle, combine, percent
+from flows.progress import Throttle, percent
 from flows.tasks import report_table
 from unet.config import SegmentParameters
+from unet.engine.progress import combine
 from unet.engine.report import SegmentReport
 from unet.errors import ChannelMismatch, InvalidParameter
 from unet.results.preview import (
     blend,
+    data_uri,
     display_image,
     label_colours,
     mask_overview,
@@ -91,6 +94,28 @@ def runs_of(flow_run_id):
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     return run, sorted(task.name for task in tasks)
+
+
+def log_lines(flow_run_id, prefix: str, until: str = " done in ", seconds: float = 20) -> list[str]:
+    """The messages of a flow run's logs (its tasks' included) that start with ``prefix``, in
+    order, once one containing ``until`` arrived (logs reach the server in the background)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    deadline = time.monotonic() + seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                sort=LogSort.TIMESTAMP_ASC,
+            )
+            lines = [log.message for log in logs if log.message.startswith(prefix)]
+            if any(until in line for line in lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.5)
 
 
 # Pure helpers ------------------------------------------------------------------------------
@@ -203,7 +228,7 @@ def test_report_table_lists_size_chunks_speed_and_classes():
     )
     rows = {row["field"]: row["value"] for row in report_table(report)}
     assert rows["input"] == "in.zarr" and "ingested as" not in rows
-    assert rows["size"] == "300 x 200 px, 1 channel(s), 0.06 Mpx"
+    assert rows["size"] == "300 × 200 px (width × height), 1 channel(s), 0.06 Mpx"
     assert (rows["computed"], rows["skipped (background)"], rows["resumed"]) == ("4", "1", "1")
     assert rows["speed"] == "0.03 Mpx/s"
     assert rows["class nuclei"] == "25.00%"
@@ -269,7 +294,7 @@ def test_segment_image_records_artifacts_preview_and_terminal_progress(
         )
     report = state.result()
     assert report.chunks_computed == report.chunks_total == 9
-    assert bars["out"][-1] == (9, 9)
+    assert bars["in"][-1] == (9, 9)  # named after the image
 
     artifacts = artifacts_of(state.state_details.flow_run_id)
     assert [a.key for a in artifacts["progress"]] == [output_key(str(output), "progress")]
@@ -281,10 +306,26 @@ def test_segment_image_records_artifacts_preview_and_terminal_progress(
     assert "data:image/png;base64," in markdown.data
     run, task_names = runs_of(state.state_details.flow_run_id)
     assert run.name == "in → out" and run.flow_version == unet.__version__
-    assert task_names == ["preview out", "pyramid out", "segment out"]
+    assert task_names == ["preview in", "pyramid in", "segment in"]  # the image's name
 
-    with Image.open(preview_path(str(output))) as preview:
-        assert preview.size == (96, 96) and preview.mode == "RGB"
+    # The artifact embeds the very PNG written beside the mask, with the caption drawn into it.
+    png = preview_path(str(output))
+    with open(png, "rb") as file:
+        assert data_uri(file.read()) in markdown.data
+    assert "The whole image at full resolution" in markdown.data and png in markdown.data
+    with Image.open(png) as preview:
+        assert preview.mode == "RGB" and preview.size[0] >= 96 * 2  # enlarged: 96 px is small
+
+    lines = log_lines(state.state_details.flow_run_id, "in: ")
+    assert lines[0].startswith("in: 96 × 96 px (width × height); device cpu, precision fp32, ")
+    # The workers of the run's scheduler, as they described themselves to the driver.
+    assert "tile 204, batch 4, 1 worker of " in lines[0] and "on their CPUs" in lines[0]
+    assert lines[0].endswith("9 chunks: 9 to compute, 0 skipped (background), 0 resumed")
+    # A line each time another tenth is done: here each task's end (tasks carry several chunks).
+    done = [int(line.split(" of 9")[0].removeprefix("in: ")) for line in lines[1:-1]]
+    assert done == sorted(set(done)) and done[-1] == 9 and done[0] >= 1
+    assert all("Mpx/s, about" in line for line in lines[1:-1])
+    assert lines[-1].startswith("in: done in ") and "9 chunks computed" in lines[-1]
 
 
 def test_a_finished_output_is_skipped_without_starting_dask(
@@ -337,8 +378,8 @@ def test_segment_folder_ingests_goes_on_after_a_failure_and_names_it(
     assert rows[2]["status"] == "failed" and rows[2]["size"] == ""
     assert rows[2]["error"].startswith("ChannelMismatch: ") and rows[0]["error"] == ""
     run, task_names = runs_of(state.state_details.flow_run_id)
-    assert run.name == "in → masks"
-    assert "ChannelMismatch" in state.message  # the reason, on the run's state
+    assert run.name == "in → masks: 2 new, 1 failed"  # what the run did
+    assert state.message.startswith("ChannelMismatch: ")  # the reason first, on the run's state
     assert task_names == [
         "ingest b",
         "preview a",
@@ -349,6 +390,70 @@ def test_segment_folder_ingests_goes_on_after_a_failure_and_names_it(
         "segment b",
         "segment c",
     ]
+    # The image that failed says so in one line; no traceback.
+    messages = log_lines(state.state_details.flow_run_id, "", until="Finished in state Failed")
+    assert any("c.zarr failed: " in m and "has 3 channels" in m for m in messages), messages
+    assert not any("Traceback" in m or "\n" in m for m in messages)
+
+    # Again: nothing new, the complete images read as such, with no counts and no speed.
+    again = segment_folder(str(folder), str(out), parameters(model, scheduler), return_state=True)
+    assert runs_of(again.state_details.flow_run_id)[0].name == "in → masks: 1 failed"
+    (table,) = [
+        a
+        for a in artifacts_of(again.state_details.flow_run_id)["table"]
+        if a.key == output_key(str(out), "folder")
+    ]
+    first = json.loads(table.data)[0]
+    assert first["status"] == "already complete" and first["size"] == "64 × 64 px (width × height)"
+    assert [first[c] for c in ("computed", "skipped", "resumed", "seconds", "Mpx/s")] == [""] * 5
+
+
+def test_a_remote_store_without_credentials_fails_the_run_in_one_line(
+    prefect_api, model, tmp_path, monkeypatch
+):
+    """The run's state message and log say what to set for the store and that the scheduler
+    does not answer either; no traceback."""
+    from flows.segment import segment_image
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    state = segment_image(
+        "s3://slides/slide-001.zarr",
+        "s3://masks/slide-001.zarr",
+        SegmentParameters(model=model, scheduler=closed),
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert state.message.startswith(
+        "MissingCredentials: no credentials to reach s3://slides/slide-001.zarr: set "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    )
+    assert f"also the Dask scheduler at {closed} does not answer" in state.message
+    messages = log_lines(state.state_details.flow_run_id, "", until="Finished in state Failed")
+    # One line in the run's log (the flow's failure; a single image's error is said once).
+    assert any("no credentials to reach s3://slides/slide-001.zarr" in m for m in messages)
+    assert not any("Traceback" in m or "\n" in m for m in messages), messages
+
+
+def test_a_scheduler_that_does_not_answer_fails_the_run_in_one_line(prefect_api, model, tmp_path):
+    from flows.segment import segment_image
+
+    write_image(tmp_path / "in.zarr", (32, 32), (32, 32))
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    state = segment_image(
+        str(tmp_path / "in.zarr"),
+        str(tmp_path / "out.zarr"),
+        SegmentParameters(model=model, scheduler=closed),
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert state.message.startswith(f"ServerUnreachable: the Dask scheduler at {closed} does not")
+    messages = log_lines(state.state_details.flow_run_id, "", until="Finished in state Failed")
+    assert not any("Traceback" in m or "\n" in m for m in messages), messages
 
 
 def test_run_segment_goes_on_untracked_when_the_server_does_not_answer(

@@ -91,7 +91,7 @@ def test_unet_segment_of_a_folder_records_named_runs_keyed_artifacts_and_its_fai
 
     with client_of(url) as client:
         runs = [r for r in client.read_flow_runs() if r.deployment_id is None]
-        (run,) = [r for r in runs if r.name == "cells → masks"]
+        (run,) = [r for r in runs if r.name == "cells → masks: 2 new, 1 failed"]
         assert str(run.id) in result.stderr
         assert run.state.is_failed() and "ChannelMismatch" in run.state.message
         assert client.read_flow(run.flow_id).name == "segment-folder"
@@ -141,10 +141,17 @@ def test_the_repositorys_pipelines_serve_and_the_watch_folder_runs_out_of_the_bo
     shutil.copy(REPO / "pipelines.yaml", config)
     incoming = tmp_path / "data" / "incoming"
     log = tmp_path / "serve.log"
+    # A machine without the s3 credentials and the Dask scheduler nightly-slide needs.
+    no_aws = {
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    bare = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE")}
     with log.open("w") as output:
         process = subprocess.Popen(
             [str(BIN / "unet"), "serve", str(config)],
-            env={**env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
+            env={**bare, **no_aws, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -171,6 +178,21 @@ def test_the_repositorys_pipelines_serve_and_the_watch_folder_runs_out_of_the_bo
             }
             form = watch.parameter_openapi_schema
             assert all(form["properties"][name].get("description") for name in form["properties"])
+            # The form: a choice of models, optional settings without a "None" alternative.
+            settings = form["definitions"]["SegmentParameters"]["properties"]
+            assert settings["model"]["anyOf"][0]["enum"] == ["nuclei", "satellite"]
+            assert (
+                "anyOf" not in settings["tile_size"] and settings["tile_size"]["type"] == "integer"
+            )
+            # The page says what pipelines.yaml says, the schedule's time zone, and why a
+            # deployment cannot run here, before anyone triggers it.
+            assert watch.description.startswith("Segment new images dropped into data/incoming.")
+            assert "Europe/Berlin time zone" in watch.description
+            assert "Cannot run" not in watch.description
+            assert nightly.description.startswith("**Cannot run on this machine as it is**")
+            assert "\n\nSegment the slide s3://slides/slide-001.zarr" in nightly.description
+            assert "no credentials to reach s3://slides/slide-001.zarr" in nightly.description
+            assert "tcp://dask-scheduler:8786 does not answer" in nightly.description
             interval = watch.schedules[0].schedule
             assert interval.interval.total_seconds() == 900
             assert interval.timezone == "Europe/Berlin"
@@ -182,18 +204,30 @@ def test_the_repositorys_pipelines_serve_and_the_watch_folder_runs_out_of_the_bo
             first = client.create_flow_run_from_deployment(watch.id)
             run = wait_until_final(client, first.id, log)
             assert run.state.is_completed(), (run.state, log.read_text()[-3000:])
-            assert run.name == "incoming → masks" and "watch-folder" in run.tags
+            assert run.name == "incoming → masks: nothing new" and "watch-folder" in run.tags
             assert incoming.is_dir()
 
             write_image(incoming / "slide one.zarr", (70, 50), (32, 32))
             second = client.create_flow_run_from_deployment(watch.id)
             run = wait_until_final(client, second.id, log)
             assert run.state.is_completed(), (run.state, log.read_text()[-3000:])
+            assert run.name == "incoming → masks: 1 new"
             mask = tmp_path / "data" / "masks" / "slide one.zarr"
             assert set(artifacts_of(client, run.id)) == {
                 output_key(str(mask), kind) for kind in ("progress", "summary", "preview")
             } | {output_key(str(mask.parent), "folder")}
+            # Triggered anyway: it fails saying what is missing, in one line, no traceback.
+            third = client.create_flow_run_from_deployment(nightly.id)
+            run = wait_until_final(client, third.id, log)
+            assert run.state.is_failed()
+            assert run.state.message.startswith(
+                "MissingCredentials: no credentials to reach s3://slides/slide-001.zarr: set "
+            )
+            assert "tcp://dask-scheduler:8786 does not answer" in run.state.message
         assert (mask / "zarr.json").exists()
+        served = log.read_text()
+        assert "Traceback" not in served, served[-3000:]
+        assert "warning: 'nightly-slide' cannot run on this machine now: no credentials" in served
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

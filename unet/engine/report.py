@@ -53,7 +53,10 @@ class SegmentReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        from unet.sizes import shape_label
+
         data.update(
+            size=shape_label(self.shape),
             megapixels=round(self.megapixels, 6),
             megapixels_per_second=round(self.megapixels_per_second, 6),
             seconds=round(self.seconds, 6),

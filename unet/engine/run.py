@@ -24,6 +24,7 @@ from unet.engine.dispatch import describe_workers, run_chunk_tasks, strip_order_
 from unet.engine.ledger import ATTRIBUTE, finished_chunks
 from unet.engine.output import finish_output, open_output
 from unet.engine.plan import RunPlan, plan_run
+from unet.engine.progress import announce, run_settings
 from unet.engine.report import ProgressCallback, SegmentReport
 from unet.errors import ChunksFailed, writing
 
@@ -127,10 +128,11 @@ def _segment(
         if background.any():
             job = chunk_job(plan, group, cluster_plan.torch_threads, cluster_plan, background)
     done = report.chunks_resumed + report.chunks_skipped
-    if progress:
-        progress(done, report.chunks_total)
     order = strip_order_array(todo)
     if len(order) == 0 and not parameters.instances:
+        if progress:
+            announce(progress, lambda: run_settings(plan, cluster_plan, todo, report))
+            progress(done, report.chunks_total)
         if report.chunks_failed:
             raise _chunks_failed(report, reasons[0], started)
         with writing(output):
@@ -141,6 +143,10 @@ def _segment(
         levels = LevelTasks(active, upper)
         try:
             workers = describe_workers(active, parameters.device, job.stream)
+            if progress:
+                found = workers if parameters.scheduler is not None else None
+                announce(progress, lambda: run_settings(plan, cluster_plan, todo, report, found))
+                progress(done, report.chunks_total)
             for result in run_chunk_tasks(active, job, order, workers):
                 for failure in result.failures:
                     report.chunks_failed.append(list(failure.index))

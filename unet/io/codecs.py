@@ -56,7 +56,14 @@ def with_store_pipeline(array: zarr.Array, *, write_empty_chunks: bool = False) 
 
     config = dataclasses.replace(array.config, write_empty_chunks=write_empty_chunks)
     copy = array.with_config(config)
+    metadata = copy.metadata
+    if hasattr(metadata, "codecs"):
+        codecs = metadata.codecs
+    else:  # a Zarr v2 array: its filters and compressor, as zarr wraps them
+        from zarr.codecs._v2 import V2Codec
+
+        codecs = [V2Codec(filters=metadata.filters, compressor=metadata.compressor)]
     # zarr sets the pipeline of a new array this way too (its arrays are frozen dataclasses).
-    pipeline = BatchedCodecPipeline.from_codecs(copy.metadata.codecs)
+    pipeline = BatchedCodecPipeline.from_codecs(codecs)
     object.__setattr__(copy.async_array, "codec_pipeline", pipeline)
     return copy

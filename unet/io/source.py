@@ -319,7 +319,13 @@ def _open_node(location: str) -> zarr.Array | zarr.Group:
 def _open_array(location: str, array_path: str) -> zarr.Array:
     import zarr
 
-    return zarr.open_array(store=location, path=array_path, mode="r")
+    array = zarr.open_array(store=location, path=array_path, mode="r")
+    if not array.dtype.isnative:
+        # zarrs decodes into native byte order only ("Non-native byte order not supported").
+        from unet.io.codecs import with_store_pipeline
+
+        array = with_store_pipeline(array)
+    return array
 
 
 def _open_ome_group(location: str, group: zarr.Group, channels_last: bool) -> ImageSource:

@@ -19,6 +19,7 @@ from unet.errors import (
 )
 from unet.io.files import SUFFIXES, file_stem, read_array
 from unet.io.folder import is_zarr_store
+from unet.sizes import shape_label
 from unet.training.labels import LabelRules
 from unet.training.sampler import CELL, cell_counts
 from unet.training.slides import SlideImage, open_slide
@@ -232,8 +233,8 @@ def _labelled(
         )
     if mask.shape != image.shape[1:]:
         raise InvalidImage(
-            f"{mask_path} is {mask.shape[0]}x{mask.shape[1]} but its image is "
-            f"{image.shape[1]}x{image.shape[2]}: masks must match their images"
+            f"{mask_path} is {shape_label(mask.shape)} but its image is "
+            f"{shape_label(image.shape)}: masks must match their images"
         )
     classes, objects = rules.classes(mask, str(mask_path))
     return LabelledImage(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unet.errors import InputNotFound, InvalidImage, InvalidParameter
+from unet.sizes import shape_label
 from unet.training.labels import LabelRules
 from unet.training.sampler import CELL, cell_counts
 from unet.training.statistics import PixelStatistics
@@ -153,8 +154,8 @@ def open_slide(
         )
     if mask.shape[1:] != image.shape[1:]:
         raise InvalidImage(
-            f"{where} is {mask.shape[1]}x{mask.shape[2]} but its image is "
-            f"{image.shape[1]}x{image.shape[2]}: masks must match their images"
+            f"{where} is {shape_label(mask.shape)} but its image is "
+            f"{shape_label(image.shape)}: masks must match their images"
         )
     height, width = image.shape[1:]
     cell = CELL
