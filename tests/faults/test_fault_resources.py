@@ -27,7 +27,9 @@ class Stop(Exception):
     """Raised by a progress callback to stop a run where it is."""
 
 
-def test_planning_a_huge_grid_does_not_grow_with_the_chunks_it_does_not_touch(tmp_path, model):
+def test_planning_a_huge_grid_does_not_grow_with_the_chunks_it_does_not_touch(
+    tmp_path, model, client
+):
     """A 10^6 x 10^6 image in 1024^2 chunks (954,529 chunks) with one stored chunk: everything
     before the first task (plan, output, ledger, settling, order) in seconds and little memory."""
     array = zarr.create_array(
@@ -47,6 +49,7 @@ def test_planning_a_huge_grid_does_not_grow_with_the_chunks_it_does_not_touch(tm
                 str(tmp_path / "mask.zarr"),
                 SegmentParameters(model=model, device="cpu", nodata=0),
                 progress=stop,
+                client=client,
             )
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -172,7 +172,11 @@ MASK[2:4, 2:4] = 1
             InvalidImage,
             "images without a mask: b",
         ),
-        (lambda r: make_pair(r, "a", IMAGE, MASK[:7]), InvalidImage, "7x8 but its image is 8x8"),
+        (
+            lambda r: make_pair(r, "a", IMAGE, MASK[:7]),
+            InvalidImage,
+            r"8 × 7 px \(width × height\) but its image is 8 × 8 px",
+        ),
         (lambda r: make_pair(r, "a", IMAGE, MASK.astype(np.float32)), InvalidImage, "float32"),
         (lambda r: make_pair(r, "a", IMAGE, -MASK), InvalidImage, "negative"),
         (lambda r: make_pair(r, "a", IMAGE, MASK * 0), InvalidImage, "nothing to learn"),

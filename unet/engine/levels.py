@@ -31,6 +31,9 @@ Block = tuple[int, tuple[int, int]]  # (new level, origin in that level's pixels
 #: complete, which are halved after the run, are small (a block is read and written in one call
 #: each, and smaller ones cost more Zarr calls in all, but beside the run).
 BLOCK_SIDE = 1024
+#: Chunks released at once (a resumed run's finished chunks in batches): the arrays of a batch
+#: take a few MiB, whatever the chunk count.
+RELEASE_BATCH = 2**16
 
 
 @dataclass(frozen=True)
@@ -133,8 +136,12 @@ class UpperLevels:
                 for ranges, count in zip(axes, counts, strict=True)
             ]
             self._waiting.append(np.outer(per_axis[0], per_axis[1]).astype(np.int64))
-        if self.levels.count:
-            self.chunks_done(np.argwhere(done))
+        if self.levels.count:  # in bands of rows: a band's indices take a few MiB at most
+            step = max(1, RELEASE_BATCH // max(done.shape[1], 1))
+            for row in range(0, done.shape[0], step):
+                found = np.argwhere(done[row : row + step])
+                found[:, 0] += row
+                self.chunks_done(found)
 
     @property
     def count(self) -> int:
@@ -143,8 +150,10 @@ class UpperLevels:
 
     def chunks_done(self, indices: np.ndarray) -> None:
         """Level-0 chunks ``indices`` (int (n, 2)) are written, or need no writing."""
-        if self.levels.count and len(indices):
-            self._release(0, np.asarray(indices))
+        indices = np.asarray(indices)
+        if self.levels.count:
+            for first in range(0, len(indices), RELEASE_BATCH):  # memory flat in the chunks
+                self._release(0, indices[first : first + RELEASE_BATCH])
 
     def take_ready(self, at_least: int = 1) -> list[Block]:
         """The blocks whose source is complete and that were not handed out yet, once there are
@@ -173,16 +182,23 @@ class UpperLevels:
         return self.levels.finish()
 
     def _release(self, new: int, children: np.ndarray) -> None:
-        """Children at grid places ``children`` of new level ``new``'s sources are complete."""
+        """Children at grid places ``children`` (int (n, 2)) of new level ``new``'s sources are
+        complete. Arithmetic on arrays: a resumed run releases all its finished chunks at once."""
         (row_first, row_last), (col_first, col_last) = self._parents[new]
         waiting = self._waiting[new]
         rows, cols = self._shapes[new]
-        for i, j in children.tolist():
-            for bi in range(row_first[i], row_last[i] + 1):
-                for bj in range(col_first[j], col_last[j] + 1):
+        i, j = children[:, 0], children[:, 1]
+        one = (row_first[i] == row_last[i]) & (col_first[j] == col_last[j])
+        touched = [np.stack([row_first[i[one]], col_first[j[one]]], axis=1)]
+        np.subtract.at(waiting, (touched[0][:, 0], touched[0][:, 1]), 1)
+        for k in np.nonzero(~one)[0]:  # a child under several blocks (levels cut short)
+            for bi in range(row_first[i[k]], row_last[i[k]] + 1):
+                for bj in range(col_first[j[k]], col_last[j[k]] + 1):
                     waiting[bi, bj] -= 1
-                    if waiting[bi, bj] == 0:
-                        self._ready.append((new, (int(bi) * rows, int(bj) * cols)))
+                    touched.append(np.array([[bi, bj]]))
+        places = np.unique(np.concatenate(touched), axis=0)
+        for bi, bj in places[waiting[places[:, 0], places[:, 1]] == 0].tolist():
+            self._ready.append((new, (int(bi) * rows, int(bj) * cols)))
 
 
 def _parent_ranges(size: int, extent: int, span: int) -> tuple[np.ndarray, np.ndarray]:
