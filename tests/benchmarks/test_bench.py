@@ -16,6 +16,7 @@ HARNESS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(HARNESS))
 
 
+@pytest.mark.slow  # about 19 s: the raw model, the pipeline and MONAI, each in a process
 def test_quick_bench_returns_results_and_writes_plot(tmp_path):
     from bench import run_bench
 

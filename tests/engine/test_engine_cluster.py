@@ -107,6 +107,8 @@ def mixed_cluster(tmp_path_factory):
         yield address
 
 
+# About 7 s; the mixed external cluster's test below checks an external run by default.
+@pytest.mark.slow
 def test_local_cluster_and_external_cluster_give_identical_masks(tmp_path, external_cluster):
     ckpt = write_checkpoint(tmp_path / "m.safetensors")
     write_image(tmp_path / "in.zarr", (150, 120), (48, 48))
