@@ -1,7 +1,7 @@
 """CPU time Dask itself spends per chunk task, measured with tasks that do nothing.
 
-The engine's own submission loop (``unet.engine.run_chunks``: a bounded number of tasks in
-flight, results as they complete) runs 1000 no-op tasks on the default CPU cluster (one worker of
+The engine's loop of one-item tasks (``unet.engine.run.run_chunks``: a bounded number of tasks
+in flight, results as they complete) runs 1000 no-op tasks on the default CPU cluster (one worker of
 threads in this process); the process's CPU time per task is what each real chunk task takes
 from the cores its forward pass runs on.
 
@@ -22,16 +22,14 @@ def nothing(job: object, index: tuple[int, int]) -> tuple[int, int]:
 
 
 def main() -> None:
-    import unet.engine.worker
     from unet.engine import run as engine
     from unet.engine.cluster import dask_client, plan_cluster
 
-    unet.engine.worker.run_chunk = nothing  # what run_chunks submits
     pending = [(i, j) for i in range(20) for j in range(50)]
     with dask_client(plan_cluster("cpu", None, None)) as client:
-        list(engine.run_chunks(client, ["warm-up"], pending[:20]))
+        list(engine.run_chunks(client, ["warm-up"], pending[:20], task=nothing))
         cpu, wall = time.process_time(), time.perf_counter()
-        count = sum(1 for _ in engine.run_chunks(client, ["timed"], pending))
+        count = sum(1 for _ in engine.run_chunks(client, ["timed"], pending, task=nothing))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(
         f"{count} no-op tasks: {1000 * cpu / count:.2f} ms CPU, {1000 * wall / count:.2f} ms wall per task"

@@ -48,6 +48,8 @@ QUEUED_PER_WORKER = 1
 TASK_RETRIES = 3
 #: After a failure, seconds to wait at most for the tasks in flight to end.
 DRAIN_SECONDS = 300
+#: One-item tasks in flight per worker (:func:`run_items`).
+IN_FLIGHT_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,6 @@ def run_chunk_tasks(
     job: Any,
     order: np.ndarray,
     workers: list[WorkerInfo],
-    on_result: Callable[[Any], None] | None = None,
 ) -> Iterator[Any]:
     """:class:`~unet.engine.task.TaskResult` of every task, as they complete, for the chunks
     ``order`` (``int32 (n, 2)``, in strip order) of ``job``.
@@ -234,8 +235,6 @@ def run_chunk_tasks(
                 result = result.without_failures()
                 for failure in retry:  # alone, with a task's retries
                     futures.add(submit(worker, np.asarray([failure.index], np.int32)))
-            if on_result is not None:
-                on_result(result)
             yield result
             following = submit(ran_on if ran_on in slots else worker)
             if following is not None:
@@ -292,10 +291,6 @@ def run_items(
         if not isinstance(error, KeyboardInterrupt):
             drain(list(in_flight.values()))
         raise
-
-
-#: One-item tasks in flight per worker (:func:`run_items`).
-IN_FLIGHT_PER_WORKER = 4
 
 
 def strip_order_array(todo: np.ndarray) -> np.ndarray:
