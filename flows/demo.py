@@ -75,7 +75,8 @@ def run_demo(output: Path, *, progress: bool = False, slide_side: int = SLIDE_SI
         name = Path(report.output).stem
         scores[name] = _dice(Path(report.output), truth / f"{name}.zarr")
         _say(
-            f"  {name}: {shape_label(report.shape)}, {report.chunks_computed} chunks, "
+            f"  {name}: {shape_label(report.shape)}, "
+            f"{report.chunks_computed} chunk{'' if report.chunks_computed == 1 else 's'}, "
             f"{report.megapixels_per_second:.2f} Mpx/s, foreground Dice {scores[name]:.3f}"
         )
     _say(
