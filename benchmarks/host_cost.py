@@ -44,12 +44,12 @@ def main() -> None:
     from unet.bench.simulate import SimulatedDevice
     from unet.config import SegmentParameters
     from unet.engine.allocator import reuse_freed_memory
-    from unet.engine.dispatch import strip_order_array
     from unet.engine.output import open_output
     from unet.engine.plan import plan_run
     from unet.engine.run import chunk_job
     from unet.engine.task import run_chunk_task
     from unet.io.codecs import use_fast_codecs
+    from unet.tiling import strip_order_array
 
     reuse_freed_memory()
     use_fast_codecs()

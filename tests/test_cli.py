@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import zarr
-from testdata import UNET, untracked, write_checkpoint, write_image
+from testdata import UNET, kill_segment_when_marked, untracked, write_checkpoint, write_image
 
 
 def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -88,21 +87,8 @@ def test_segment_writes_report_and_kill_then_resume_is_identical(tmp_path):
     )
 
     out = tmp_path / "out.zarr"
-    process = subprocess.Popen(
-        [UNET, "segment", str(tmp_path / "in.zarr"), str(out), *common],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=untracked(),
-        start_new_session=True,
-    )
-    ledger = out / "_unet_ledger" / "c"
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline and process.poll() is None:
-        if ledger.exists() and sum(1 for p in ledger.rglob("*") if p.is_file()) >= 4:
-            break
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and its Dask workers, mid-run
-    process.wait()
+    # The driver and its Dask workers, killed mid-run.
+    kill_segment_when_marked([str(tmp_path / "in.zarr"), str(out), *common], out, 4, 200)
     done = np.asarray(zarr.open_group(str(out), mode="r")["_unet_ledger"][...])
     assert 0 < done.sum() < 25, "the kill must land mid-run for this test to mean anything"
 

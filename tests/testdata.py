@@ -74,3 +74,26 @@ def stop_group(process: subprocess.Popen, seconds: float) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def kill_segment_when_marked(arguments: list[str], output, marks: int, seconds: float) -> None:
+    """Run ``unet segment *arguments`` (whose output is ``output``) as users do, untracked, and
+    SIGKILL it and its process group once its ledger marks ``marks`` chunks (or after
+    ``seconds``, or when it ends first)."""
+    import time
+
+    process = subprocess.Popen(
+        [UNET, "segment", *arguments],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=untracked(),
+        start_new_session=True,
+    )
+    ledger = Path(output) / "_unet_ledger" / "c"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        if ledger.exists() and sum(1 for p in ledger.rglob("*") if p.is_file()) >= marks:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import zarr
 from testdata import (
     UNET,
     assert_same_mask,
+    kill_segment_when_marked,
     reference_mask,
     untracked,
     write_checkpoint,
@@ -220,22 +220,8 @@ def test_a_killed_run_on_an_external_cluster_resumes_to_the_same_mask(tmp_path, 
     reference = SegmentParameters(model=ckpt, tile_size=72, device="cpu")
     segment(str(tmp_path / "in.zarr"), str(tmp_path / "ref.zarr"), reference)
     out = tmp_path / "out.zarr"
-    process = subprocess.Popen(
-        [UNET, "segment", str(tmp_path / "in.zarr"), str(out), *common]
-        + ["--scheduler", mixed_cluster],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=untracked(),
-        start_new_session=True,
-    )
-    ledger = out / "_unet_ledger" / "c"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if ledger.exists() and sum(1 for p in ledger.rglob("*") if p.is_file()) >= 10:
-            break
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver; the workers live on
-    process.wait()
+    arguments = [str(tmp_path / "in.zarr"), str(out), *common, "--scheduler", mixed_cluster]
+    kill_segment_when_marked(arguments, out, 10, 120)  # the driver; the workers live on
     time.sleep(1)  # the tasks the workers had started end, as they do when a driver dies
     from unet.engine.ledger import finished_chunks
 

@@ -260,8 +260,8 @@ def test_upper_levels_hand_out_each_block_once_its_chunks_are_done(tmp_path):
 
 
 def test_each_worker_streams_its_own_stretch_of_the_image():
-    from unet.engine.dispatch import ChunkQueue, strip_order_array
-    from unet.tiling import strip_order
+    from unet.engine.dispatch import ChunkQueue
+    from unet.tiling import strip_order, strip_order_array
 
     todo = np.ones((10, 4), bool)
     pending = strip_order_array(todo)  # 40 chunks, strip order

@@ -291,13 +291,3 @@ def run_items(
         if not isinstance(error, KeyboardInterrupt):
             drain(list(in_flight.values()))
         raise
-
-
-def strip_order_array(todo: np.ndarray) -> np.ndarray:
-    """``int32 (n, 2)``: the chunks where ``todo`` (bool (chunks_y, chunks_x)) is True, in
-    :func:`unet.tiling.strip_order`, without a Python object per chunk."""
-    from unet.tiling import STRIP_WIDTH
-
-    rows, cols = np.nonzero(todo)
-    order = np.lexsort((cols, rows, cols // STRIP_WIDTH))
-    return np.stack([rows[order], cols[order]], axis=1).astype(np.int32)

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet.config import SegmentParameters
-from unet.engine.dispatch import describe_workers, run_chunk_tasks, strip_order_array
+from unet.engine.dispatch import describe_workers, run_chunk_tasks
 from unet.engine.ledger import ATTRIBUTE, finished_chunks
 from unet.engine.output import finish_output, open_output
 from unet.engine.plan import RunPlan, plan_run
 from unet.engine.progress import announce, run_settings
 from unet.engine.report import ProgressCallback, SegmentReport
 from unet.errors import ChunksFailed, writing
+from unet.tiling import strip_order_array
 
 if TYPE_CHECKING:
     from unet.engine.cluster import ClusterPlan
@@ -119,11 +120,16 @@ def _segment(
     job = chunk_job(plan, group, cluster_plan.torch_threads, cluster_plan)
     reasons: list[str] = []
     if todo.any():
+        from unet.io.presence import stored_grids
+
+        # One listing of the input's keys serves both: which input chunks are lost or left
+        # out, and which output chunks lie wholly in absent ones.
+        stored = stored_grids(plan.source)
         # First: a chunk whose input is lost fails, whatever the plan would settle it as.
-        todo = _check_input_chunks(job, checkpoint.model.geometry, todo, report, reasons)
+        todo = _check_input_chunks(job, checkpoint.model.geometry, todo, report, reasons, stored)
     if todo.any():
         with writing(output):
-            settled, background = settle_chunks(plan, group, todo, report)
+            settled, background = settle_chunks(plan, group, todo, report, stored[0])
         todo &= ~settled
         if background.any():
             job = chunk_job(plan, group, cluster_plan.torch_threads, cluster_plan, background)
@@ -346,19 +352,21 @@ def _check_input_chunks(
     todo: np.ndarray,
     report: SegmentReport,
     reasons: list[str],
+    stored: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """The chunks of ``todo`` (bool (chunks_y, chunks_x)) whose input is all stored; the others
-    fail, or are counted.
+    fail, or are counted. ``stored``: the input's stored objects, in some channel and in every
+    channel (:func:`unet.io.presence.stored_grids`).
 
     In an image that stores every chunk (``unet ingest``'s) a missing input chunk is lost data:
     each output chunk whose window needs one fails as a corrupt one would. Elsewhere a missing
     chunk may be one Zarr left out as equal to the fill value: the run goes on, and the report's
     ``input_chunks_missing`` and a warning say how many were read as the fill value.
     """
-    from unet.io.presence import every_chunk_stored, stored_chunk_shape, stored_grid
+    from unet.io.presence import every_chunk_stored, stored_chunk_shape
 
     source = job.source
-    missing = ~stored_grid(source, every_channel=True)
+    missing = ~stored[1]
     count = int(missing.sum())
     if not count:
         return todo

@@ -6,7 +6,7 @@ Two kinds of chunk need no model, and the plan knows them before anything is rea
   chunk as the fill value. When the input's fill value is no data for the run (equal to
   ``--nodata``, or NaN), an output chunk whose own pixels lie wholly in input chunks absent from
   the store, in every channel, is no data only: exactly what its task would find after reading
-  them. Found from one listing of the input's keys (:func:`unet.io.presence.stored_grid`).
+  them. Found from one listing of the input's keys (:func:`unet.io.presence.stored_grids`).
 - **Background** (``--skip-background``): no tissue in a low-resolution view
   (:mod:`unet.engine.background`).
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 def settle_chunks(
-    plan: RunPlan, group, todo: np.ndarray, report: SegmentReport
+    plan: RunPlan, group, todo: np.ndarray, report: SegmentReport, stored: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mark the chunks of ``todo`` that need no task finished, in bulk, and count them in
     ``report`` (``chunks_skipped``, the pixels of class 0 or of no data).
@@ -43,6 +43,8 @@ def settle_chunks(
     plan: the run's plan
     group: its output group (opened by :func:`unet.engine.output.open_output`)
     todo: bool (chunks_y, chunks_x), the chunks not finished yet
+    stored: bool grid of the input's stored objects present in some channel
+        (:func:`unet.io.presence.stored_grids`)
 
     Returns
     -------
@@ -53,7 +55,7 @@ def settle_chunks(
     from unet.engine.ledger import mark_bulk
 
     grid, parameters = plan.grid, plan.parameters
-    nodata = nodata_chunks(plan.source, grid, parameters.nodata) & todo
+    nodata = nodata_chunks(plan.source, grid, parameters.nodata, stored) & todo
     background = np.zeros(grid.counts, bool)
     if parameters.skip_background:
         background = ~tissue_chunks(plan.source, grid) & todo & ~nodata
@@ -71,17 +73,18 @@ def settle_chunks(
     return settled, background if fill != 0 else np.zeros_like(background)
 
 
-def nodata_chunks(source: ImageSource, grid: ChunkGrid, nodata: float | None) -> np.ndarray:
+def nodata_chunks(
+    source: ImageSource, grid: ChunkGrid, nodata: float | None, stored: np.ndarray
+) -> np.ndarray:
     """bool (chunks_y, chunks_x): output chunks whose own pixels all lie in input chunks absent
-    from the store in every channel, where the input's fill value is no data for the run (equal
-    to ``nodata``, or not finite); all False otherwise."""
-    from unet.io.presence import stored_chunk_shape, stored_grid
+    from the store in every channel (``stored``: present in some channel), where the input's
+    fill value is no data for the run (equal to ``nodata``, or not finite); all False otherwise."""
+    from unet.io.presence import stored_chunk_shape
     from unet.tiling import cells_in_chunks
 
     fill = _fill_value(source)
     if fill is None or not (not math.isfinite(fill) or (nodata is not None and fill == nodata)):
         return np.zeros(grid.counts, bool)
-    stored = stored_grid(source, every_channel=False)
     return cells_in_chunks(stored, stored_chunk_shape(source), grid) == 0
 
 

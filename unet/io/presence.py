@@ -33,33 +33,23 @@ def stored_chunk_shape(source: ImageSource) -> tuple[int, int]:
     return int(grid[source.axes.index(ROWS)]), int(grid[source.axes.index(COLUMNS)])
 
 
-def missing_chunks(source: ImageSource) -> set[tuple[int, int]]:
-    """The ``(row, col)`` indices, in units of :func:`stored_chunk_shape`, of the stored objects
-    of level 0 that are absent from the store (in any channel).
+def stored_grids(source: ImageSource) -> tuple[np.ndarray, np.ndarray]:
+    """bool (rows, cols) twice, in units of :func:`stored_chunk_shape`: whether level 0's stored
+    object at each place is in the store in some channel, and in every channel.
 
-    One listing of the array's keys (a directory walk, or an object store's list).
-    """
-    rows, cols = np.nonzero(~stored_grid(source, every_channel=True))
-    return set(zip(rows.tolist(), cols.tolist(), strict=True))
-
-
-def stored_grid(source: ImageSource, every_channel: bool = False) -> np.ndarray:
-    """bool (rows, cols), in units of :func:`stored_chunk_shape`: whether level 0's stored
-    object at each place is in the store, in some channel (``every_channel``: in every one).
-
-    One listing of the array's keys; memory and time go with the stored objects and the grid's
-    size (one byte a place), never with Python objects per place.
+    One listing of the array's keys (a directory walk, or an object store's list); memory and
+    time go with the stored objects and the grid's size (one byte a place), never with Python
+    objects per place.
     """
     array = _level0(source)
     rows, cols = source.axes.index(ROWS), source.axes.index(COLUMNS)
-    counts = _stored_counts(array)
+    counts = stored_objects(array)
     others = tuple(axis for axis in range(array.ndim) if axis not in (rows, cols))
     per_place = counts.sum(axis=others) if others else counts
     if rows > cols:
         per_place = per_place.T
-    if not every_channel:
-        return per_place > 0
-    return per_place == int(np.prod([counts.shape[axis] for axis in others], dtype=np.int64))
+    channels = int(np.prod([counts.shape[axis] for axis in others], dtype=np.int64))
+    return per_place > 0, per_place == channels
 
 
 def every_chunk_stored(source: ImageSource) -> bool:
@@ -89,17 +79,12 @@ def store_every_chunk(location: str, path: str) -> None:
 
 def _absent(array: zarr.Array) -> list[tuple[int, ...]]:
     """Grid coordinates of the stored objects (shards, else chunks) absent from the store."""
-    return [tuple(coords) for coords in np.argwhere(_stored_counts(array) == 0).tolist()]
+    return [tuple(coords) for coords in np.argwhere(stored_objects(array) == 0).tolist()]
 
 
 def stored_objects(array: zarr.Array) -> np.ndarray:
     """uint8 (grid): 1 where the array's stored object (shard, else chunk) is in the store, from
     one listing of its keys; one byte per place of the grid."""
-    return _stored_counts(array)
-
-
-def _stored_counts(array: zarr.Array) -> np.ndarray:
-    """uint8 (grid): 1 where the array's stored object (shard, else chunk) is in the store."""
     from zarr.core.sync import sync
 
     store, path = array.store_path.store, array.store_path.path

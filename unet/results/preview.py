@@ -290,9 +290,7 @@ def cell_fractions(
 
     A cell without labelled pixels has every share 0.
     """
-    counts = _cell_counts(labels, row_cells, col_cells, cells, classes)
-    total = counts.sum(axis=0, keepdims=True)
-    return np.divide(counts, total, out=np.zeros(counts.shape), where=total > 0)
+    return _shares(_cell_counts(labels, row_cells, col_cells, cells, classes))
 
 
 def full_share(foreground: np.ndarray) -> float:
@@ -456,6 +454,11 @@ def _cell_fractions(group: Any, shape: tuple[int, int], cell: int, classes: int)
         block = np.asarray(array[start : start + band : step, ::step]).astype(np.uint8)
         first = start // step
         counts += _cell_counts(block, rows[first : first + len(block)], cols, cells, classes)
+    return _shares(counts)
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    """float64 (classes, cy, cx): ``counts`` over each cell's total; 0 in a cell of none."""
     total = counts.sum(axis=0, keepdims=True)
     return np.divide(counts, total, out=np.zeros(counts.shape), where=total > 0)
 

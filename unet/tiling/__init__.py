@@ -13,6 +13,7 @@ from unet.tiling.chunks import (
     cells_in_chunks,
     input_window,
     strip_order,
+    strip_order_array,
 )
 from unet.tiling.geometry import SAME_MARGIN_UNITS, Geometry, Padding
 from unet.tiling.mirror import mirror_pad, reflect_index
@@ -32,6 +33,7 @@ __all__ = [
     "mirror_pad",
     "reflect_index",
     "strip_order",
+    "strip_order_array",
     "cells_in_chunks",
     "window_shape",
 ]

@@ -173,4 +173,20 @@ def strip_order(indices: list[Index], width: int = STRIP_WIDTH) -> list[Index]:
     ``3 * (width + 2)`` decoded input chunks decodes ``(width + 2) / width`` of them per output
     chunk, however wide the image (row-major order would need two whole rows of the image).
     """
-    return sorted(indices, key=lambda index: (index[1] // width, index[0], index[1]))
+    if not indices:
+        return []
+    rows, cols = np.asarray(indices, dtype=np.int64).reshape(-1, 2).T
+    return [(int(i), int(j)) for i, j in _in_strips(rows, cols, width).tolist()]
+
+
+def strip_order_array(todo: np.ndarray, width: int = STRIP_WIDTH) -> np.ndarray:
+    """``int32 (n, 2)``: the chunks where ``todo`` (bool (chunks_y, chunks_x)) is True, in
+    :func:`strip_order`, without a Python object per chunk."""
+    rows, cols = np.nonzero(todo)
+    return _in_strips(rows, cols, width).astype(np.int32)
+
+
+def _in_strips(rows: np.ndarray, cols: np.ndarray, width: int) -> np.ndarray:
+    """(n, 2) ``(row, col)`` pairs sorted by strip of ``width`` columns, then row, then column."""
+    order = np.lexsort((cols, rows, cols // width))
+    return np.stack([rows[order], cols[order]], axis=1)
