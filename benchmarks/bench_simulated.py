@@ -105,10 +105,11 @@ def _workers_of(scheduler: str) -> int:
     from distributed import Client
 
     from unet.engine.cluster import check_scheduler
+    from unet.engine.dispatch import cluster_workers
 
     check_scheduler(scheduler)
     with Client(scheduler, timeout="30s") as client:
-        return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        return len(cluster_workers(client))
 
 
 def simulated_targets(

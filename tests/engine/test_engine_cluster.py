@@ -179,6 +179,26 @@ def test_in_process_cluster_segments_like_worker_processes(tmp_path, client):
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_driver_always_sees_the_workers_a_cluster_has():
+    """The client's own refresh of its cached scheduler info (here every millisecond) carries
+    no workers; the driver must never take that cache for the cluster (a run once failed with
+    \"the Dask cluster has no workers\" on a cluster with one)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from unet.engine.dispatch import cluster_workers, describe_workers
+
+    with (
+        dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assert all(len(cluster_workers(client)) == 1 for _ in range(200))
+        assert all(len(describe_workers(client, "cpu")) == 1 for _ in range(50))
+
+
 def streamed_batches(address: str) -> int:
     """Batches the device worker of ``address`` ran inside streams so far."""
     from distributed import Client

@@ -53,7 +53,9 @@ def mask_of(output: Path) -> np.ndarray:
 
 
 def test_local_cluster_listens_on_localhost_only(client):
-    workers = client.scheduler_info()["workers"]
+    from unet.engine.dispatch import cluster_workers
+
+    workers = cluster_workers(client)
     assert client.scheduler.address.startswith("tcp://127.0.0.1:")
     assert workers and all(address.startswith("tcp://127.0.0.1:") for address in workers)
     assert client.dashboard_link.startswith("http://127.0.0.1:")

@@ -63,6 +63,16 @@ class WorkerInfo:
     device: str
 
 
+def cluster_workers(client: Any) -> dict[str, dict[str, Any]]:
+    """The scheduler's workers now: ``{address: info}`` (``info["nthreads"]`` and more).
+
+    Asked of the scheduler directly: ``client.scheduler_info(n_workers=-1)`` returns the
+    client's cached answer, which its own periodic refresh (every 2 s, without workers) can
+    replace between the fetch and the return, so a cluster with workers then seems to have none.
+    """
+    return dict(client.sync(client.scheduler.identity, n_workers=-1).get("workers", {}))
+
+
 def describe_workers(client: Any, device: str, stream: bool | None = None) -> list[WorkerInfo]:
     """Ask every worker of ``client`` what it runs a run's chunks on (``device`` as given to
     ``unet segment``, resolved by each worker for itself); ``stream`` overrides its answer.
@@ -71,7 +81,7 @@ def describe_workers(client: Any, device: str, stream: bool | None = None) -> li
     """
     from unet.engine.task import worker_device
 
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    workers = cluster_workers(client)
     answers = client.run(worker_device, device) if workers else {}
     described = []
     for address, info in workers.items():
@@ -264,7 +274,7 @@ def run_items(
 
     if not items:
         return
-    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    workers = max(1, len(cluster_workers(client)))
     job_future = client.scatter(job, broadcast=True, hash=False)
     pending = iter(items)
     in_flight: dict[str, Any] = {}
