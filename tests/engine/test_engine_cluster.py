@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -197,6 +198,31 @@ def test_the_driver_always_sees_the_workers_a_cluster_has():
     ):
         assert all(len(cluster_workers(client)) == 1 for _ in range(200))
         assert all(len(describe_workers(client, "cpu")) == 1 for _ in range(50))
+
+
+def test_dasks_unretrieved_timeouts_at_shutdown_are_not_printed_but_other_errors_are(caplog):
+    """Under load, a cluster's shutdown once left asyncio's \"Future exception was never
+    retrieved ... TimeoutError\" after a run's last line; other unretrieved errors still show."""
+    import asyncio
+    import gc
+
+    from unet.engine.cluster import quiet_unretrieved_timeouts
+
+    def unretrieved(error: Exception) -> None:
+        loop = asyncio.new_event_loop()
+        future = loop.create_future()
+        future.set_exception(error)
+        del future
+        gc.collect()
+        loop.close()
+
+    quiet_unretrieved_timeouts()
+    quiet_unretrieved_timeouts()  # once is enough; twice adds nothing
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        unretrieved(TimeoutError("Timeout"))
+        unretrieved(ValueError("a real error"))
+    assert [r.exc_info[1].args for r in caplog.records] == [("a real error",)]
+    assert sum("Unretrieved" in type(f).__name__ for f in logging.getLogger("asyncio").filters) == 1
 
 
 def streamed_batches(address: str) -> int:

@@ -176,6 +176,7 @@ def dask_client(plan: ClusterPlan, scheduler: str | None = None) -> Iterator[obj
 
     for name in ("distributed", "distributed.core", "distributed.worker", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_unretrieved_timeouts()
     if scheduler is not None:
         check_scheduler(scheduler)
         try:
@@ -200,6 +201,26 @@ def dask_client(plan: ClusterPlan, scheduler: str | None = None) -> Iterator[obj
     with dask.config.set({**environ, **QUIET}), _local_cluster(plan) as cluster:
         with Client(cluster) as client:
             yield client
+
+
+class _UnretrievedTimeouts(logging.Filter):
+    """Drops asyncio's \"Future exception was never retrieved\" for a timeout or a closed
+    comm: Dask's own futures at a cluster's shutdown on a loaded machine, which said nothing to
+    act on and came after a run's last line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from distributed.comm import CommClosedError
+
+        error = record.exc_info[1] if record.exc_info else None
+        unretrieved = str(record.msg).startswith("Future exception was never retrieved")
+        return not (unretrieved and isinstance(error, TimeoutError | CommClosedError))
+
+
+def quiet_unretrieved_timeouts() -> None:
+    """Install :class:`_UnretrievedTimeouts` on the ``asyncio`` logger (once)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedTimeouts) for f in logger.filters):
+        logger.addFilter(_UnretrievedTimeouts())
 
 
 def check_scheduler(address: str) -> None:
