@@ -21,9 +21,9 @@ from unet.errors import ChunksFailed, OutputWriteError
 TILE = 72
 
 
-def streamed(chunks_per_task: int) -> ClusterPlan:
-    """The plan of workers that stream ``chunks_per_task`` chunks a task (as GPU workers do)."""
-    return ClusterPlan(workers=2, torch_threads=1, gpus=0, chunks_per_task=chunks_per_task)
+def streamed() -> ClusterPlan:
+    """The plan of workers that stream their chunks (as GPU workers do)."""
+    return ClusterPlan(workers=2, torch_threads=1, gpus=0, streams=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_streamed_masks_equal_one_chunk_per_task(tmp_path, client, model, dtype)
         str(tmp_path / "stream.zarr"),
         parameters,
         client=client,
-        cluster=streamed(4),
+        cluster=streamed(),
     )
     assert (stream.chunks_computed, stream.chunks_skipped) == (
         one.chunks_computed,
@@ -70,7 +70,7 @@ def test_a_chunk_that_cannot_be_read_fails_alone_in_its_stream(tmp_path, client,
     chunk_file.write_bytes(intact[: len(intact) // 2])  # truncated
     parameters = SegmentParameters(model=model, device="cpu")
     failed = {}
-    for name, cluster in (("one", None), ("stream", streamed(5))):
+    for name, cluster in (("one", None), ("stream", streamed())):
         with pytest.raises(ChunksFailed) as caught:
             segment(
                 str(tmp_path / "in.zarr"),
@@ -91,7 +91,7 @@ def test_a_chunk_that_cannot_be_read_fails_alone_in_its_stream(tmp_path, client,
         str(tmp_path / "stream.zarr"),
         parameters,
         client=client,
-        cluster=streamed(5),
+        cluster=streamed(),
     )
     assert (report.chunks_computed, report.chunks_resumed) == (
         len(failed["one"]),
@@ -129,7 +129,7 @@ def test_a_failed_write_in_a_stream_leaves_its_chunk_unmarked(tmp_path, client, 
                 parameters,
                 client=client,
                 progress=block_write,
-                cluster=streamed(5),
+                cluster=streamed(),
             )
     finally:
         shutil.rmtree(blocked, ignore_errors=True)
@@ -140,7 +140,7 @@ def test_a_failed_write_in_a_stream_leaves_its_chunk_unmarked(tmp_path, client, 
         rows, cols = slice(32 * i, 32 * i + 32), slice(32 * j, 32 * j + 32)
         assert_same_mask(mask[rows, cols], expected[rows, cols], near_tie[rows, cols])
     report = segment(
-        str(tmp_path / "in.zarr"), str(output), parameters, client=client, cluster=streamed(5)
+        str(tmp_path / "in.zarr"), str(output), parameters, client=client, cluster=streamed()
     )
     assert report.chunks_computed == 9 - int(done.sum())
     assert_same_mask(group_of(output)["0"][...], expected, near_tie)
@@ -181,7 +181,7 @@ def test_a_device_failure_mid_stream_keeps_only_the_written_chunks(
     results = run_chunk_batch(job, order)
     assert [r.index for r in results] == order and not any(r.skipped for r in results)
     report = segment(
-        str(tmp_path / "in.zarr"), output, parameters, client=client, cluster=streamed(4)
+        str(tmp_path / "in.zarr"), output, parameters, client=client, cluster=streamed()
     )
     assert (report.chunks_resumed, report.chunks_computed) == (5, 4)
     assert_same_mask(group_of(Path(output))["0"][...], expected, near_tie)
@@ -201,7 +201,7 @@ def test_levels_above_the_chunks_are_built_during_a_streamed_run(tmp_path, clien
             str(tmp_path / "stream.zarr"),
             parameters,
             client=client,
-            cluster=streamed(4),
+            cluster=streamed(),
         )
     segment(str(tmp_path / "in.zarr"), str(tmp_path / "one.zarr"), parameters, client=client)
     a, b = group_of(tmp_path / "one.zarr"), group_of(tmp_path / "stream.zarr")

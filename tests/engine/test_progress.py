@@ -140,7 +140,7 @@ def test_devices_and_workers_as_a_person_says_them():
     assert describe_workers(cpu, None) == "1 worker in this process (2 torch threads)"
     processes = ClusterPlan(workers=2, torch_threads=1, gpus=0)
     assert describe_workers(processes, None) == "2 worker processes (1 torch thread each)"
-    gpus = ClusterPlan(workers=2, torch_threads=1, gpus=2, threads_per_worker=4, chunks_per_task=8)
+    gpus = ClusterPlan(workers=2, torch_threads=1, gpus=2, threads_per_worker=4, streams=True)
     assert describe_device("auto", gpus, None) == "cuda, 2 GPUs"
     assert describe_workers(gpus, None) == "2 worker processes, 4 streams each"
     remote = ClusterPlan(workers=0, torch_threads=None, gpus=0)

@@ -2,8 +2,8 @@
 
 On a GPU machine the LocalCluster has one worker process per GPU, each started with
 ``CUDA_VISIBLE_DEVICES`` set to its own GPU, so ``cuda`` in a worker means that worker's GPU.
-Each GPU worker runs ``GPU_THREADS`` tasks at once, each a stream of ``CHUNKS_PER_TASK`` chunks
-(:mod:`unet.engine.stream`): one chunk at a time holds the GPU (see
+Each GPU worker runs ``GPU_THREADS`` tasks at once, each a stream of chunks
+(:mod:`unet.engine.stream`; :mod:`unet.engine.dispatch` sizes the tasks): one chunk at a time holds the GPU (see
 :func:`unet.predict.device_lock`) while the others are read, decoded, encoded and written.
 
 On a CPU machine the default is one worker in this very process (threads, no worker process)
@@ -49,9 +49,6 @@ QUIET = {
 #: streams fed a simulated device alike within the noise of a shared 2-core machine
 #: (benchmarks/README.md); 4 kept the most work ready when the cores were contended.
 GPU_THREADS = 4
-#: Output chunks per task of a GPU worker: a Dask task costs a few ms of CPU on the worker and
-#: the scheduler, as much as a chunk's whole host side when a GPU computes.
-CHUNKS_PER_TASK = 8
 #: Chunks a CPU worker runs at once. One: the forward pass uses every core, and a second
 #: chunk's reading and writing beside it only preempted those threads (measured slower).
 CPU_THREADS = 1
@@ -62,8 +59,8 @@ class ClusterPlan:
     """Worker processes, chunks each runs at once, and torch threads per chunk (None: default).
 
     ``processes`` False: one worker of threads inside this process (the CPU default).
-    ``chunks_per_task`` above 1: each task is a stream of that many chunks
-    (:func:`unet.engine.stream.run_chunk_batch`), as GPU workers run them.
+    ``streams``: each task is a stream of chunks (:func:`unet.engine.stream.run_chunk_batch`),
+    as GPU workers run them, whatever device the workers find.
     """
 
     workers: int
@@ -71,7 +68,7 @@ class ClusterPlan:
     gpus: int
     threads_per_worker: int = 1
     processes: bool = True
-    chunks_per_task: int = 1
+    streams: bool = False
 
 
 #: Memory a worker process needs at least (torch, the model, a chunk's buffers): ``--workers``
@@ -129,8 +126,8 @@ def capped_workers(workers: int, cores: int) -> int:
 
 def gpu_plan(gpus: int, workers: int | None = None) -> ClusterPlan:
     """The plan of a machine with ``gpus`` GPUs: ``workers`` worker processes (default one per
-    GPU, pinned to GPU ``i % gpus``), each running ``GPU_THREADS`` streams of
-    ``CHUNKS_PER_TASK`` chunks with one torch thread each.
+    GPU, pinned to GPU ``i % gpus``), each running ``GPU_THREADS`` streams of chunks with one
+    torch thread each.
 
     Public so that a benchmark can plan simulated GPUs on a machine without any
     (:mod:`unet.bench.simulate`).
@@ -143,7 +140,7 @@ def gpu_plan(gpus: int, workers: int | None = None) -> ClusterPlan:
         torch_threads=1,
         gpus=gpus,
         threads_per_worker=_gpu_threads(),
-        chunks_per_task=CHUNKS_PER_TASK,
+        streams=True,
     )
 
 

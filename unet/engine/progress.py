@@ -154,7 +154,7 @@ def describe_workers(
     if not cluster.processes:
         return f"1 worker in this process ({threads})" if threads else "1 worker in this process"
     workers = _count(cluster.workers, "worker process", "worker processes")
-    if cluster.chunks_per_task > 1:
+    if cluster.streams:
         return f"{workers}, {cluster.threads_per_worker} streams each"
     return f"{workers} ({threads} each)" if threads else workers
 

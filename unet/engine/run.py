@@ -200,14 +200,14 @@ def chunk_job(
     """The :class:`~unet.engine.worker.ChunkJob` of ``plan``'s chunks, written into ``group``
     (the output, :func:`unet.engine.output.open_output` of ``plan``).
 
-    ``cluster``: workers planned to stream (``chunks_per_task`` above 1, the local GPU workers)
+    ``cluster``: workers planned to stream (``streams``, the local GPU workers)
     stream every task; others decide by their device. ``background``: bool grid of the
     background chunks the tasks write as zeros (see :mod:`unet.engine.settled`).
     """
     from unet.engine.worker import ChunkJob
 
     parameters = plan.parameters
-    stream = True if cluster is not None and cluster.chunks_per_task > 1 else None
+    stream = True if cluster is not None and cluster.streams else None
     bits = b""
     if background is not None and background.any():
         bits = np.packbits(background.ravel()).tobytes()
