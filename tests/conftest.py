@@ -4,7 +4,6 @@ Prefect server."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testdata import free_port, make_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,27 +19,6 @@ def _few_threads():
     import torch
 
     torch.set_num_threads(2)
-
-
-def make_model(seed: int = 0, **config):
-    """A small random U-Net (base 4 channels unless given) with reproducible weights."""
-    import torch
-
-    from unet.network.model import UNet
-
-    torch.manual_seed(seed)
-    config.setdefault("base_channels", 4)
-    model = UNet(**config).eval()
-    # PyTorch's default init shrinks activations level by level, so the deep levels would barely
-    # reach the logits and a misaligned pooling grid would hide below the tolerance. He init keeps
-    # every level's signal, which makes the tiled == whole tests sensitive.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.uniform_(-0.1, 0.1)
-            elif param.ndim == 4:
-                torch.nn.init.kaiming_normal_(param, nonlinearity="relu")
-    return model
 
 
 @pytest.fixture(scope="session")
@@ -71,13 +50,6 @@ def rng():
 
 
 PREFECT_STARTUP_SECONDS = 180
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

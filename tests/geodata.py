@@ -4,7 +4,7 @@ ingest, segmentation and export tests."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import make_model
+from testdata import make_model
 
 from unet.network.checkpoint import save_checkpoint
 from unet.training.synthetic import SatelliteScene

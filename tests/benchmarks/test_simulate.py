@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from testdata import make_model
 
 import unet.predict
 from unet.bench.simulate import (

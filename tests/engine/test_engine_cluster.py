@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import zarr
 from testdata import (
     UNET,
     assert_same_mask,
+    free_port,
     kill_segment_when_marked,
     reference_mask,
     untracked,
@@ -27,13 +27,6 @@ from testdata import (
 
 from unet.config import SegmentParameters
 from unet.engine.run import segment
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 #: A worker that "has a device" (see device_preload.py): it streams its chunks.
 DEVICE_PRELOAD = str(Path(__file__).with_name("device_preload.py"))

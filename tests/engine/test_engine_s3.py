@@ -8,12 +8,10 @@ check, pyramid check, preview written next to the mask) must work on the object 
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import zarr
-from testdata import write_checkpoint
+from testdata import free_port, write_checkpoint
 
 from unet.config import SegmentParameters
 
@@ -21,12 +19,6 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 BUCKET = "unet-test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

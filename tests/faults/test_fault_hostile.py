@@ -19,19 +19,6 @@ from unet.engine.run import segment
 from unet.errors import InvalidParameter, OutputExists
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", depth=2)
-
-
-@pytest.fixture(scope="module")
-def client():
-    from unet.engine.cluster import ClusterPlan, dask_client
-
-    with dask_client(ClusterPlan(workers=1, torch_threads=1, gpus=0, processes=False)) as dask:
-        yield dask
-
-
 def tree(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``root`` (links not followed) with its size and modification time."""
     return {
@@ -257,7 +244,7 @@ def test_unwritable_report_is_refused_before_the_run(tmp_path, monkeypatch, caps
 
 def write_model(path: Path, **metadata) -> str:
     """A depth-2 model normalizing with mean 100, std 40 (8-bit data), with ``metadata``."""
-    from conftest import make_model
+    from testdata import make_model
 
     from unet.network.checkpoint import save_checkpoint
 
@@ -314,7 +301,7 @@ def test_float_image_scaled_to_0_1_is_refused_for_a_model_of_raw_intensities(tmp
 
 def test_checkpoint_with_nan_weights_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     import torch
-    from conftest import make_model
+    from testdata import make_model
 
     from unet.errors import CheckpointError
     from unet.network.checkpoint import load_checkpoint, save_checkpoint

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from testdata import write_checkpoint, write_image
+from testdata import write_image
 
 from unet.config import SegmentParameters
 from unet.engine.lock import lock_location
@@ -35,11 +35,6 @@ from unet.errors import (
 from unet.io.folder import list_images
 
 UNET = str(Path(sys.executable).with_name("unet"))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", depth=2)
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:

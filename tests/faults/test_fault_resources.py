@@ -12,15 +12,9 @@ import tracemalloc
 import numpy as np
 import pytest
 import zarr
-from testdata import write_checkpoint
 
 from unet.config import SegmentParameters
 from unet.engine.run import segment
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", depth=2)
 
 
 class Stop(Exception):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from testdata import assert_same_mask, reference_mask, write_checkpoint, write_image
+from testdata import assert_same_mask, reference_mask, write_image
 
 from unet.config import SegmentParameters
 from unet.engine.ledger import ATTRIBUTE, finished_chunks
@@ -25,19 +25,6 @@ from unet.errors import OutputWriteError
 
 #: The engine's default tile for 32-pixel chunks and a depth-2 model (one tile per chunk).
 TILE = 72
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", depth=2)
-
-
-@pytest.fixture(scope="module")
-def client():
-    from unet.engine.cluster import ClusterPlan, dask_client
-
-    with dask_client(ClusterPlan(workers=1, torch_threads=1, gpus=0, processes=False)) as dask:
-        yield dask
 
 
 def hidden(folder: Path) -> list[str]:

@@ -15,22 +15,9 @@ import imagecodecs
 import numpy as np
 import pytest
 import zarr
-from testdata import write_checkpoint, write_image
+from testdata import write_image
 
 from unet.config import SegmentParameters
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", depth=2)
-
-
-@pytest.fixture(scope="module")
-def client():
-    from unet.engine.cluster import ClusterPlan, dask_client
-
-    with dask_client(ClusterPlan(workers=1, torch_threads=1, gpus=0, processes=False)) as dask:
-        yield dask
 
 
 def tree(root: Path) -> dict[str, tuple[int, bytes | None]]:

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import make_model
-from testdata import assert_same_mask, reference_mask, write_checkpoint, write_image
+from testdata import assert_same_mask, make_model, reference_mask, write_image
 
 from unet.config import SegmentParameters
 from unet.engine.ledger import ATTRIBUTE, finished_chunks
@@ -33,15 +32,11 @@ TILE = 72
 
 @pytest.fixture(scope="module")
 def client():
+    """A cluster of one worker process (the faults' shared client runs in this process)."""
     from unet.engine.cluster import ClusterPlan, dask_client
 
     with dask_client(ClusterPlan(workers=1, torch_threads=1, gpus=0)) as dask:
         yield dask
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", depth=2)
 
 
 def parameters(model: str) -> SegmentParameters:

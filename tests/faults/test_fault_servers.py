@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from testdata import stop_group, write_checkpoint, write_image
+from testdata import free_port, stop_group, write_checkpoint, write_image
 
 BIN = Path(sys.executable).parent
 UNET = str(BIN / "unet")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_scheduler_where_nothing_listens_is_one_line_exit_2_within_seconds(tmp_path):

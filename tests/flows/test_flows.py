@@ -11,9 +11,8 @@ import json
 import numpy as np
 import pytest
 import zarr
-from conftest import free_port
 from PIL import Image
-from testdata import write_checkpoint, write_image
+from testdata import free_port, write_checkpoint, write_image
 
 import flows  # noqa: F401  (Prefect's environment defaults, before prefect is imported)
 import unet

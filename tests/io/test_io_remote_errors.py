@@ -7,13 +7,13 @@ answer.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
 import numpy as np
 import pytest
 import zarr
+from testdata import free_port
 
 from unet.errors import AccessDenied, BucketNotFound, MissingCredentials, ServerUnreachable
 from unet.io.remote_errors import check_store, explain
@@ -22,12 +22,6 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 BUCKET = "slides"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

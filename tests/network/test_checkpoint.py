@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from testdata import make_model
 
 from unet.errors import CheckpointError
 from unet.network.checkpoint import load_checkpoint, save_checkpoint

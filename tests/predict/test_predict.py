@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from testdata import make_model
 
 from unet.errors import ChannelMismatch, InvalidImage, InvalidParameter, InvalidTileSize
 from unet.predict.window import predict_array

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import make_model
+from testdata import make_model
 
 import unet
 import unet.predict

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from testdata import make_model
 
 from unet.predict.step import normalized
 from unet.predict.window import predict_window
