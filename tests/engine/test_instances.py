@@ -201,6 +201,26 @@ def test_pass_on_dask_is_exact_and_its_table_matches(case, tmp_path, client):
     assert_table_matches(read_table(table), instances, mask)
 
 
+def test_the_pass_sends_many_chunks_a_task_and_a_failing_one_ends_it(client):
+    """A Dask task costs the driver a few ms of CPU, as much as labelling a 256^2 chunk: the
+    pass's items travel several to a task (unet.engine.dispatch.run_items), every result
+    comes back once, and a failing item still ends the pass with its own error."""
+    import operator
+
+    from distributed import get_task_stream
+
+    from unet.engine.dispatch import run_items
+
+    items = list(range(1, 301))
+    with get_task_stream(client) as stream:
+        results = list(run_items(client, 3, items, operator.mul))
+    assert sorted(results) == [3 * item for item in items]
+    tasks = [t for t in stream.data if "run_item_batch" in t["key"]]
+    assert 1 < len(tasks) < len(items) // 4, len(tasks)
+    with pytest.raises(ZeroDivisionError):
+        list(run_items(client, 3, [*items, 0], operator.truediv))
+
+
 def test_nodata_label_of_a_mask_is_no_object(tmp_path, client):
     from unet.engine.instances.stage import label_instances
     from unet.io.omezarr import MASK_NODATA

@@ -48,8 +48,8 @@ QUEUED_PER_WORKER = 1
 TASK_RETRIES = 3
 #: After a failure, seconds to wait at most for the tasks in flight to end.
 DRAIN_SECONDS = 300
-#: One-item tasks in flight per worker (:func:`run_items`).
-IN_FLIGHT_PER_WORKER = 4
+#: Items of the first tasks of :func:`run_items`, before their cost is measured.
+FIRST_ITEM_TASK = 4
 
 
 @dataclass(frozen=True)
@@ -266,38 +266,65 @@ def drain(futures: list[Any], seconds: float = DRAIN_SECONDS) -> None:
 def run_items(
     client: Any, job: Any, items: list[Any], task: Callable[[Any, Any], Any]
 ) -> Iterator[Any]:
-    """Results of ``task(job, item)`` for every item, one task each, as they complete (retried
-    on failure; :data:`IN_FLIGHT_PER_WORKER` tasks in flight per worker). For passes whose work
-    per item is a chunk's own (the instance pass); a failure ends the pass once the tasks in
-    flight have ended."""
+    """Results of ``task(job, item)`` for every item, as they complete, for passes whose work
+    per item is a chunk's own (the instance pass).
+
+    Items travel in tasks of several (:func:`run_item_batch`), sized as chunk tasks are: the
+    first of :data:`FIRST_ITEM_TASK` items, the next to last :data:`TARGET_TASK_SECONDS` by the
+    seconds per item measured so far, smaller again towards the end. A task is retried whole on
+    failure (``task`` must be safe to run twice); a failure ends the pass once the tasks in
+    flight have ended.
+    """
     from distributed import as_completed
 
     if not items:
         return
-    workers = max(1, len(cluster_workers(client)))
+    workers = cluster_workers(client)
+    slots = sum(int(info.get("nthreads", 1)) + QUEUED_PER_WORKER for info in workers.values())
+    slots = max(1, slots)
     job_future = client.scatter(job, broadcast=True, hash=False)
-    pending = iter(items)
+    taken = 0
+    per_item: float | None = None
     in_flight: dict[str, Any] = {}
 
-    def submit(item: Any) -> Any:
-        future = client.submit(task, job_future, item, retries=TASK_RETRIES, pure=False)
+    def submit() -> Any:
+        nonlocal taken
+        left = len(items) - taken
+        if left <= 0:
+            return None
+        size = FIRST_ITEM_TASK if per_item is None else math.ceil(TARGET_TASK_SECONDS / per_item)
+        size = max(1, min(size, MAX_CHUNKS_PER_TASK, -(-left // (2 * slots))))
+        batch, taken = items[taken : taken + size], taken + size
+        future = client.submit(
+            run_item_batch, task, job_future, batch, retries=TASK_RETRIES, pure=False
+        )
         in_flight[future.key] = future
         return future
 
-    # range first: zip would otherwise take one more item from ``pending`` and drop it.
-    first = [
-        submit(item)
-        for _, item in zip(range(IN_FLIGHT_PER_WORKER * workers), pending, strict=False)
-    ]
-    futures = as_completed(first)
+    futures = as_completed([f for f in (submit() for _ in range(slots)) if f is not None])
     try:
         for future in futures:
             in_flight.pop(future.key)
-            yield future.result()
-            item = next(pending, None)
-            if item is not None:
-                futures.add(submit(item))
+            results, seconds = future.result()
+            measured = max(seconds, 1e-6) / len(results)
+            per_item = measured if per_item is None else (per_item + measured) / 2
+            yield from results
+            following = submit()
+            if following is not None:
+                futures.add(following)
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt):
             drain(list(in_flight.values()))
         raise
+
+
+def run_item_batch(
+    task: Callable[[Any, Any], Any], job: Any, batch: list[Any]
+) -> tuple[list[Any], float]:
+    """On a worker: ``task(job, item)`` for each item of ``batch``, in order, and the seconds
+    they took together."""
+    import time
+
+    started = time.perf_counter()
+    results = [task(job, item) for item in batch]
+    return results, time.perf_counter() - started

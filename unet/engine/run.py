@@ -231,8 +231,8 @@ def chunk_job(
 
 
 def run_chunks(client: Any, job: Any, items: list[Any], task: Callable[[Any, Any], Any]):
-    """Results of ``task(job, item)`` for every item, one task each (the instance pass): see
-    :func:`unet.engine.dispatch.run_items`."""
+    """Results of ``task(job, item)`` for every item, several items a task (the instance pass):
+    see :func:`unet.engine.dispatch.run_items`."""
     from unet.engine.dispatch import run_items
 
     return run_items(client, job, items, task)
