@@ -1,11 +1,12 @@
 """The instance pass of a run, on the driver: after every chunk of the mask is written, two rounds
-of one Dask task per chunk give every object of every foreground class one image-wide id.
+of chunk work give every object of every foreground class one image-wide id (several chunks
+a Dask task: :func:`unet.engine.dispatch.run_items`).
 
-1. Each task labels its chunk of the mask and returns its object count and its four borders
+1. Each chunk's work labels its chunk of the mask and returns its object count and its four borders
    (:class:`~unet.engine.instances.stitch.ChunkLabels`); the driver pairs the regions facing each
    other across each chunk edge as both sides arrive, then numbers the objects
    (:class:`~unet.engine.instances.stitch.Stitcher`).
-2. Each task labels its chunk again, maps its local ids to image-wide ids, writes that chunk of
+2. Each chunk's work labels it again, maps its local ids to image-wide ids, writes that chunk of
    the instance image and returns its objects' measures, which the driver writes to the object
    table as they come (:class:`~unet.engine.instances.objects.ObjectTable`).
 
