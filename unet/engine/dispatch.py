@@ -308,10 +308,10 @@ def run_items(
             results, seconds = future.result()
             measured = max(seconds, 1e-6) / len(results)
             per_item = measured if per_item is None else (per_item + measured) / 2
-            yield from results
-            following = submit()
+            following = submit()  # before the driver takes the results: no worker waits
             if following is not None:
                 futures.add(following)
+            yield from results
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt):
             drain(list(in_flight.values()))
