@@ -219,8 +219,8 @@ ProgressFactory = Callable[[str], Callbacks]
 
 
 class _PerOutput:
-    """A run's ``progress(output, done, total)`` (and ``started``, ``finished``, ``close`` with
-    the output first) drawing each image on the terminal through a callback made at its first
+    """A run's ``progress(output, done, total)`` (and ``started``, ``instances``, ``finished``,
+    ``close`` with the output first) drawing each image on the terminal through a callback made at its first
     call, named ``names[output]``."""
 
     def __init__(self, factory: ProgressFactory, names: dict[str, str]) -> None:
@@ -239,6 +239,9 @@ class _PerOutput:
 
     def started(self, output: str, settings: RunSettings) -> None:
         self.of(output).started(settings)
+
+    def instances(self, output: str, round: int, done: int, total: int) -> None:
+        self.of(output).instances(round, done, total)
 
     def finished(self, output: str, report: SegmentReport) -> None:
         self.of(output).finished(report)

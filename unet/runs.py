@@ -448,8 +448,8 @@ def _explained(job: ImageJob, error: Exception) -> Exception:
 
 class _OutputProgress:
     """The progress callback of one image from a run's ``progress(output, done, total)``;
-    ``started``, ``finished`` and ``close`` go to the run's callback's methods of the same name
-    (with the output first) where it has them."""
+    ``started``, ``instances``, ``finished`` and ``close`` go to the run's callback's methods of
+    the same name (with the output first) where it has them."""
 
     def __init__(self, progress: Callable[..., Any], output: str) -> None:
         self.progress, self.output = progress, output
@@ -459,6 +459,9 @@ class _OutputProgress:
 
     def started(self, settings: Any) -> None:
         self._call("started", settings)
+
+    def instances(self, round: int, done: int, total: int) -> None:
+        self._call("instances", round, done, total)
 
     def finished(self, report: SegmentReport) -> None:
         self._call("finished", report)

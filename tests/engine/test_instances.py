@@ -298,6 +298,28 @@ def clean_run(tmp_path_factory, client):
     return folder, segment_with_instances(folder, client, folder / "clean.zarr")
 
 
+def test_a_run_with_instances_says_how_far_its_instance_pass_got(tmp_path, client, monkeypatch):
+    """The pass after the last chunk is not silent: the run's progress lines say it began and
+    follow its two rounds of chunks to 100 % (here from their start: no quiet seconds), after
+    the chunks' own lines and before the result."""
+    from unet.engine import progress
+
+    monkeypatch.setattr(progress, "INSTANCE_QUIET", 0.0)
+    lines: list[str] = []
+    log = progress.ProgressLog("in", lines.append, heartbeat=False)
+    report = segment_with_instances(tmp_path, client, tmp_path / "out.zarr", progress=log)
+    log.finished(report)
+    began = lines.index(next(line for line in lines if line.startswith("in: instances: ")))
+    assert lines[began - 1].startswith("in: 9 of 9 chunks (100%)")  # the chunks' last line
+    rounds = lines[began + 1 : -1]
+    assert rounds[0].startswith("in: instances, round 1 of 2 (labelling): ")
+    assert "in: instances, round 1 of 2 (labelling): 9 of 9 chunks (100%), about 0 s left" in rounds
+    assert (
+        rounds[-1] == "in: instances, round 2 of 2 (writing): 9 of 9 chunks (100%), about 0 s left"
+    )
+    assert lines[-1].startswith("in: done in ")
+
+
 def test_segment_with_instances_reports_objects_and_records_them(clean_run, client):
     from unet.config import SegmentParameters
     from unet.engine.finished import finished_report

@@ -94,6 +94,42 @@ def test_at_least_a_line_a_minute_while_chunks_take_long():
     assert lines[-1] == "slide: 2 of 1000 chunks (0%), 0.0167 Mpx/s, about 16 h 38 min left"
 
 
+def test_the_instance_pass_says_each_round_as_the_chunks_were_said():
+    """With --instances the run goes on after its last chunk: the pass says what it does, and
+    each of its two rounds, once it has lasted INSTANCE_QUIET, says its tenths timed from its own
+    start; the heartbeat repeats the round's latest."""
+    clock, lines = Clock(), []
+    log = ProgressLog("slide", lines.append, clock=clock, heartbeat=False)
+    log.started(settings(chunks_resumed=0, chunks_skipped=0))
+    log(0, 20)
+    clock.now += 40.0
+    log(20, 20)
+    calls = combine(log)  # as the engine finds it: through the run's callbacks
+    for round, seconds in ((1, 1.0), (2, 6.0)):  # round 1: 20 s in all; round 2: 120 s
+        for done in range(1, 21):
+            clock.now += seconds
+            calls.instances(round, done, 20)
+    assert lines[2] == (
+        "slide: instances: 2 rounds of 20 chunks (labelling the objects, then writing the "
+        "instance image and the object table)"
+    )
+    first, second = (
+        "slide: instances, round 1 of 2 (labelling): ",
+        "slide: instances, round 2 of 2 (writing): ",
+    )
+    # Each round is quiet for its first 10 s (from its first chunk), then says its tenths.
+    assert lines[3:9] == [
+        first + f"{done} of 20 chunks ({5 * done}%), about {20 - done} s left"
+        for done in (11, 12, 14, 16, 18, 20)
+    ]
+    assert lines[9] == second + "3 of 20 chunks (15%), about 1 min 42 s left"
+    assert lines[10] == second + "4 of 20 chunks (20%), about 1 min 36 s left"
+    assert len(lines) == 19 and lines[-1] == second + "20 of 20 chunks (100%), about 0 s left"
+    clock.now += 60.0
+    log.tick()
+    assert lines[-1].startswith(second + "20 of 20 chunks (100%)")
+
+
 def test_the_heartbeat_thread_says_the_progress_of_a_run_that_is_stuck():
     lines: list[str] = []
     log = ProgressLog("slide", lines.append, interval=0.05)

@@ -10,6 +10,8 @@ finish, and, where the callback has a ``started`` method, with the run's resolve
   skipped and resumed;
 - while it runs, a line each time another :data:`STEP` of the chunks is done, and at least every
   :data:`INTERVAL` seconds: chunks done of the total, Mpx/s, and the time left;
+- with ``--instances``, the same for the instance pass's two rounds of chunks
+  (:meth:`ProgressLog.instances`: labelling, then writing the instance image);
 - at the end, the result (:meth:`ProgressLog.finished`, :func:`result_line`).
 
 Pure Python; the lines go wherever ``say`` sends them (a Prefect run logger, stderr).
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
 STEP = 0.1
 #: ... and at least this often, in seconds, while the run goes on.
 INTERVAL = 60.0
+#: The instance pass's rounds of chunks, as its progress lines name them.
+INSTANCE_ROUNDS = ("round 1 of 2 (labelling)", "round 2 of 2 (writing)")
+#: A round of the instance pass says its tenths only once it has lasted this many seconds: a
+#: pass of a second or two gets its one start line, not twenty.
+INSTANCE_QUIET = 10.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,9 @@ class Callbacks:
     def started(self, settings: RunSettings) -> None:
         self._each("started", settings)
 
+    def instances(self, round: int, done: int, total: int) -> None:
+        self._each("instances", round, done, total)
+
     def finished(self, report: SegmentReport) -> None:
         self._each("finished", report)
 
@@ -234,6 +244,7 @@ class ProgressLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat = heartbeat
+        self._round: int | None = None  # of the instance pass, once it began
 
     def started(self, settings: RunSettings) -> None:
         """Say the run's settings; from now on progress lines are due."""
@@ -252,6 +263,23 @@ class ProgressLog:
             self._thread.start()
 
     def __call__(self, done: int, total: int) -> None:
+        self._progress(done, total)
+
+    def instances(self, round: int, done: int, total: int) -> None:
+        """``done`` of ``total`` chunks of the instance pass's ``round`` (1: labelling, 2:
+        writing) are done: lines as for the run's chunks, each round timed on its own."""
+        with self._lock:
+            begins = self._round is None
+            if self._round != round:
+                self._round, self._start = round, None
+        if begins:
+            self.say(
+                f"{self.name}: instances: 2 rounds of {total} chunks (labelling the objects, then "
+                "writing the instance image and the object table)"
+            )
+        self._progress(done, total)
+
+    def _progress(self, done: int, total: int) -> None:
         now = self.clock()
         with self._lock:
             if self._start is None:
@@ -260,7 +288,8 @@ class ProgressLog:
             self._latest = (done, total)
             steps = self._steps(done, total)
             due = steps > self._said_steps or now - self._said_at >= self.interval
-            if not due or done == self._start[1]:
+            quiet = self._round is not None and now - self._start[0] < INSTANCE_QUIET
+            if not due or done == self._start[1] or quiet:
                 return
             self._said_steps, self._said_at = steps, now
             line = self.line(done, total, now)
@@ -288,17 +317,22 @@ class ProgressLog:
             self._thread.join(timeout=5)
 
     def line(self, done: int, total: int, now: float) -> str:
-        """``a: 410 of 4096 chunks (10%), 4.1 Mpx/s, about 5 min 20 s left``."""
+        """``a: 410 of 4096 chunks (10%), 4.1 Mpx/s, about 5 min 20 s left``; in the instance
+        pass ``a: instances, round 1 of 2 (labelling): 410 of 4096 chunks (10%), about 1 min
+        left``."""
         share = done / total if total else 1.0
-        text = f"{self.name}: {done} of {total} chunks ({math.floor(100 * share)}%)"
+        what = "" if self._round is None else f"instances, {INSTANCE_ROUNDS[self._round - 1]}: "
+        text = f"{self.name}: {what}{done} of {total} chunks ({math.floor(100 * share)}%)"
         if self._start is None:
             return text
         started, first = self._start
         seconds, computed = now - started, done - first
         if computed <= 0 or seconds <= 0:
             return f"{text}, waiting for the first chunks"
-        rate = computed * self._megapixels_per_chunk(total) / seconds
         left = (total - done) * seconds / computed
+        if self._round is not None:
+            return f"{text}, about {duration(left)} left"
+        rate = computed * self._megapixels_per_chunk(total) / seconds
         return f"{text}, {rate:.3g} Mpx/s, about {duration(left)} left"
 
     def _megapixels_per_chunk(self, total: int) -> float:

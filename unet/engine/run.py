@@ -170,7 +170,9 @@ def _segment(
                 raise _chunks_failed(report, reasons[0], started)
             levels.wait()
             if parameters.instances:
-                report.objects_per_class = _instances(plan, active)
+                report.objects_per_class = _instances(
+                    plan, active, getattr(progress, "instances", None)
+                )
             with writing(output):
                 finish_output(plan, upper, active)
         finally:
@@ -327,15 +329,18 @@ def _chunks_failed(report: SegmentReport, first_reason: str, started: float) -> 
     return error
 
 
-def _instances(plan: RunPlan, client: Any) -> dict[str, int]:
+def _instances(
+    plan: RunPlan, client: Any, progress: Callable[[int, int, int], Any] | None = None
+) -> dict[str, int]:
     """The instance pass (:mod:`unet.engine.instances`) after the mask's chunks, on
-    ``client``, unless an earlier run of this output finished it; the objects per class."""
+    ``client``, unless an earlier run of this output finished it; the objects per class.
+    ``progress(round, done, total)`` follows the pass's two rounds of chunks."""
     from unet.engine.instances.stage import finished_objects, instance_pass
 
     finished = finished_objects(plan.output)
     if finished is not None:
         return finished
-    return instance_pass(plan, client)
+    return instance_pass(plan, client, progress)
 
 
 def _client_or(client: Any, plan: Any, scheduler: str | None):

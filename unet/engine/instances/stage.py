@@ -21,6 +21,7 @@ alone, so the instance image written then is the same.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 
     from unet.engine.plan import RunPlan
     from unet.io.geo import Georeference
+
+#: ``progress(round, done, total)``: ``done`` of the ``total`` chunks of round 1 (labelling) or
+#: 2 (writing the instance image) of the pass are done.
+RoundProgress = Callable[[int, int, int], object]
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,11 @@ def finished_objects(output: str) -> dict[str, int] | None:
     return None if recorded is None else dict(recorded["objects_per_class"])
 
 
-def instance_pass(plan: RunPlan, client: Any) -> dict[str, int]:
+def instance_pass(
+    plan: RunPlan, client: Any, progress: RoundProgress | None = None
+) -> dict[str, int]:
     """:func:`write_instances` for the finished mask of ``plan``; the objects per class.
+    ``progress``: see :func:`label_instances`.
 
     Raises
     ------
@@ -83,6 +91,7 @@ def instance_pass(plan: RunPlan, client: Any) -> dict[str, int]:
         georeference=georeference,
         digest=plan.fingerprint.digest,
         image=destination.image if destination.inside_image else None,
+        progress=progress,
     )
 
 
@@ -94,12 +103,14 @@ def write_instances(
     georeference: Georeference | None = None,
     digest: str | None = None,
     image: str | None = None,
+    progress: RoundProgress | None = None,
 ) -> dict[str, int]:
     """Write the instance image and the object table of the class mask at ``output`` (inside
     ``image`` when given: ``image/labels/NAME``) where
     :func:`~unet.engine.instances.location.instances_location` and
     :func:`~unet.engine.instances.location.objects_location` say, with
-    :func:`label_instances`, then record them in the mask's ``unet`` attribute.
+    :func:`label_instances` (``progress`` as there), then record them in the mask's ``unet``
+    attribute.
 
     Returns
     -------
@@ -116,6 +127,7 @@ def write_instances(
         class_names=class_names,
         georeference=georeference,
         digest=digest,
+        progress=progress,
     )
     per_class = {
         class_names[value]: count
@@ -145,6 +157,7 @@ def label_instances(
     class_names: list[str],
     georeference: Georeference | None = None,
     digest: str | None = None,
+    progress: RoundProgress | None = None,
 ) -> InstanceSummary:
     """Label every object of a finished class mask image-wide, on Dask, chunk by chunk.
 
@@ -158,6 +171,7 @@ def label_instances(
     class_names: the name of each label value of the mask
     georeference: the mask's, copied onto the instance image and used for map units in the table
     digest: the mask's fingerprint digest, recorded on the instance image (``unet.digest``)
+    progress: called as each chunk of each round is done (:data:`RoundProgress`)
 
     Returns
     -------
@@ -185,8 +199,10 @@ def label_instances(
     )
     grid = job.grid
     stitcher = Stitcher(grid.counts)
-    for labels in run_chunks(client, job, grid.indices(), task=label_task):
+    for done, labels in enumerate(run_chunks(client, job, grid.indices(), task=label_task), 1):
         stitcher.add(labels)
+        if progress is not None:
+            progress(1, done, grid.total)
     numbering = stitcher.numbering()
 
     with writing(instances):
@@ -201,8 +217,10 @@ def label_instances(
         writing(table),
         ObjectTable(table, numbering.spanning, class_names, numbering.dtype, georeference) as rows,
     ):
-        for stats in run_chunks(client, job, items, task=relabel_task):
+        for done, stats in enumerate(run_chunks(client, job, items, task=relabel_task), 1):
             rows.add(stats)
+            if progress is not None:
+                progress(2, done, grid.total)
     per_value = rows.objects_per_value[: max(len(class_names), 2)]
     with writing(instances):
         build_pyramid(instances, reduction="nearest", keep_levels=job.pyramid_levels)
