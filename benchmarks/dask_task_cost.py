@@ -1,7 +1,7 @@
 """CPU time Dask itself spends per item of the instance pass, measured with items that cost
 nothing.
 
-The engine's loop of item tasks (``unet.engine.run.run_chunks``: several items a task, sized by
+The engine's loop of item tasks (``unet.engine.dispatch.run_items``: several items a task, sized by
 measurement, results as they complete) runs 1000 no-op items on the default CPU cluster (one
 worker of threads in this process); the process's CPU time per item is what each real chunk's
 item takes from the cores its labelling runs on. It was 3.9-4.4 ms with one task per item, and
@@ -24,14 +24,14 @@ def nothing(job: object, index: tuple[int, int]) -> tuple[int, int]:
 
 
 def main() -> None:
-    from unet.engine import run as engine
     from unet.engine.cluster import dask_client, plan_cluster
+    from unet.engine.dispatch import run_items
 
     pending = [(i, j) for i in range(20) for j in range(50)]
     with dask_client(plan_cluster("cpu", None, None)) as client:
-        list(engine.run_chunks(client, ["warm-up"], pending[:20], task=nothing))
+        list(run_items(client, ["warm-up"], pending[:20], nothing))
         cpu, wall = time.process_time(), time.perf_counter()
-        count = sum(1 for _ in engine.run_chunks(client, ["timed"], pending, task=nothing))
+        count = sum(1 for _ in run_items(client, ["timed"], pending, nothing))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(
         f"{count} no-op items: {1000 * cpu / count:.2f} ms CPU, {1000 * wall / count:.2f} ms wall per item"

@@ -54,6 +54,28 @@ def untracked() -> dict[str, str]:
     return env
 
 
+def run_main(monkeypatch, capsys, *arguments: str, note: bool = False) -> tuple[int, list[str]]:
+    """``unet ARGUMENTS`` in this process: (exit status, the lines on stderr; the untracked
+    run's note only with ``note``)."""
+    import sys
+
+    from unet.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(sys, "argv", ["unet", *arguments])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    lines = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.strip() and (note or not line.startswith("note: no Prefect server"))
+    ]
+    return code, lines
+
+
 def write_checkpoint(path, **config):
     model = make_model(**config)
     channels = config.get("in_channels", 1)

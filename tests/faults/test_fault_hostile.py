@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from testdata import assert_same_mask, reference_mask, write_checkpoint, write_image
+from testdata import assert_same_mask, reference_mask, run_main, write_checkpoint, write_image
 
 from unet.config import SegmentParameters
 from unet.engine.lock import lock_location
@@ -185,22 +185,6 @@ def test_yaml_anchors_within_reason_still_work(tmp_path):
     deployments = load_pipelines(config).deployments
     assert [d.parameters.device for d in deployments] == ["cpu", "cpu"]
     assert Path(deployments[1].parameters.input) == tmp_path / "b.zarr"
-
-
-def run_main(monkeypatch, capsys, *arguments: str) -> tuple[int, list[str]]:
-    """``unet ARGUMENTS`` in this process: (exit status, the lines on stderr)."""
-    import sys
-
-    from unet.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["unet", *arguments])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    return code, lines
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])

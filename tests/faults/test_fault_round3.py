@@ -15,7 +15,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import zarr
-from testdata import write_image
+from testdata import run_main, write_image
 
 from unet.config import SegmentParameters
 
@@ -30,28 +30,6 @@ def tree(root: Path) -> dict[str, tuple[int, bytes | None]]:
         else:
             found[key] = (path.stat().st_size, path.read_bytes())
     return found
-
-
-def run_main(monkeypatch, capsys, *arguments: str, note: bool = False) -> tuple[int, list[str]]:
-    """``unet ARGUMENTS`` in this process: (exit status, the lines on stderr; the untracked
-    run's note only with ``note``)."""
-    import sys
-
-    from unet.cli import main
-
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setattr(sys, "argv", ["unet", *arguments])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    lines = [
-        line
-        for line in capsys.readouterr().err.splitlines()
-        if line.strip() and (note or not line.startswith("note: no Prefect server"))
-    ]
-    return code, lines
 
 
 def write_png(path: Path, shape=(24, 24), seed=0) -> np.ndarray:

@@ -232,14 +232,6 @@ def chunk_job(
     )
 
 
-def run_chunks(client: Any, job: Any, items: list[Any], task: Callable[[Any, Any], Any]):
-    """Results of ``task(job, item)`` for every item, several items a task (the instance pass):
-    see :func:`unet.engine.dispatch.run_items`."""
-    from unet.engine.dispatch import run_items
-
-    return run_items(client, job, items, task)
-
-
 def _upper_levels(plan: RunPlan, group: Any, done: np.ndarray) -> UpperLevels | None:
     """The pyramid levels above the chunks' own, halved on the workers while the run goes on
     (:class:`unet.engine.levels.UpperLevels`); None when the chunks write every level."""

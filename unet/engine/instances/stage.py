@@ -179,10 +179,10 @@ def label_instances(
     """
     import zarr
 
+    from unet.engine.dispatch import run_items
     from unet.engine.instances.objects import ObjectTable
     from unet.engine.instances.stitch import Stitcher
     from unet.engine.instances.tasks import InstanceJob, RelabelItem, label_task, relabel_task
-    from unet.engine.run import run_chunks
     from unet.io.pyramid import build_pyramid, chunk_levels
     from unet.io.source import open_image
 
@@ -199,7 +199,7 @@ def label_instances(
     )
     grid = job.grid
     stitcher = Stitcher(grid.counts)
-    for done, labels in enumerate(run_chunks(client, job, grid.indices(), task=label_task), 1):
+    for done, labels in enumerate(run_items(client, job, grid.indices(), label_task), 1):
         stitcher.add(labels)
         if progress is not None:
             progress(1, done, grid.total)
@@ -217,7 +217,7 @@ def label_instances(
         writing(table),
         ObjectTable(table, numbering.spanning, class_names, numbering.dtype, georeference) as rows,
     ):
-        for done, stats in enumerate(run_chunks(client, job, items, task=relabel_task), 1):
+        for done, stats in enumerate(run_items(client, job, items, relabel_task), 1):
             rows.add(stats)
             if progress is not None:
                 progress(2, done, grid.total)
