@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from unet.errors import FingerprintMismatch
+from unet.io.complete import ATTRIBUTE
 from unet.io.omezarr import LEVEL0
 
 LEDGER_PATH = "_unet_ledger"
@@ -46,7 +47,6 @@ BULK_PATH = "_unet_ledger_bulk"
 #: Side of a chunk of the bulk array, in chunks of the mask: a 10^11-pixel image of 1024^2
 #: chunks has about 300^2 of them, so one object.
 BULK_CHUNK = 4096
-ATTRIBUTE = "unet"
 #: Bumped whenever the engine's output for the same inputs could change.
 ENGINE_VERSION = 1
 

@@ -14,7 +14,8 @@ import posixpath
 from unet.errors import InvalidImage
 from unet.io.locations import read_json, resolve_location
 
-#: The project's attribute on its stores.
+#: The project's attribute on its stores (groups and arrays); every module that reads or writes
+#: it takes the name from here.
 ATTRIBUTE = "unet"
 
 

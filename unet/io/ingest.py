@@ -35,12 +35,13 @@ from unet.errors import (
     OutputExists,
     UnsupportedInput,
 )
+from unet.io.complete import ATTRIBUTE
 from unet.io.geo import is_geotiff, open_geotiff, write_georeference
 from unet.io.locations import check_readable, is_url, remove_location, resolve_location
 from unet.io.omezarr import LEVEL0, create_image
 from unet.io.presence import store_every_chunk
 from unet.io.pyramid import build_pyramid
-from unet.io.replace import ATTRIBUTE, check_apart, check_replaceable
+from unet.io.replace import check_apart, check_replaceable
 from unet.io.source import ImageSource, open_image
 from unet.io.staging import (
     remove_staging,

@@ -16,6 +16,7 @@ import numpy as np
 
 from unet.io.axes import COLUMNS, ROWS
 from unet.io.codecs import with_store_pipeline
+from unet.io.complete import ATTRIBUTE
 
 if TYPE_CHECKING:
     import zarr
@@ -54,7 +55,7 @@ def stored_grids(source: ImageSource) -> tuple[np.ndarray, np.ndarray]:
 
 def every_chunk_stored(source: ImageSource) -> bool:
     """Whether the image says every chunk of its level 0 is stored (``unet ingest`` images)."""
-    attributes = _level0(source).attrs.get("unet")
+    attributes = _level0(source).attrs.get(ATTRIBUTE)
     return isinstance(attributes, dict) and attributes.get(EVERY_CHUNK_STORED) is True
 
 
@@ -74,7 +75,7 @@ def store_every_chunk(location: str, path: str) -> None:
         )
         shape = tuple(s.stop - s.start for s in region)
         array[region] = np.full(shape, array.fill_value, dtype=array.dtype)
-    array.attrs["unet"] = {**dict(array.attrs.get("unet") or {}), EVERY_CHUNK_STORED: True}
+    array.attrs[ATTRIBUTE] = {**dict(array.attrs.get(ATTRIBUTE) or {}), EVERY_CHUNK_STORED: True}
 
 
 def _absent(array: zarr.Array) -> list[tuple[int, ...]]:

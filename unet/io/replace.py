@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from unet.errors import InvalidParameter, OutputExists
+from unet.io.complete import ATTRIBUTE
 from unet.io.locations import (
     is_url,
     location_exists,
@@ -44,9 +45,6 @@ Kind = Literal[
     "pam",
     "qml",
 ]
-
-#: The project's attribute on its Zarr groups and arrays.
-ATTRIBUTE = "unet"
 
 #: What each kind is, for messages.
 DESCRIPTIONS: dict[str, str] = {

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from unet.errors import InvalidImage, InvalidParameter
+from unet.io.complete import ATTRIBUTE
 from unet.io.files import read_labels
 
 #: The most classes scored per class: a uint16 label's every value. Larger "labels" are object
@@ -223,7 +224,7 @@ def declared_nodata(path: str | os.PathLike[str]) -> int | None:
         group = zarr.open_group(store=str(path), mode="r")
     except (OSError, ValueError, KeyError, TypeError, zarr.errors.GroupNotFoundError):
         return None
-    run = group.attrs.get("unet")
+    run = group.attrs.get(ATTRIBUTE)
     value = run.get("nodata") if isinstance(run, dict) else None
     return int(value) if isinstance(value, int | float) else None
 

@@ -35,6 +35,7 @@ from unet.engine.instances.location import (
     relative_to,
 )
 from unet.errors import writing
+from unet.io.complete import ATTRIBUTE
 
 if TYPE_CHECKING:
     import zarr
@@ -188,7 +189,7 @@ def label_instances(
 
     source = open_image(mask)
     shape, chunks = source.shape[1:], source.chunks or source.shape[1:]
-    state = zarr.open_group(mask, mode="r").attrs.get("unet")
+    state = zarr.open_group(mask, mode="r").attrs.get(ATTRIBUTE)
     job = InstanceJob(
         mask=source,
         instances=instances,
@@ -253,7 +254,6 @@ def create_instance_image(
 
     import zarr
 
-    from unet.engine.ledger import ATTRIBUTE
     from unet.io.omezarr import LABEL_COMPRESSION, create_image
     from unet.io.pyramid import create_chunk_levels
     from unet.io.replace import check_replaceable
@@ -285,7 +285,6 @@ def create_instance_image(
 
 
 def _record(group: zarr.Group, record: dict[str, Any]) -> None:
-    from unet.engine.ledger import ATTRIBUTE
 
     state = dict(group.attrs.get(ATTRIBUTE, {}))
     state[RECORD] = record
